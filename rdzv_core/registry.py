@@ -1,0 +1,134 @@
+"""Backend registry: names -> handler creators, with plug-ins found through entry points.
+
+A plug-in declares, in the entry-point group ``rdzv.backends``, a zero-argument factory that
+returns the creator ``params -> RendezvousHandler`` (the same shape as torch's
+``torchrun.handlers`` group). Plug-ins are loaded lazily, once, on the first lookup; one
+that fails to import does not break the others, and asking for it raises an error that
+carries the import failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from rdzv_core.api import RendezvousHandler, RendezvousParameters
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KNOWN_BACKENDS",
+    "HandlerCreator",
+    "RendezvousHandlerRegistry",
+    "rendezvous_handler_registry",
+    "get_rendezvous_handler",
+]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "rdzv.backends"
+
+HandlerCreator = Callable[[RendezvousParameters], RendezvousHandler]
+
+#: Backends rdzv knows of, with the extra that installs each.
+KNOWN_BACKENDS: dict[str, str] = {
+    "memory": "rdzv",
+    "redis": "rdzv[redis]",
+    "etcd-v2": "rdzv[etcd]",
+    "etcd-v3": "rdzv[etcd]",
+}
+
+
+class RendezvousHandlerRegistry:
+    """Maps backend names to handler creators.
+
+    Args:
+        entry_point_group: Group to discover plug-ins from, or ``None`` for none.
+    """
+
+    def __init__(self, entry_point_group: str | None = ENTRY_POINT_GROUP) -> None:
+        self._creators: dict[str, HandlerCreator] = {}
+        self._load_errors: dict[str, BaseException] = {}
+        self._group = entry_point_group
+        self._discovered = entry_point_group is None
+        self._lock = threading.RLock()
+
+    def register(self, backend: str, creator: HandlerCreator) -> None:
+        """Register ``creator`` under ``backend``.
+
+        Registering the same creator again is a no-op.
+
+        Raises:
+            ValueError: ``backend`` is empty, or already taken by a different creator.
+        """
+        if not backend:
+            raise ValueError("The rendezvous backend name must be a non-empty string.")
+        with self._lock:
+            current = self._creators.get(backend)
+            if current is not None and current is not creator:
+                raise ValueError(f"The rendezvous backend '{backend}' cannot be registered with '{creator}' as it is already registered with '{current}'.")
+            self._creators[backend] = creator
+            self._load_errors.pop(backend, None)
+
+    def backends(self) -> list[str]:
+        """Return the names of the backends that can be created, sorted."""
+        self._discover()
+        return sorted(self._creators)
+
+    def create_handler(self, params: RendezvousParameters) -> RendezvousHandler:
+        """Create the handler of ``params.backend``.
+
+        Raises:
+            ValueError: no such backend is installed (the message lists the installed ones and
+                the extra to ``pip install``), or the handler reports another backend name.
+            ImportError: the plug-in is installed but failed to load; chained to the cause.
+        """
+        creator = self._creator(params.backend)
+        handler = creator(params)
+        if handler.get_backend() != params.backend:
+            raise RuntimeError(f"The rendezvous backend '{handler.get_backend()}' does not match the requested backend '{params.backend}'.")
+        return handler
+
+    def _creator(self, backend: str) -> HandlerCreator:
+        self._discover()
+        with self._lock:
+            creator = self._creators.get(backend)
+            error = self._load_errors.get(backend)
+        if creator is not None:
+            return creator
+        if error is not None:
+            raise ImportError(f"The rendezvous backend '{backend}' is installed but failed to load: {error!r}. {_install_hint(backend)}") from error
+        raise ValueError(f"The rendezvous backend '{backend}' is not registered. Installed backends: {', '.join(self.backends()) or 'none'}. {_install_hint(backend)}")
+
+    def _discover(self) -> None:
+        with self._lock:
+            if self._discovered:
+                return
+            self._discovered = True
+            for entry_point in entry_points(group=self._group or ""):
+                if entry_point.name in self._creators:
+                    continue
+                try:
+                    factory = entry_point.load()
+                    self._creators[entry_point.name] = factory()
+                except Exception as exc:  # a broken plug-in must not break the others
+                    logger.debug("Rendezvous plug-in %r failed to load", entry_point.name, exc_info=True)
+                    self._load_errors[entry_point.name] = exc
+
+
+def _install_hint(backend: str) -> str:
+    extra = KNOWN_BACKENDS.get(backend)
+    if extra is None:
+        known = ", ".join(f"'{name}' ({pkg})" for name, pkg in KNOWN_BACKENDS.items())
+        return f"rdzv knows these backends: {known}; others come from plug-ins in the '{ENTRY_POINT_GROUP}' entry-point group."
+    return f"Install it with: pip install '{extra}'"
+
+
+#: The default registry, fed by the ``rdzv.backends`` entry points.
+rendezvous_handler_registry = RendezvousHandlerRegistry()
+
+
+def get_rendezvous_handler(params: RendezvousParameters) -> RendezvousHandler:
+    """Create the handler for ``params`` from the default registry (see ``create_handler``)."""
+    return rendezvous_handler_registry.create_handler(params)

@@ -1,0 +1,1 @@
+"""rdzv etcd plug-ins (``pip install 'rdzv[etcd]'``)."""

@@ -1,0 +1,1 @@
+"""rdzv Redis plug-in (``pip install 'rdzv[redis]'``)."""

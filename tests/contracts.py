@@ -1,0 +1,279 @@
+"""Reusable contract suites: every Store and RendezvousBackend in the repo runs them.
+
+Use by subclassing in a test module and providing a fixture::
+
+    class TestRedisStore(StoreContract):
+        @pytest.fixture
+        def store(self, redis_server):      # a fresh, empty store per test
+            ...
+        @pytest.fixture
+        def other_store(self, store):       # a second client on the same data (optional)
+            ...
+
+    class TestRedisBackend(BackendContract):
+        @pytest.fixture
+        def backend(self): ...              # a fresh backend of a fresh run id
+        @pytest.fixture
+        def other_backend(self, backend): ...   # a second client on the same run
+        @pytest.fixture
+        def corrupt_state(self, backend):   # callable writing raw bytes into the state key
+            ...
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from rdzv_core.api import RendezvousStateError
+from rdzv_core.backend import ChangeNotifier, LivenessTracker
+from rdzv_core.store import PrefixStore, StoreTimeoutError
+
+
+class StoreContract:
+    """c10d store semantics. Needs fixtures ``store`` and ``other_store``."""
+
+    @pytest.fixture
+    def other_store(self, store):
+        return store
+
+    def test_set_get_roundtrip_bytes_and_str(self, store):
+        store.set("a", b"\x00\x01bin")
+        store.set("b", "ünïcode")
+        assert store.get("a") == b"\x00\x01bin"
+        assert store.get("b") == "ünïcode".encode()
+
+    def test_set_overwrites(self, store):
+        store.set("k", b"1")
+        store.set("k", b"2")
+        assert store.get("k") == b"2"
+
+    def test_empty_value(self, store):
+        store.set("empty", b"")
+        assert store.get("empty") == b""
+        assert store.check(["empty"])
+
+    def test_get_missing_times_out(self, store):
+        store.set_timeout(timedelta(seconds=0.2))
+        start = time.monotonic()
+        with pytest.raises(StoreTimeoutError):
+            store.get("missing")
+        assert 0.15 <= time.monotonic() - start < 5
+
+    def test_get_blocks_until_other_client_sets(self, store, other_store):
+        store.set_timeout(10)
+        result = {}
+
+        def reader():
+            result["value"] = store.get("later")
+            result["at"] = time.monotonic()
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        time.sleep(0.05)  # let the reader block first; the assertion below does not depend on it
+        set_at = time.monotonic()
+        other_store.set("later", b"v")
+        thread.join(10)
+        assert not thread.is_alive()
+        assert result["value"] == b"v"
+        assert result["at"] - set_at < 1.0
+
+    def test_add_is_a_counter(self, store):
+        assert store.add("c", 1) == 1
+        assert store.add("c", 5) == 6
+        assert store.add("c", -2) == 4
+        assert store.get("c") == b"4"
+
+    def test_add_concurrent_is_atomic(self, store, other_store):
+        def bump(s):
+            for _ in range(50):
+                s.add("n", 1)
+
+        threads = [threading.Thread(target=bump, args=(s,)) for s in (store, other_store, store, other_store)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert store.add("n", 0) == 200
+
+    def test_add_on_non_integer_raises(self, store):
+        store.set("text", b"abc")
+        with pytest.raises(ValueError, match="text"):
+            store.add("text", 1)
+
+    def test_compare_set_semantics(self, store):
+        # absent + empty expected -> set
+        assert store.compare_set("cs", b"", b"v1") == b"v1"
+        assert store.get("cs") == b"v1"
+        # matching expected -> set, returns desired
+        assert store.compare_set("cs", b"v1", b"v2") == b"v2"
+        # mismatch -> current value returned, nothing set
+        assert store.compare_set("cs", b"wrong", b"v3") == b"v2"
+        assert store.get("cs") == b"v2"
+        # absent + non-empty expected -> expected returned, nothing set
+        assert store.compare_set("absent", b"x", b"y") == b"x"
+        assert not store.check(["absent"])
+
+    def test_wait_and_check(self, store, other_store):
+        assert not store.check(["w1", "w2"])
+        other_store.set("w1", b"1")
+        with pytest.raises(StoreTimeoutError):
+            store.wait(["w1", "w2"], timedelta(seconds=0.2))
+        other_store.set("w2", b"2")
+        store.wait(["w1", "w2"], 5)
+        assert store.check(["w1", "w2"])
+
+    def test_wait_accepts_float_seconds(self, store):
+        with pytest.raises(StoreTimeoutError):
+            store.wait(["nope"], 0.1)
+
+    def test_delete_key_and_num_keys(self, store):
+        base = store.num_keys()
+        store.set("d1", b"1")
+        store.set("d2", b"2")
+        assert store.num_keys() == base + 2
+        assert store.delete_key("d1") is True
+        assert store.delete_key("d1") is False
+        assert store.num_keys() == base + 1
+        assert not store.check(["d1"])
+
+    def test_multi_get_multi_set(self, store):
+        store.multi_set(["m1", "m2", "m3"], [b"a", "b", b""])
+        assert store.multi_get(["m3", "m1", "m2"]) == [b"", b"a", b"b"]
+        with pytest.raises(ValueError):
+            store.multi_set(["x"], [b"1", b"2"])
+
+    def test_multi_get_blocks_for_missing(self, store):
+        store.set("present", b"1")
+        store.set_timeout(0.2)
+        with pytest.raises(StoreTimeoutError):
+            store.multi_get(["present", "absent"])
+
+    def test_append(self, store):
+        store.append("ap", b"ab")
+        store.append("ap", "cd")
+        assert store.get("ap") == b"abcd"
+
+    def test_timeout_property(self, store):
+        store.set_timeout(timedelta(seconds=12))
+        assert store.timeout == timedelta(seconds=12)
+        store.set_timeout(3.5)
+        assert store.timeout == timedelta(seconds=3.5)
+
+    def test_bad_values_and_keys(self, store):
+        with pytest.raises(TypeError):
+            store.set("k", 123)
+        with pytest.raises(ValueError):
+            store.set("", b"v")
+
+    def test_large_value(self, store):
+        blob = bytes(range(256)) * 4096 * 4  # 4 MiB
+        store.set("big", blob)
+        assert store.get("big") == blob
+
+    def test_keys_with_separators(self, store):
+        store.set("a/b:c.d{e}", b"1")
+        assert store.get("a/b:c.d{e}") == b"1"
+
+    def test_prefix_store_isolates(self, store):
+        left, right = PrefixStore("left", store), PrefixStore("right", store)
+        left.set("k", b"L")
+        right.set("k", b"R")
+        assert left.get("k") == b"L"
+        assert right.get("k") == b"R"
+        assert store.get("left/k") == b"L"
+        assert left.add("n", 2) == 2
+        assert left.compare_set("k", b"L", b"L2") == b"L2"
+        assert not right.check(["n"])
+
+
+class BackendContract:
+    """torch's RendezvousBackend contract. Needs ``backend``, ``other_backend``, ``corrupt_state``."""
+
+    def test_absent_state_is_none(self, backend):
+        assert backend.get_state() is None
+
+    def test_create_only_if_absent(self, backend, other_backend):
+        state, token, has_set = backend.set_state(b"first")
+        assert has_set and state == b"first"
+        state2, token2, has_set2 = other_backend.set_state(b"second", None)
+        assert not has_set2
+        assert state2 == b"first" and token2 == token
+
+    def test_current_token_sets_and_changes_token(self, backend, other_backend):
+        _, token, _ = backend.set_state(b"v1")
+        state, token2, has_set = other_backend.set_state(b"v2", token)
+        assert has_set and state == b"v2" and token2 != token
+        assert backend.get_state() == (b"v2", token2)
+
+    def test_stale_token_does_not_set(self, backend, other_backend):
+        _, token1, _ = backend.set_state(b"v1")
+        _, token2, _ = backend.set_state(b"v2", token1)
+        state, token, has_set = other_backend.set_state(b"v3", token1)
+        assert not has_set
+        assert (state, token) == (b"v2", token2)
+
+    def test_same_bytes_written_twice_changes_token(self, backend):
+        _, token1, _ = backend.set_state(b"same")
+        state, token2, has_set = backend.set_state(b"same", token1)
+        assert has_set and token2 != token1
+        _, token3, has_set3 = backend.set_state(b"other", token1)
+        assert not has_set3 and token3 == token2
+
+    def test_foreign_token_does_not_set(self, backend):
+        backend.set_state(b"v1")
+        state, _, has_set = backend.set_state(b"v2", "not-a-token-of-this-backend")
+        assert not has_set and state == b"v1"
+
+    def test_corrupt_state_raises_state_error(self, backend, corrupt_state):
+        corrupt_state(b"\xff\xfe garbage \x00")
+        with pytest.raises(RendezvousStateError):
+            backend.get_state()
+
+    def test_large_state(self, backend):
+        blob = b"x" * (1 << 20)
+        _, token, has_set = backend.set_state(blob)
+        assert has_set
+        assert backend.get_state() == (blob, token)
+
+    def test_change_notification_wakes_waiter(self, backend, other_backend):
+        if not isinstance(backend, ChangeNotifier):
+            pytest.skip("backend has no change notification")
+        _, token, _ = backend.set_state(b"v1")
+        assert backend.wait_for_change(token, 0) is False
+        woke = {}
+
+        def waiter():
+            start = time.monotonic()
+            woke["changed"] = backend.wait_for_change(token, 10)
+            woke["after"] = time.monotonic() - start
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.1)
+        other_backend.set_state(b"v2", token)
+        thread.join(10)
+        assert woke["changed"] is True
+        assert woke["after"] < 2.0
+        assert backend.wait_for_change(None, 0) is True  # a state exists now
+
+    def test_change_notification_times_out(self, backend):
+        if not isinstance(backend, ChangeNotifier):
+            pytest.skip("backend has no change notification")
+        _, token, _ = backend.set_state(b"v1")
+        start = time.monotonic()
+        assert backend.wait_for_change(token, 0.3) is False
+        assert 0.2 <= time.monotonic() - start < 3
+
+    def test_liveness_records(self, backend):
+        if not isinstance(backend, LivenessTracker):
+            pytest.skip("backend has no liveness tracker")
+        backend.keep_alive("node-a", 30)
+        ages = backend.heartbeat_ages(["node-a", "node-b"])
+        assert ages[1] is None
+        assert ages[0] is not None and 0 <= ages[0] < 5
+        backend.forget_node("node-a")
+        assert backend.heartbeat_ages(["node-a"]) == [None]
