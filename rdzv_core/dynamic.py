@@ -292,7 +292,7 @@ class _TrackerLiveness(_Liveness):
         for i in range(0, len(predecessors), self._BATCH):
             batch = predecessors[i : i + self._BATCH]
             ages = self._tracker.heartbeat_ages(batch)
-            for node, age in zip(batch, ages):
+            for node, age in zip(batch, ages, strict=True):
                 if age is not None and age <= self._settings.dead_after_s:
                     return dead  # a live predecessor watches the ones before it
                 dead.append(node)
