@@ -1,0 +1,266 @@
+"""``RedisRendezvousBackend``: the shared rendezvous state of one run in Redis.
+
+Keys (all ``rdzv:{R}:*`` with the run id ``R`` as hash tag, see :mod:`rdzv_redis.keys`):
+
+* ``rdzv:{R}:state`` — a STRING ``b"RDZV1 " + token + b"\\n" + state``. Keeping the token in
+  the same value as the state makes every read and write of both atomic and lets a corrupt
+  value be recognised (:class:`~rdzv_core.api.RendezvousStateError`).
+* ``rdzv:{R}:alive`` / ``rdzv:{R}:alive:until`` — ZSETs of keep-alives (server time).
+
+A *token* is the str ``"<version>-<nonce>"``: ``version`` counts writes of the run, ``nonce``
+is 16 random hex digits chosen by the writer, so a token never repeats — not even after the
+key expired and the run started over. ``set_state`` runs ``scripts/set_state.lua``; a retried
+call re-sends the same nonce, so a write that was applied before the connection broke is
+reported as applied (``has_set=True``) rather than lost.
+
+Every write refreshes the expiry (``key_ttl``) of all keys of the run; keep-alives do too, so a
+run in training keeps its keys while an abandoned one disappears.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rdzv_core.api import RendezvousParameters, RendezvousStateError
+from rdzv_core.backend import RendezvousBackend, Token
+from rdzv_redis.client import REDIS_CONFIG_KEYS, RedisClient, RedisConfig
+from rdzv_redis.keys import RunKeys
+
+if TYPE_CHECKING:
+    from rdzv_redis.store import RedisStore
+
+__all__ = ["RedisRendezvousBackend", "create_backend", "STATE_MAGIC"]
+
+#: Every state value starts with this.
+STATE_MAGIC = b"RDZV1 "
+_TOKEN_RE = re.compile(r"\A[0-9]+-[0-9a-f]{16}\Z")
+#: The header (magic + token + newline) fits in this many bytes.
+_HEADER_MAX = 64
+#: Nodes per heartbeat_ages script call (Lua's unpack() has a stack limit).
+_AGES_CHUNK = 512
+
+
+class _Unreadable:
+    """Stands for a stored token that cannot be parsed: it differs from every token."""
+
+
+_UNREADABLE = _Unreadable()
+
+
+class RedisRendezvousBackend(RendezvousBackend):
+    """The rendezvous state of run ``run_id`` in Redis, with change notification and
+    liveness records (implements :class:`~rdzv_core.backend.ChangeNotifier` and
+    :class:`~rdzv_core.backend.LivenessTracker`).
+
+    Args:
+        client: A client from :meth:`RedisClient.acquire`; this backend owns that reference
+            and releases it in :meth:`close`.
+        run_id: The run id (str, not empty).
+        key_ttl: Seconds the run's keys live after the last write or keep-alive; ``None``
+            uses ``client.config.key_ttl``.
+
+    Every method may raise :class:`~rdzv_core.api.RendezvousConnectionError` when Redis
+    stays unreachable for the client's retry budget or authentication fails.
+    """
+
+    def __init__(self, client: RedisClient, run_id: str, *, key_ttl: float | None = None) -> None:
+        if not run_id:
+            raise ValueError("The run id must be a non-empty string.")
+        self._client = client
+        self._run_id = run_id
+        self._keys = RunKeys(run_id)
+        self._ttl_ms = int(1000 * (client.config.key_ttl if key_ttl is None else key_ttl))
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RedisRendezvousBackend(run_id={self._run_id!r}, redis={self._client.config.display!r})"
+
+    @property
+    def name(self) -> str:
+        return "redis"
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def keys(self) -> RunKeys:
+        """The Redis key names of this run."""
+        return self._keys
+
+    # -- RendezvousBackend --------------------------------------------------------------------
+
+    def get_state(self) -> tuple[bytes, Token] | None:
+        """Return ``(state bytes, token str)``, or ``None`` when the run has no state (``GET``).
+
+        Raises:
+            RendezvousStateError: the state key holds something this backend did not write.
+        """
+        raw = self._client.call("get_state", lambda: self._client.redis.get(self._keys.state))
+        return None if raw is None else self._decode(raw)
+
+    def set_state(self, state: bytes, token: Token | None = None) -> tuple[bytes, Token, bool] | None:
+        """Compare-and-set the state in one Lua script (``scripts/set_state.lua``: ``GET``,
+        ``SET ... PX``, ``PEXPIRE``, ``PUBLISH``).
+
+        Args:
+            state: The new state (bytes-like).
+            token: The token (str) of the state the caller read, or ``None`` to create the
+                state only if none exists. Any other value is a foreign token: not set.
+
+        Returns:
+            ``(state, token, has_set)`` after the call; ``None`` when a token was given but no
+            state exists (the caller re-reads).
+
+        Raises:
+            RendezvousStateError: the stored state is corrupt.
+        """
+        state = bytes(state)
+        if token is not None and not (isinstance(token, str) and _TOKEN_RE.match(token)):
+            current = self.get_state()
+            return None if current is None else (current[0], current[1], False)
+        nonce = secrets.token_hex(8)
+        args = [token or "", nonce, state, self._ttl_ms, self._keys.state_channel]
+        script = self._client.scripts["set_state"]
+        reply = self._client.call("set_state", lambda: script(keys=self._keys.all_keys(), args=args))
+        if reply[0] == -1:
+            return None
+        if reply[0] == 1:
+            return state, reply[1].decode(), True
+        stored_state, stored_token = self._decode(reply[1])
+        return stored_state, stored_token, False
+
+    def close(self) -> None:
+        """Release this backend's reference to the shared client (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._client.release()
+
+    # -- ChangeNotifier -----------------------------------------------------------------------
+
+    def wait_for_change(self, token: Token | None, timeout: float) -> bool:
+        """Block until the stored token differs from ``token`` (``None``: no state yet) or
+        ``timeout`` seconds pass.
+
+        The waiter is registered with the client's pub/sub listener first (channel
+        ``rdzv:{R}:state:changed``), then the stored token is read (``GETRANGE`` of the
+        header, a few bytes), so a change between the read and the sleep is never missed.
+
+        Returns:
+            ``True`` when the token differs (also when the stored value is unreadable, so the
+            caller's next read reports it), ``False`` after ``timeout``. ``timeout == 0``
+            only checks.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._client.notifier.waiter(self._keys.state_channel) as waiter:
+            while True:
+                waiter.clear()
+                if self._read_token(deadline) != token:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                waiter.wait(remaining)
+
+    def _read_token(self, deadline: float | None = None) -> Any:
+        head = self._client.call(
+            "wait_for_change",
+            lambda: self._client.redis.getrange(self._keys.state, 0, _HEADER_MAX - 1),
+            deadline=deadline,
+        )
+        if not head:
+            return None
+        header, newline, _ = head.partition(b"\n")
+        token = header[len(STATE_MAGIC) :].decode("ascii", "replace")
+        if not newline or not header.startswith(STATE_MAGIC) or not _TOKEN_RE.match(token):
+            return _UNREADABLE
+        return token
+
+    # -- LivenessTracker ----------------------------------------------------------------------
+
+    def keep_alive(self, node: str, ttl: float) -> None:
+        """Record that ``node`` is alive now (server ``TIME``); the record lapses after
+        ``ttl`` seconds (``scripts/keep_alive.lua``: ``ZADD`` on ``rdzv:{R}:alive`` and
+        ``rdzv:{R}:alive:until``, prunes a few lapsed records, refreshes key expiry)."""
+        script = self._client.scripts["keep_alive"]
+        args = [node, max(1, int(ttl * 1_000_000)), self._ttl_ms]
+        keys = [self._keys.alive, self._keys.alive_until, self._keys.state, self._keys.store]
+        self._client.call("keep_alive", lambda: script(keys=keys, args=args))
+
+    def heartbeat_ages(self, nodes: Sequence[str]) -> list[float | None]:
+        """Return per node the seconds (float) since its last keep-alive, or ``None`` when it
+        has no unexpired record. One script call (``ZMSCORE`` x2) per 512 nodes."""
+        nodes = list(nodes)
+        ages: list[float | None] = []
+        script = self._client.scripts["heartbeat_ages"]
+        keys = [self._keys.alive, self._keys.alive_until]
+        for i in range(0, len(nodes), _AGES_CHUNK):
+            chunk = nodes[i : i + _AGES_CHUNK]
+            reply = self._client.call("heartbeat_ages", lambda chunk=chunk: script(keys=keys, args=chunk))
+            ages.extend(None if age is None else int(age) / 1_000_000 for age in reply)
+        return ages
+
+    def forget_node(self, node: str) -> None:
+        """Delete the liveness record of ``node`` (``ZREM`` on both ZSETs, in ``MULTI``)."""
+
+        def forget() -> None:
+            pipe = self._client.redis.pipeline(transaction=True)
+            pipe.zrem(self._keys.alive, node)
+            pipe.zrem(self._keys.alive_until, node)
+            pipe.execute()
+
+        self._client.call("forget_node", forget)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _decode(self, raw: bytes) -> tuple[bytes, str]:
+        """Split a stored value into ``(state, token)``.
+
+        Raises:
+            RendezvousStateError: it lacks the magic prefix, the newline or a valid token.
+        """
+        header, newline, state = raw.partition(b"\n")
+        token = header[len(STATE_MAGIC) :].decode("ascii", "replace")
+        if not newline or not header.startswith(STATE_MAGIC) or not _TOKEN_RE.match(token):
+            raise RendezvousStateError(
+                f"The rendezvous state of run '{self._run_id}' in Redis at {self._client.config.display} "
+                f"(key '{self._keys.state}') is corrupt or was not written by rdzv: it starts with {raw[:24]!r}."
+            )
+        return state, token
+
+
+def create_backend(params: RendezvousParameters) -> tuple[RedisRendezvousBackend, RedisStore]:
+    """Create the backend and the store of ``params.run_id`` on the Redis of ``params``.
+
+    Both share the process-wide client of the configuration (see :class:`RedisConfig` for the
+    endpoint forms and keys); close both to release it. Configuration keys that are neither
+    Redis keys nor handler keys (``rdzv_core.dynamic.HANDLER_CONFIG_KEYS``) are logged as
+    unknown.
+
+    Raises:
+        ValueError: bad endpoint or configuration value (names the key).
+        RendezvousConnectionError: Redis unreachable within the retry budget, or
+            authentication failed.
+        ImportError: redis-py is missing (``pip install 'rdzv[redis]'``).
+    """
+    from rdzv_core.utils import warn_unknown_config
+    from rdzv_redis.store import RedisStore
+
+    config = RedisConfig.from_params(params)
+    warn_unknown_config(params.config, REDIS_CONFIG_KEYS | _handler_config_keys(), "redis")
+    client = RedisClient.acquire(config)
+    backend = RedisRendezvousBackend(client, params.run_id)
+    client2 = RedisClient.acquire(config)  # the store holds its own reference
+    return backend, RedisStore(client2, params.run_id)
+
+
+def _handler_config_keys() -> frozenset[str]:
+    try:
+        from rdzv_core.dynamic import HANDLER_CONFIG_KEYS
+    except ImportError:  # the handler module is optional for backend-only use
+        return frozenset()
+    return frozenset(HANDLER_CONFIG_KEYS)

@@ -1,0 +1,385 @@
+"""Connection configuration, the shared Redis client, retries and error mapping.
+
+* :class:`RedisConfig` — what to connect to, parsed and validated from
+  :class:`~rdzv_core.api.RendezvousParameters`. Its ``repr`` never shows the password.
+* :class:`RedisClient` — one per process and (endpoint, credentials, db, TLS, timeouts):
+  a bounded blocking connection pool, the registered Lua scripts, and one
+  :class:`~rdzv_redis.notify.Notifier` (one pub/sub connection and listener thread).
+  Backends and stores :meth:`~RedisClient.acquire` it and :meth:`~RedisClient.release` it;
+  the last release closes it. Thousands of node objects in one process thus share a few
+  connections and a single listener thread.
+* :meth:`RedisClient.call` — runs one operation, retrying transient failures with a short
+  jittered exponential back-off within a bounded budget, and maps redis-py's exceptions to
+  the rendezvous API's: :class:`~rdzv_core.api.RendezvousConnectionError` (unreachable,
+  authentication failed, command refused) and :class:`~rdzv_core.api.RendezvousStateError`
+  (a key of the wrong type).
+
+redis-py is imported lazily (:func:`import_redis`), so ``import rdzv_redis`` works without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, TypeVar
+
+from rdzv_core.api import RendezvousConnectionError, RendezvousParameters, RendezvousStateError
+from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint
+from rdzv_redis.lua import ALL_SCRIPTS
+from rdzv_redis.notify import Notifier
+
+__all__ = [
+    "DEFAULT_PORT",
+    "PASSWORD_ENV",
+    "REDIS_CONFIG_KEYS",
+    "RedisConfig",
+    "RedisClient",
+    "import_redis",
+]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_PORT = 6379
+#: Environment variable read for the password when neither the config nor the URL has one.
+PASSWORD_ENV = "RDZV_REDIS_PASSWORD"
+#: Configuration keys of the Redis plug-in (``--rdzv-conf`` / ``RendezvousParameters``).
+REDIS_CONFIG_KEYS = frozenset(
+    {
+        "db",
+        "username",
+        "password",
+        "ssl",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "socket_timeout",
+        "connect_timeout",
+        "retry_timeout",
+        "max_connections",
+        "key_ttl",
+    }
+)
+#: First and largest back-off (seconds) between retries of a failed operation.
+RETRY_BACKOFF = (0.05, 1.0)
+
+
+def import_redis() -> ModuleType:
+    """Return the ``redis`` module.
+
+    Raises:
+        ImportError: redis-py is not installed; the message says ``pip install 'rdzv[redis]'``.
+    """
+    try:
+        import redis
+    except ImportError as exc:
+        raise ImportError("The Redis rendezvous backend needs redis-py: pip install 'rdzv[redis]'") from exc
+    return redis
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Where and how to connect to Redis. Build it with :meth:`from_params`.
+
+    Attributes:
+        host, port: The server (port default 6379).
+        db: Database number (``/N`` of the URL or config ``db``; default 0).
+        username: ACL user (``user@`` of the URL or config ``username``), or ``None``.
+        password: Config ``password``, else the URL's, else env ``RDZV_REDIS_PASSWORD``.
+            Never shown by ``repr`` or in messages.
+        tls: TLS on (``rediss://``, config ``ssl=true``, or any ``ssl_*`` file given).
+        ssl_ca_certs, ssl_certfile, ssl_keyfile: PEM file paths for TLS, or ``None``.
+        socket_timeout: Seconds a command may take on the wire (default 10).
+        connect_timeout: Seconds to open a connection (default 5).
+        retry_timeout: Seconds an operation keeps retrying transient errors (default 10).
+        max_connections: Connections of the process-wide pool, pub/sub included (default 64).
+        key_ttl: Seconds the keys of a run live after its last write or keep-alive
+            (default 86400 = 24 h).
+    """
+
+    host: str
+    port: int = DEFAULT_PORT
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    socket_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    retry_timeout: float = 10.0
+    max_connections: int = 64
+    key_ttl: float = 86400.0
+
+    @classmethod
+    def from_params(cls, params: RendezvousParameters) -> RedisConfig:
+        """Parse ``params.endpoint`` (``host``, ``host:port``, ``redis://[user:password@]host:port/db``,
+        ``rediss://...``) and the Redis keys of ``params.config``.
+
+        Raises:
+            ValueError: a malformed endpoint or a bad value; the message names the key and
+                never contains the password.
+        """
+        endpoint = parse_rendezvous_endpoint(params.endpoint, DEFAULT_PORT)
+        if endpoint.scheme not in (None, "redis", "rediss"):
+            raise ValueError(f"The Redis rendezvous endpoint '{endpoint}' must be 'host[:port]', 'redis://...' or 'rediss://...'.")
+        ssl_files = {k: _optional_str(params, k) for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
+        tls = endpoint.scheme == "rediss" or bool(params.get_as_bool("ssl", False)) or any(ssl_files.values())
+        return cls(
+            host=endpoint.host,
+            port=endpoint.port,
+            db=_parse_db(params, endpoint),
+            username=_optional_str(params, "username") or endpoint.username,
+            password=_optional_str(params, "password") or endpoint.password or os.environ.get(PASSWORD_ENV) or None,
+            tls=tls,
+            **ssl_files,
+            socket_timeout=_positive(params, "socket_timeout", cls.socket_timeout),
+            connect_timeout=_positive(params, "connect_timeout", cls.connect_timeout),
+            retry_timeout=float(params.get_as_float("retry_timeout", cls.retry_timeout, minimum=0.0)),
+            max_connections=_int_at_least(params, "max_connections", cls.max_connections, 2),
+            key_ttl=float(params.get_as_float("key_ttl", cls.key_ttl, minimum=1.0)),
+        )
+
+    @property
+    def display(self) -> str:
+        """``redis[s]://host:port/db`` — safe to log: no user name, no password."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
+
+    def connection_key(self) -> tuple[Any, ...]:
+        """The identity under which clients are shared: every field but ``key_ttl``, plus the
+        process id (a forked child must not share its parent's sockets or threads)."""
+        return (os.getpid(), *dataclasses.astuple(dataclasses.replace(self, key_ttl=0.0)))
+
+
+def _optional_str(params: RendezvousParameters, key: str) -> str | None:
+    value = params.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"The rendezvous configuration option '{key}' must be a string (got a {type(value).__name__}).")
+    return value
+
+
+def _positive(params: RendezvousParameters, key: str, default: float) -> float:
+    value = float(params.get_as_float(key, default, minimum=0.0))
+    if value <= 0:
+        raise ValueError(f"The rendezvous configuration option '{key}' must be > 0 seconds (got {value!r}).")
+    return value
+
+
+def _int_at_least(params: RendezvousParameters, key: str, default: int, minimum: int) -> int:
+    value = int(params.get_as_int(key, default))
+    if value < minimum:
+        raise ValueError(f"The rendezvous configuration option '{key}' must be >= {minimum} (got {value}).")
+    return value
+
+
+def _parse_db(params: RendezvousParameters, endpoint: Endpoint) -> int:
+    path = endpoint.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"The database ('db') in the Redis endpoint '{endpoint}/{path}' must be a non-negative integer.")
+    db = _int_at_least(params, "db", int(path) if path else 0, 0)
+    if path and "db" in params.config and db != int(path):
+        raise ValueError(f"The rendezvous configuration option 'db' ({db}) contradicts the database of the endpoint '{endpoint}/{path}'.")
+    return db
+
+
+# -- error classification ---------------------------------------------------------------------
+
+_AUTH = "auth"
+_TRANSIENT = "transient"
+_REJECTED_BEFORE_RUN = "rejected"  # transient, and the server did not run the command
+_WRONG_TYPE = "wrongtype"
+_OTHER = "other"
+
+
+def _classify(redis: ModuleType, exc: BaseException) -> str:
+    """Sort a redis-py exception into one of the kinds above."""
+    errors = redis.exceptions
+    auth_types = (errors.AuthenticationError, errors.AuthorizationError, errors.AuthenticationWrongNumberOfArgsError)
+    text = str(exc)
+    if isinstance(exc, auth_types) or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+        return _AUTH
+    if isinstance(exc, (errors.BusyLoadingError, errors.ReadOnlyError, errors.TryAgainError, errors.ClusterDownError)):
+        return _REJECTED_BEFORE_RUN
+    if isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError)):
+        # Failing to connect, or to get a pooled connection, means nothing was sent.
+        if "connecting to" in text or "No connection available" in text:
+            return _REJECTED_BEFORE_RUN
+        return _TRANSIENT
+    if text.startswith("WRONGTYPE"):
+        return _WRONG_TYPE
+    return _OTHER
+
+
+class RedisClient:
+    """A process-wide, reference-counted Redis client for one :class:`RedisConfig`.
+
+    Do not construct it directly: use :meth:`acquire` and :meth:`release`.
+
+    Attributes:
+        config: The configuration.
+        redis: The ``redis.Redis`` object (bytes replies) on a ``BlockingConnectionPool``.
+        errors: The ``redis.exceptions`` module.
+        scripts: Script name (see :data:`rdzv_redis.lua.ALL_SCRIPTS`) -> redis-py ``Script``.
+        notifier: The pub/sub :class:`~rdzv_redis.notify.Notifier` of this client.
+    """
+
+    _registry: dict[tuple[Any, ...], RedisClient] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        self._redis_module = import_redis()
+        self.errors = self._redis_module.exceptions
+        self.redis = self._redis_module.Redis(connection_pool=self._make_pool(config))
+        self.scripts = {name: self.redis.register_script(source) for name, source in ALL_SCRIPTS.items()}
+        self.notifier = Notifier(lambda: self.redis.pubsub(ignore_subscribe_messages=False), config.display)
+        self._refs = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RedisClient({self.config.display}, refs={self._refs})"
+
+    # -- sharing -----------------------------------------------------------------------------
+
+    @classmethod
+    def acquire(cls, config: RedisConfig) -> RedisClient:
+        """Return the shared client of ``config`` (created and PINGed on first use).
+
+        Raises:
+            RendezvousConnectionError: the server cannot be reached within the retry budget,
+                or authentication failed.
+            ImportError: redis-py is not installed.
+        """
+        key = config.connection_key()
+        with cls._registry_lock:
+            client = cls._registry.get(key)
+            if client is None:
+                client = cls(config)
+                try:
+                    client.call("PING", client.redis.ping)
+                except BaseException:
+                    client._shutdown()
+                    raise
+                cls._registry[key] = client
+            client._refs += 1
+            return client
+
+    def release(self) -> None:
+        """Drop one reference; the last one stops the listener and closes the connections."""
+        with self._registry_lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            key = self.config.connection_key()
+            if self._registry.get(key) is self:
+                del self._registry[key]
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._closed = True
+        self.notifier.close()
+        try:
+            self.redis.connection_pool.disconnect()
+        except Exception:  # best effort: sockets may already be gone
+            logger.debug("Disconnecting from %s failed", self.config.display, exc_info=True)
+
+    def _make_pool(self, config: RedisConfig) -> Any:
+        redis = self._redis_module
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        kwargs: dict[str, Any] = {
+            "host": config.host,
+            "port": config.port,
+            "db": config.db,
+            "username": config.username,
+            "password": config.password,
+            "socket_timeout": config.socket_timeout,
+            "socket_connect_timeout": config.connect_timeout,
+            "socket_keepalive": True,
+            "retry": Retry(NoBackoff(), 0),  # retries are ours (call()), bounded and classified
+            "client_name": "rdzv",
+        }
+        if config.tls:
+            kwargs.update(
+                connection_class=redis.SSLConnection,
+                ssl_ca_certs=config.ssl_ca_certs,
+                ssl_certfile=config.ssl_certfile,
+                ssl_keyfile=config.ssl_keyfile,
+            )
+        return redis.BlockingConnectionPool(
+            max_connections=config.max_connections,
+            timeout=max(config.connect_timeout, config.socket_timeout),
+            **kwargs,
+        )
+
+    # -- operations --------------------------------------------------------------------------
+
+    def call(self, what: str, fn: Callable[[], T], *, idempotent: bool = True, deadline: float | None = None) -> T:
+        """Run ``fn`` (one Redis operation), retrying transient failures.
+
+        Connection errors and timeouts are retried with a jittered exponential back-off
+        (50 ms doubling to 1 s) until :attr:`RedisConfig.retry_timeout` seconds have passed
+        or ``deadline`` (a ``time.monotonic()`` value) is reached. When ``idempotent`` is
+        false, only failures where the command surely did not run are retried (connecting
+        failed, ``LOADING``, ``READONLY``, ...).
+
+        Args:
+            what: Names the operation in error messages (no secrets).
+
+        Raises:
+            RendezvousConnectionError: still failing at the end of the budget (names the
+                endpoint, the attempts and the cause); authentication failed (immediately);
+                the server refused the command.
+            RendezvousStateError: a key holds a value of the wrong Redis type.
+            Exception: whatever ``fn`` raises that is not a redis-py error, unchanged.
+        """
+        redis = self._redis_module
+        start = time.monotonic()
+        end = start + self.config.retry_timeout
+        if deadline is not None:
+            end = min(end, deadline)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except (redis.RedisError, OSError) as exc:
+                kind = _classify(redis, exc)
+                retryable = kind == _REJECTED_BEFORE_RUN or (kind == _TRANSIENT and idempotent)
+                delay = random.uniform(0.5, 1.0) * min(RETRY_BACKOFF[1], RETRY_BACKOFF[0] * 2 ** (attempt - 1))
+                if not retryable or self._closed or time.monotonic() + delay > end:
+                    raise self._translate(what, exc, kind, attempt, time.monotonic() - start) from exc
+                logger.debug("%s on %s failed (attempt %d), retrying in %.3f s: %s", what, self.config.display, attempt, delay, exc)
+                time.sleep(delay)
+
+    def _translate(self, what: str, exc: BaseException, kind: str, attempts: int, elapsed: float) -> Exception:
+        where = self.config.display
+        cause = self._scrub(f"{type(exc).__name__}: {exc}")
+        if kind == _AUTH:
+            user = f" as user '{self.config.username}'" if self.config.username else ""
+            return RendezvousConnectionError(
+                f"Authentication to Redis at {where}{user} failed during {what} ({cause}); check the "
+                f"'username'/'password' configuration or {PASSWORD_ENV}."
+            )
+        if kind == _WRONG_TYPE:
+            return RendezvousStateError(f"The rendezvous data in Redis at {where} is corrupt: {what} found a key of the wrong type ({cause}).")
+        if kind == _OTHER:
+            return RendezvousConnectionError(f"Redis at {where} refused {what}: {cause}")
+        return RendezvousConnectionError(f"Redis at {where} is unreachable: {what} failed after {attempts} attempt(s) in {elapsed:.2f} s: {cause}")
+
+    def _scrub(self, text: str) -> str:
+        """Remove the password from ``text`` (defence in depth: redis-py does not echo it)."""
+        password = self.config.password
+        return text.replace(password, "***") if password else text

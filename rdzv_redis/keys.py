@@ -1,0 +1,75 @@
+"""Redis key and channel names of a run.
+
+Every key of run ``R`` starts with ``rdzv:{R}:``. The braces make ``R`` the *hash tag*: on
+Redis Cluster all keys of a run map to one slot, so each Lua script touches one slot.
+
+=============================  ======  ===================================================
+Key                            Type    Content
+=============================  ======  ===================================================
+``rdzv:{R}:state``             STRING  ``"RDZV1 <token>\\n"`` + the opaque state bytes
+``rdzv:{R}:alive``             ZSET    node -> last keep-alive (server time, microseconds)
+``rdzv:{R}:alive:until``       ZSET    node -> when its record lapses (server time, us)
+``rdzv:{R}:store``             HASH    the run's c10d store: key -> value bytes
+=============================  ======  ===================================================
+
+Channels (``PUBLISH``): ``rdzv:{R}:state:changed`` carries each new token;
+``rdzv:{R}:store:set`` carries the name of each store key written. All channels start
+with :data:`CHANNEL_PREFIX`; one pattern subscription per client receives them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CHANNEL_PREFIX", "CHANNEL_PATTERN", "RunKeys"]
+
+#: Every key and channel of rdzv starts with this.
+CHANNEL_PREFIX = "rdzv:"
+#: The one pattern a client's listener subscribes to (``PSUBSCRIBE``).
+CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    """The names of the Redis keys and channels of run ``run_id`` (see the module docs).
+
+    Args:
+        run_id: The run id (a non-empty str).
+        store_name: The name of the store hash (``"store"``); several stores may share a run.
+    """
+
+    run_id: str
+    store_name: str = "store"
+
+    @property
+    def prefix(self) -> str:
+        """``rdzv:{R}:`` — the prefix of every key of the run."""
+        return f"{CHANNEL_PREFIX}{{{self.run_id}}}:"
+
+    @property
+    def state(self) -> str:
+        return self.prefix + "state"
+
+    @property
+    def alive(self) -> str:
+        return self.prefix + "alive"
+
+    @property
+    def alive_until(self) -> str:
+        return self.prefix + "alive:until"
+
+    @property
+    def store(self) -> str:
+        return self.prefix + self.store_name
+
+    @property
+    def state_channel(self) -> str:
+        return self.prefix + "state:changed"
+
+    @property
+    def store_channel(self) -> str:
+        return self.store + ":set"
+
+    def all_keys(self) -> list[str]:
+        """Every data key of the run, state first (used to refresh expiry and to clean up)."""
+        return [self.state, self.alive, self.alive_until, self.store]

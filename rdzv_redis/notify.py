@@ -1,0 +1,205 @@
+"""Push notifications: one pub/sub listener thread per client fans messages out to waiters.
+
+Writers ``PUBLISH`` inside their Lua scripts (atomically with the write) on channels that
+start with ``rdzv:`` (see :mod:`rdzv_redis.keys`). A :class:`Notifier` owns one dedicated
+connection that ``PSUBSCRIBE``\\ s to ``rdzv:*`` and one daemon thread that reads it; every
+backend and store of the process sharing the client registers :class:`Waiter` objects with
+it instead of opening connections or threads of their own.
+
+The protocol that makes waiting race-free without polling::
+
+    with notifier.waiter(channel, keys) as waiter:   # 1. register (local, no round trip)
+        while True:
+            waiter.clear()                             # 2. forget older notifications
+            if condition_holds_on_server():            # 3. check (one round trip)
+                break
+            waiter.wait(remaining)                     # 4. sleep until a message or timeout
+
+A message published after step 2 sets the waiter's event, so it is never lost between the
+check and the sleep. When the listener's connection breaks or is (re)established, every
+waiter is woken so it checks again: messages sent while nobody listened are not missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from rdzv_redis.keys import CHANNEL_PATTERN
+
+__all__ = ["Notifier", "Waiter"]
+
+logger = logging.getLogger(__name__)
+
+#: How often (seconds) the listener looks at its stop flag while no message arrives.
+POLL_INTERVAL = 0.25
+#: Bounds (seconds) of the jittered back-off between reconnection attempts.
+RECONNECT_BACKOFF = (0.05, 1.0)
+
+
+class Waiter:
+    """One blocked caller's interest in a channel.
+
+    Args:
+        channel: The channel (str) whose messages wake this waiter.
+        keys: When given, only messages whose payload is one of these str wake it (a store
+            waiting for some keys); ``None`` means any message on the channel does.
+    """
+
+    __slots__ = ("channel", "keys", "_event")
+
+    def __init__(self, channel: str, keys: Iterable[str] | None = None) -> None:
+        self.channel = channel.encode()
+        self.keys = None if keys is None else frozenset(k.encode() for k in keys)
+        self._event = threading.Event()
+
+    def offer(self, payload: bytes) -> None:
+        """Wake the waiter if ``payload`` is of interest (called by the listener thread)."""
+        if self.keys is None or payload in self.keys:
+            self._event.set()
+
+    def wake(self) -> None:
+        """Wake the waiter unconditionally (the listener reconnected or stops)."""
+        self._event.set()
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups; call right before checking the server."""
+        self._event.clear()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; return whether the waiter was woken."""
+        return self._event.wait(max(0.0, timeout))
+
+
+class _Registration:
+    """Context manager returned by :meth:`Notifier.waiter`."""
+
+    def __init__(self, notifier: Notifier, waiter: Waiter) -> None:
+        self._notifier = notifier
+        self._waiter = waiter
+
+    def __enter__(self) -> Waiter:
+        self._notifier._add(self._waiter)
+        return self._waiter
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._notifier._remove(self._waiter)
+
+
+class Notifier:
+    """Receives ``rdzv:*`` pub/sub messages on one connection and wakes registered waiters.
+
+    The listener thread (a daemon) starts with the first waiter and runs until
+    :meth:`close`; it reconnects with a jittered back-off after connection errors.
+
+    Args:
+        make_pubsub: Returns a new redis-py ``PubSub`` object (not yet subscribed).
+        name: Names the thread and log messages (must not contain secrets).
+    """
+
+    def __init__(self, make_pubsub: Callable[[], Any], name: str) -> None:
+        self._make_pubsub = make_pubsub
+        self._name = name
+        self._lock = threading.Lock()
+        self._waiters: dict[bytes, set[Waiter]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._subscribed = threading.Event()
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the listener is subscribed right now (messages are being received)."""
+        return self._subscribed.is_set()
+
+    def waiter(self, channel: str, keys: Iterable[str] | None = None) -> _Registration:
+        """Return a context manager registering a :class:`Waiter` on ``channel`` (see module
+        docs); ``keys`` restricts which payloads wake it."""
+        return _Registration(self, Waiter(channel, keys))
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Start the listener if needed and wait up to ``timeout`` s until it is subscribed."""
+        self._ensure_started()
+        return self._subscribed.wait(max(0.0, timeout))
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the listener thread (waits up to ``timeout`` s) and wake every waiter."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._wake_all()
+
+    # -- waiters -----------------------------------------------------------------------------
+
+    def _add(self, waiter: Waiter) -> None:
+        self._ensure_started()
+        with self._lock:
+            self._waiters.setdefault(waiter.channel, set()).add(waiter)
+
+    def _remove(self, waiter: Waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get(waiter.channel)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[waiter.channel]
+
+    def _dispatch(self, channel: bytes, payload: bytes) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(channel, ()))
+        for waiter in waiters:
+            waiter.offer(payload)
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            waiters = [w for group in self._waiters.values() for w in group]
+        for waiter in waiters:
+            waiter.wake()
+
+    # -- listener thread ---------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None or self._stop.is_set():
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"rdzv-redis-listener[{self._name}]", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        delay = RECONNECT_BACKOFF[0]
+        while not self._stop.is_set():
+            try:
+                self._listen_once()
+                delay = RECONNECT_BACKOFF[0]
+            except Exception as exc:  # any failure: drop the connection and reconnect
+                logger.debug("Redis listener %s lost its connection: %s", self._name, exc)
+            self._stop.wait(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, RECONNECT_BACKOFF[1])
+
+    def _listen_once(self) -> None:
+        """Subscribe, then dispatch messages until stopped or the connection breaks."""
+        pubsub = self._make_pubsub()
+        try:
+            pubsub.psubscribe(CHANNEL_PATTERN)
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=POLL_INTERVAL)
+                if message is None:
+                    continue
+                if message["type"] == "pmessage":
+                    self._dispatch(message["channel"], message["data"])
+                elif message["type"] == "psubscribe":
+                    self._subscribed.set()
+                    self._wake_all()  # anything published before now was not seen: re-check
+        finally:
+            was_subscribed = self._subscribed.is_set()
+            self._subscribed.clear()
+            if was_subscribed:
+                self._wake_all()
+            try:
+                pubsub.close()
+            except Exception:  # closing a broken connection may fail again; nothing to do
+                logger.debug("Closing the pub/sub connection of %s failed", self._name, exc_info=True)
