@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Mapping
@@ -51,6 +52,14 @@ def _check_port(port: int | str, endpoint: str) -> int:
     return value
 
 
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_rendezvous_endpoint(endpoint: str | None, default_port: int) -> Endpoint:
     """Parse ``host``, ``host:port``, ``[ipv6]:port`` or a URL (``redis://``, ``rediss://``,
     ``http(s)://``; the scheme is kept) into an :class:`Endpoint`.
@@ -66,13 +75,17 @@ def parse_rendezvous_endpoint(endpoint: str | None, default_port: int) -> Endpoi
         return Endpoint("localhost", default_port)
     if "://" in text:
         return _parse_url(text, default_port)
+    if "@" in text:  # credentials outside a URL: refuse without quoting them
+        raise ValueError("The rendezvous endpoint has credentials ('user:password@') but no URL scheme; write it as a URL, e.g. 'redis://user:password@host:port'.")
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or not host or (rest and not rest.startswith(":")):
+        if not sep or not _is_ipv6(host) or (rest and not rest.startswith(":")):
             raise ValueError(f"The rendezvous endpoint '{text}' is not a valid '[IPv6]:port' address.")
         port = _check_port(rest[1:], text) if rest else default_port
         return Endpoint(host, port)
     if text.count(":") > 1:  # a bare IPv6 address without a port
+        if not _is_ipv6(text):
+            raise ValueError(f"The rendezvous endpoint '{text}' is neither 'host[:port]' nor an IPv6 address.")
         return Endpoint(text, default_port)
     host, sep, port_text = text.partition(":")
     if not host or any(c in host for c in "/@ ") or (sep and not port_text):
@@ -91,6 +104,8 @@ def _parse_url(text: str, default_port: int) -> Endpoint:
         port = parts.port
     except ValueError:
         raise ValueError(f"The port number of the rendezvous endpoint '{safe}' must be between 1 and 65535.") from None
+    if port is not None:
+        port = _check_port(port, safe)  # urllib accepts port 0
     return Endpoint(
         host=parts.hostname,
         port=port if port is not None else default_port,
