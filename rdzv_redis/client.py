@@ -243,7 +243,11 @@ class RedisClient:
         self.errors = self._redis_module.exceptions
         self.redis = self._redis_module.Redis(connection_pool=self._make_pool(config))
         self.scripts = {name: self.redis.register_script(source) for name, source in ALL_SCRIPTS.items()}
-        self.notifier = Notifier(lambda: self.redis.pubsub(ignore_subscribe_messages=False), config.display)
+        self.notifier = Notifier(
+            lambda: self.redis.pubsub(ignore_subscribe_messages=False),
+            self.redis.publish,
+            config.display,
+        )
         self._refs = 0
         self._closed = False
 

@@ -25,17 +25,18 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from rdzv_redis.keys import CHANNEL_PATTERN
+from rdzv_redis.keys import CHANNEL_PATTERN, CHANNEL_PREFIX
 
 __all__ = ["Notifier", "Waiter"]
 
 logger = logging.getLogger(__name__)
 
 #: How often (seconds) the listener looks at its stop flag while no message arrives.
-POLL_INTERVAL = 0.25
+POLL_INTERVAL = 0.5
 #: Bounds (seconds) of the jittered back-off between reconnection attempts.
 RECONNECT_BACKOFF = (0.05, 1.0)
 
@@ -97,12 +98,17 @@ class Notifier:
 
     Args:
         make_pubsub: Returns a new redis-py ``PubSub`` object (not yet subscribed).
+        publish: ``publish(channel, payload)`` on another connection; :meth:`close` uses it to
+            wake the listener at once instead of after its poll interval.
         name: Names the thread and log messages (must not contain secrets).
     """
 
-    def __init__(self, make_pubsub: Callable[[], Any], name: str) -> None:
+    def __init__(self, make_pubsub: Callable[[], Any], publish: Callable[[str, bytes], Any], name: str) -> None:
         self._make_pubsub = make_pubsub
+        self._publish = publish
         self._name = name
+        #: A channel of this listener alone: a message on it just makes the loop look around.
+        self._control_channel = f"{CHANNEL_PREFIX}listener:{uuid.uuid4().hex}"
         self._lock = threading.Lock()
         self._waiters: dict[bytes, set[Waiter]] = {}
         self._stop = threading.Event()
@@ -128,7 +134,12 @@ class Notifier:
         """Stop the listener thread (waits up to ``timeout`` s) and wake every waiter."""
         self._stop.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            if self._subscribed.is_set():
+                try:
+                    self._publish(self._control_channel, b"stop")
+                except Exception:  # the server is gone: the poll interval ends the loop
+                    logger.debug("Could not wake the listener of %s", self._name, exc_info=True)
             thread.join(timeout)
         self._wake_all()
 
