@@ -7,6 +7,9 @@ implements one of the small protocols below, the handler uses it:
 * :class:`ChangeNotifier` — waiting nodes block until the state changes instead of polling.
 * :class:`LivenessTracker` — keep-alives go to per-node liveness records instead of
   rewriting the shared state; dead nodes are found by asking about a few nodes at a time.
+* :class:`JoinQueue` — joining nodes announce themselves in a queue, and one node admits
+  the whole queue with a single compare-and-set, so a burst of N joins costs O(N) small
+  requests and a handful of state writes instead of O(N^2) lost compare-and-sets.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Token", "RendezvousBackend", "ChangeNotifier", "LivenessTracker"]
+__all__ = ["Token", "RendezvousBackend", "ChangeNotifier", "LivenessTracker", "JoinQueue"]
 
 #: A fencing token: opaque to the handler, compared only by the backend.
 Token = Any
@@ -94,4 +97,28 @@ class LivenessTracker(Protocol):
 
     def forget_node(self, node: str) -> None:
         """Delete the liveness record of ``node`` (it left or was removed)."""
+        ...
+
+
+@runtime_checkable
+class JoinQueue(Protocol):
+    """A backend with a queue of nodes asking to be admitted to the rendezvous.
+
+    The queue is a set ordered by arrival: enqueuing a node twice keeps its first place.
+    """
+
+    def enqueue_join(self, node: str) -> int:
+        """Add ``node`` to the queue; return its 1-based position (1 = at the head)."""
+        ...
+
+    def pending_joins(self) -> list[str]:
+        """Return the queued nodes in arrival order (the queue is not changed)."""
+        ...
+
+    def pending_join_count(self) -> int:
+        """Return the number of queued nodes."""
+        ...
+
+    def ack_joins(self, nodes: Sequence[str]) -> None:
+        """Remove ``nodes`` from the queue (they were admitted into the state)."""
         ...

@@ -12,8 +12,12 @@ compare-and-set. What differs from torch:
 * with a :class:`~rdzv_core.backend.LivenessTracker`, keep-alives write a per-node record
   and never the shared state; each node checks only its ring predecessors (nodes sorted by
   key), so finding dead nodes costs O(1) per node and interval, O(N) for the whole run;
+* with a :class:`~rdzv_core.backend.JoinQueue`, a joining node enqueues itself; the node at
+  the head of the queue waits for the burst to settle and admits every queued node with one
+  compare-and-set, so N joins cost O(N) small requests and a few state writes (torch: O(N^2)
+  lost compare-and-sets, which collapses past ~100 nodes);
 * a failed compare-and-set uses the state the backend returned (no extra read) and backs off
-  with jitter, which keeps a burst of joins from collapsing into retries;
+  with jitter;
 * removing a participant from a complete round makes :meth:`num_nodes_waiting` report the
   missing nodes, so agents re-rendezvous;
 * one log line per transition and :meth:`DynamicRendezvousHandler.add_event_listener`.
@@ -41,7 +45,7 @@ from rdzv_core.api import (
     RendezvousStoreInfo,
     RendezvousTimeoutError,
 )
-from rdzv_core.backend import ChangeNotifier, LivenessTracker, RendezvousBackend, Token
+from rdzv_core.backend import ChangeNotifier, JoinQueue, LivenessTracker, RendezvousBackend, Token
 from rdzv_core.state import NodeDesc, NodeDescGenerator, RendezvousState, decode_state, encode_state
 from rdzv_core.store import PrefixStore, Store
 
@@ -74,6 +78,10 @@ _ROLLBACK_PERIOD = 5.0
 _POLL_MIN, _POLL_MAX = 0.01, 0.25
 #: Cap (seconds) of the jittered backoff after a lost compare-and-set.
 _BACKOFF_CAP = 0.25
+#: Join queue: the head waits until the queue has not grown for _SETTLE seconds (at most
+#: _GATHER_MAX) before admitting it; a queued node not admitted within _FALLBACK (+ jitter)
+#: admits the queue itself (the head may have died).
+_SETTLE, _GATHER_MAX, _FALLBACK = 0.02, 0.25, 1.0
 
 
 class RendezvousTimeout:
@@ -243,6 +251,16 @@ def _add_participant(state: RendezvousState, node: str, settings: RendezvousSett
         state.deadline = time.time() + settings.timeout.last_call.total_seconds()
     if len(state.participants) == settings.max_nodes:
         _mark_complete(state)
+
+
+def _admit(state: RendezvousState, node: str, settings: RendezvousSettings) -> None:
+    """Admit ``node`` (not in any list) as the join operation would decide for itself."""
+    if not state.complete:
+        _add_participant(state, node, settings)
+    elif len(state.participants) < settings.max_nodes:
+        state.wait_list.append(node)
+    else:
+        state.redundancy_list.append(node)
 
 
 def _missing_participants(state: RendezvousState) -> int:
@@ -461,6 +479,7 @@ def _flush_op(ctx: _Context, deadline: float) -> _Action:
 
 
 _Op = Callable[[_Context, float], _Action]
+_ADMISSIONS = frozenset({_Action.ADD_TO_PARTICIPANTS, _Action.ADD_TO_WAIT_LIST, _Action.ADD_TO_REDUNDANCY_LIST})
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,6 +497,8 @@ class _OpExecutor:
         self._emit = emit
         self._last_beat = float("-inf")
         self._poll_interval = _POLL_MIN
+        self._queue = backend if isinstance(backend, JoinQueue) else None
+        self._queued_at: float | None = None
 
     def keep_alive_due(self) -> bool:
         return time.monotonic() - self._last_beat >= self._settings.interval_s
@@ -492,6 +513,7 @@ class _OpExecutor:
         holder = self._holder
         lost = 0
         self._poll_interval = _POLL_MIN
+        self._queued_at = None
         while True:
             has_set = holder.sync()
             if has_set is False:
@@ -512,6 +534,9 @@ class _OpExecutor:
             if action is _Action.SYNC:
                 if not holder.dirty:
                     self._wait(deadline)
+                continue
+            if action in _ADMISSIONS and self._queue is not None and not holder.dirty:
+                self._join_through_queue(self._queue, deadline)
                 continue
             self._apply(action)
 
@@ -538,6 +563,63 @@ class _OpExecutor:
             state.closed = True
         self._holder.dirty = True
 
+    def _join_through_queue(self, queue: JoinQueue, deadline: float) -> None:
+        """Enqueue this node; the head of the queue admits everyone queued (see module doc)."""
+        if self._queued_at is None:
+            self._beat()
+            position = queue.enqueue_join(self._key)
+            self._queued_at = time.monotonic()
+            if position == 1:
+                self._gather(queue, deadline)
+                self._admit_queue(queue, deadline)
+                return
+        waited = time.monotonic() - self._queued_at
+        fallback = _FALLBACK * random.uniform(1.0, 2.0)
+        if waited >= fallback:
+            self._admit_queue(queue, deadline)
+            self._queued_at = time.monotonic()
+            return
+        self._wait(min(deadline, time.monotonic() + fallback - waited))
+
+    def _gather(self, queue: JoinQueue, deadline: float) -> None:
+        """Let a burst of joins gather: return once the queue stopped growing for _SETTLE
+        seconds, holds as many nodes as the round has room for, or _GATHER_MAX passed."""
+        state = self._holder.state
+        room = self._settings.max_nodes - len(state.participants) if not state.complete else 1
+        stop = min(deadline, time.monotonic() + _GATHER_MAX)
+        count = queue.pending_join_count()
+        while count < room and time.monotonic() < stop:
+            time.sleep(_SETTLE)
+            previous, count = count, queue.pending_join_count()
+            if count == previous:
+                return
+
+    def _admit_queue(self, queue: JoinQueue, deadline: float) -> None:
+        """Admit every queued node with compare-and-set until the queue is empty."""
+        holder = self._holder
+        lost = 0
+        while time.monotonic() < deadline:
+            pending = queue.pending_joins()
+            if not pending:
+                return
+            state = holder.state
+            known = set(state.members())
+            new = [node for node in dict.fromkeys(pending) if node not in known]
+            if state.closed:
+                return  # the queued nodes see the closed state and fail
+            for node in new:
+                _admit(state, node, self._settings)
+                if self._liveness.writes_state:
+                    self._liveness.beat(node, state)
+            holder.dirty = bool(new)
+            if new and not holder.sync():
+                lost += 1
+                self._backoff(lost, deadline)
+                continue
+            queue.ack_joins(pending)
+            if new:
+                logger.debug("The node '%s' admitted %d queued nodes into round %d of '%s'.", self._key, len(new), holder.state.round, self._settings.run_id)
+
     def _beat(self) -> None:
         self._liveness.beat(self._key, self._holder.state)
         self._last_beat = time.monotonic()
@@ -560,6 +642,7 @@ class _OpExecutor:
         return max(0.001, min(due))
 
     def _wait(self, deadline: float) -> None:
+        """Block until the state changes or something is due (never past ``deadline``)."""
         timeout = self._wake_after(deadline)
         if isinstance(self._backend, ChangeNotifier):
             self._backend.wait_for_change(self._holder.token, timeout)
