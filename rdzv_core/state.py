@@ -54,7 +54,7 @@ class NodeDesc:
         """Parse a :attr:`key`; a key of another form yields ``NodeDesc(key, 0, 0)``."""
         addr, _, rest = key.rpartition("_")
         head, _, pid = addr.rpartition("_")
-        if head and pid.isdigit() and rest.isdigit():
+        if head and pid.isascii() and pid.isdigit() and rest.isascii() and rest.isdigit():  # '²'.isdigit() is True
             return NodeDesc(head, int(pid), int(rest))
         return NodeDesc(key, 0, 0)
 
