@@ -1,0 +1,453 @@
+"""Connection configuration, error mapping, retry/failover and the key-value interface that the
+etcd v2 and v3 adapters share.
+
+The backend (:mod:`rdzv_etcd.backend`) and the store (:mod:`rdzv_etcd.store`) are written
+once, against :class:`EtcdKV`: a small versioned key-value interface (read with a version,
+compare-and-set on that version, TTLs, watch from a revision). :mod:`rdzv_etcd.v2`
+implements it on python-etcd (the v2 HTTP API), :mod:`rdzv_etcd.v3` on etcd3gw (the v3 gRPC
+JSON gateway). This module holds what both need: :class:`EtcdConfig` (endpoints, TLS, auth,
+timeouts, parsed from :class:`~rdzv_core.api.RendezvousParameters`), the lazy import of the
+client libraries, and :meth:`EtcdKV._call`, which retries transport failures briefly, fails
+over between endpoints, and turns what is left into
+:class:`~rdzv_core.api.RendezvousConnectionError` naming the endpoint and the cause (never the
+password).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import logging
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+from rdzv_core.api import RendezvousConnectionError, RendezvousParameters
+from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_KEY_TTL",
+    "ETCD_CONFIG_KEYS",
+    "EtcdConfig",
+    "EtcdKV",
+    "Versioned",
+    "Failure",
+    "import_client",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: etcd's client port.
+DEFAULT_PORT = 2379
+#: Seconds a single request (not a watch) may take.
+DEFAULT_READ_TIMEOUT = 60.0
+#: Seconds the rendezvous state outlives its last write (torch's default: two hours).
+DEFAULT_KEY_TTL = 7200
+#: Seconds during which transport failures are retried (with back-off, across endpoints).
+DEFAULT_RETRY_WINDOW = 3.0
+
+#: The configuration keys of the etcd backends (``--rdzv-conf``).
+ETCD_CONFIG_KEYS = frozenset(
+    {"protocol", "cacert", "cert", "key", "username", "password", "read_timeout", "key_ttl"}
+)
+
+#: Environment fallbacks for the credentials (parameters win).
+USERNAME_ENV = "RDZV_ETCD_USERNAME"
+PASSWORD_ENV = "RDZV_ETCD_PASSWORD"
+
+_INSTALL_HINT = "pip install 'rdzv[etcd]'"
+
+
+def import_client(module: str) -> ModuleType:
+    """Import an etcd client library (``"etcd"`` = python-etcd, ``"etcd3gw"``) on first use.
+
+    Raises:
+        ImportError: the library is missing; the message says ``pip install 'rdzv[etcd]'``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        dist = {"etcd": "python-etcd"}.get(module, module)
+        raise ImportError(
+            f"The rdzv etcd plug-in needs the '{dist}' package, which cannot be imported "
+            f"({exc}). Install it with: {_INSTALL_HINT}"
+        ) from exc
+
+
+class Versioned(NamedTuple):
+    """A value read from etcd with its version.
+
+    Attributes:
+        value: The stored bytes (v2 values are decoded from base64 by the adapter).
+        version: v2: the key's ``modifiedIndex``; v3: its ``mod_revision``. Every write of the
+            key gives a larger version, so ``(value, version)`` is a fencing token.
+    """
+
+    value: bytes
+    version: int
+
+
+class Failure(enum.Enum):
+    """What a failed request means for a retry (see :meth:`EtcdKV._classify`)."""
+
+    #: The request never reached etcd (connection refused, connect timeout): always retry.
+    NOT_SENT = "not sent"
+    #: The request may have been applied (reset or timeout after sending, 5xx, no leader):
+    #: retry only idempotent operations, so that e.g. ``add`` never counts twice.
+    MAYBE_SENT = "maybe sent"
+    #: etcd answered and refused (authentication, permission, request too large): no retry.
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    """How to reach etcd; built by :meth:`from_params` or directly.
+
+    Attributes:
+        endpoints: One or more ``Endpoint`` (host, port) of the same cluster; requests go to
+            the first and fail over to the others.
+        protocol: ``"http"`` or ``"https"``.
+        cacert: Path of the CA bundle that verifies the server (https only).
+        cert: Path of the client certificate (PEM; may also hold the key).
+        key: Path of the client certificate's private key.
+        username: etcd user (v2: HTTP basic auth; v3: ``/v3/auth/authenticate`` token).
+        password: Its password; never shown by ``repr`` or in error messages.
+        read_timeout: Seconds one request may take (float > 0). Watches have their own bound.
+        key_ttl: Seconds (int >= 1) the rendezvous state outlives its last write.
+        retry_window: Seconds during which transport failures are retried.
+    """
+
+    endpoints: tuple[Endpoint, ...] = (Endpoint("localhost", DEFAULT_PORT),)
+    protocol: str = "http"
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    key_ttl: int = DEFAULT_KEY_TTL
+    retry_window: float = DEFAULT_RETRY_WINDOW
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_params(cls, params: RendezvousParameters) -> EtcdConfig:
+        """Build the configuration from ``params.endpoint`` and ``params.config``.
+
+        ``endpoint`` is ``host[:port]`` (port 2379 by default), ``[ipv6]:port``, or
+        ``http(s)://[user:password@]host:port``; several, comma-separated, name the members
+        of one cluster. Config keys: ``protocol`` (``http``/``https``; a URL scheme sets it
+        too), ``cacert``, ``cert``, ``key`` (file paths), ``username``/``password`` (else
+        from the URL, else the environment variables ``RDZV_ETCD_USERNAME`` /
+        ``RDZV_ETCD_PASSWORD``), ``read_timeout`` (seconds, default 60), ``key_ttl``
+        (seconds, default 7200).
+
+        Raises:
+            ValueError: a malformed endpoint or config value; the message names the key
+                (``endpoint``, ``protocol``, ``cert``, ...) and never the password.
+        """
+        return cls.from_endpoint(params.endpoint, params.config)
+
+    @classmethod
+    def from_endpoint(cls, endpoint: str | None, config: Mapping[str, Any] | None = None) -> EtcdConfig:
+        """Like :meth:`from_params`, from an endpoint string and a config mapping."""
+        params = RendezvousParameters("etcd", endpoint or "", "config", 1, 1, **dict(config or {}))
+        endpoints, scheme, url_user, url_password = _parse_endpoints(endpoint)
+        protocol = _parse_protocol(params.get("protocol"), scheme)
+        read_timeout = params.get_as_float("read_timeout", DEFAULT_READ_TIMEOUT)
+        key_ttl = params.get_as_int("key_ttl", DEFAULT_KEY_TTL)
+        assert read_timeout is not None and key_ttl is not None
+        return cls(
+            endpoints=endpoints,
+            protocol=protocol,
+            cacert=_optional_str(params, "cacert"),
+            cert=_optional_str(params, "cert"),
+            key=_optional_str(params, "key"),
+            username=_optional_str(params, "username") or url_user or os.environ.get(USERNAME_ENV) or None,
+            password=_optional_str(params, "password") or url_password or os.environ.get(PASSWORD_ENV) or None,
+            read_timeout=read_timeout,
+            key_ttl=key_ttl,
+        )
+
+    @property
+    def urls(self) -> list[str]:
+        """The base URL of each endpoint (``http://host:port``), without credentials."""
+        return [f"{self.protocol}://{_host_for_url(e.host)}:{e.port}" for e in self.endpoints]
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds to establish a TCP (and TLS) connection: ``min(read_timeout, 5)``."""
+        return min(self.read_timeout, 5.0)
+
+    def describe(self) -> str:
+        """The endpoints for messages: ``http://h1:2379,http://h2:2379`` (no password)."""
+        return ",".join(self.urls)
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _optional_str(params: RendezvousParameters, key: str) -> str | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"The rendezvous configuration option '{key}' must be a string (got {type(value).__name__}).")
+    return value.strip() or None
+
+
+def _parse_endpoints(text: str | None) -> tuple[tuple[Endpoint, ...], str | None, str | None, str | None]:
+    """Split ``text`` on commas and parse each; return endpoints, the common scheme and creds."""
+    parts = [part.strip() for part in (text or "").split(",") if part.strip()] or [""]
+    endpoints: list[Endpoint] = []
+    schemes: set[str | None] = set()
+    user = password = None
+    for part in parts:
+        try:
+            parsed = parse_rendezvous_endpoint(part, DEFAULT_PORT)
+        except ValueError as exc:
+            raise ValueError(f"The rendezvous option 'endpoint' is invalid: {exc}") from None
+        if parsed.scheme not in (None, "http", "https"):
+            raise ValueError(f"The rendezvous option 'endpoint' must use http:// or https:// for etcd (got '{parsed}').")
+        if parsed.path not in ("", "/"):
+            raise ValueError(f"The rendezvous option 'endpoint' must not have a path for etcd (got '{parsed}{parsed.path}').")
+        schemes.add(parsed.scheme)
+        user = user or parsed.username
+        password = password or parsed.password
+        endpoints.append(Endpoint(parsed.host, parsed.port))
+    explicit = {s for s in schemes if s}
+    if len(explicit) > 1:
+        raise ValueError("The rendezvous option 'endpoint' mixes http:// and https:// endpoints.")
+    return tuple(endpoints), (explicit.pop() if explicit else None), user, password
+
+
+def _parse_protocol(value: Any, scheme: str | None) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return scheme or "http"
+    protocol = str(value).strip().lower()
+    if protocol not in ("http", "https"):
+        raise ValueError(f"The rendezvous configuration option 'protocol' must be 'http' or 'https' (got {value!r}).")
+    if scheme and scheme != protocol:
+        raise ValueError(f"The rendezvous configuration option 'protocol' ({protocol}) contradicts the endpoint's scheme ({scheme}).")
+    return protocol
+
+
+def _validate(config: EtcdConfig) -> None:
+    if not config.endpoints:
+        raise ValueError("The rendezvous option 'endpoint' names no etcd endpoint.")
+    if config.protocol not in ("http", "https"):
+        raise ValueError(f"The rendezvous configuration option 'protocol' must be 'http' or 'https' (got {config.protocol!r}).")
+    for name in ("cacert", "cert", "key"):
+        path = getattr(config, name)
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"The rendezvous configuration option '{name}' names no readable file: {path!r}.")
+        if path is not None and config.protocol != "https":
+            raise ValueError(f"The rendezvous configuration option '{name}' needs TLS: set 'protocol=https' or use an https:// endpoint.")
+    if config.key is not None and config.cert is None:
+        raise ValueError("The rendezvous configuration option 'key' needs 'cert' (the client certificate).")
+    if bool(config.username) != bool(config.password):
+        missing = "password" if config.username else "username"
+        raise ValueError(f"The rendezvous configuration option '{missing}' is missing: etcd authentication needs both 'username' and 'password'.")
+    if not config.read_timeout > 0:
+        raise ValueError(f"The rendezvous configuration option 'read_timeout' must be > 0 seconds (got {config.read_timeout!r}).")
+    if isinstance(config.key_ttl, bool) or not isinstance(config.key_ttl, int) or config.key_ttl < 1:
+        raise ValueError(f"The rendezvous configuration option 'key_ttl' must be an integer >= 1 second (got {config.key_ttl!r}).")
+    if config.retry_window < 0:
+        raise ValueError(f"The retry window must not be negative (got {config.retry_window!r}).")
+
+
+class EtcdKV(ABC):
+    """A versioned key-value view of etcd: what the rendezvous backend and store need.
+
+    Keys are absolute ``str`` paths (``/rdzv/...``, see :mod:`rdzv_etcd.keys`), values are
+    ``bytes``, versions are ints (see :class:`Versioned`). Revisions returned by
+    :meth:`get_many` and accepted by :meth:`watch` are the cluster-wide counter (v2: the
+    etcd index; v3: the store revision): every later change of any key has a larger one.
+
+    All methods raise :class:`~rdzv_core.api.RendezvousConnectionError` (endpoint + cause)
+    when etcd cannot be reached within :attr:`EtcdConfig.retry_window` or refuses the request,
+    and :class:`~rdzv_core.api.RendezvousStateError` when a stored value cannot be decoded.
+    Instances are thread-safe.
+    """
+
+    #: ``"v2"`` or ``"v3"``.
+    api: ClassVar[str]
+
+    def __init__(self, config: EtcdConfig) -> None:
+        self.config = config
+        self._clients: list[Any] = [None] * len(config.endpoints)
+        self._current = 0
+        self._lock = threading.Lock()
+
+    @property
+    def backend_name(self) -> str:
+        """The registered backend name: ``"etcd-v2"`` or ``"etcd-v3"``."""
+        return f"etcd-{self.api}"
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoints, for messages (no password)."""
+        return self.config.describe()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.endpoint!r})"
+
+    # -- the interface --------------------------------------------------------------------
+
+    @abstractmethod
+    def get(self, key: str) -> Versioned | None:
+        """Return the value and version of ``key``, or ``None`` when it does not exist."""
+
+    @abstractmethod
+    def get_many(self, keys: Sequence[str]) -> tuple[dict[str, Versioned], int]:
+        """Read ``keys`` (the absent ones are left out of the dict).
+
+        Returns:
+            ``(values, revision)``: watching from ``revision + 1`` sees every change made
+            after the values were read.
+        """
+
+    @abstractmethod
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        """Write ``key`` unconditionally; return its new version.
+
+        Args:
+            ttl: Seconds after which etcd deletes the key (``None``: never). v2 rounds up to
+                whole seconds; v3 binds the key to a lease that expires between ``ttl`` and
+                ``2 * ttl`` seconds after this write.
+        """
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write several keys (no TTL); v3 does it in one atomic transaction."""
+        for key, value in items:
+            self.put(key, value)
+
+    @abstractmethod
+    def put_if(self, key: str, value: bytes, version: int | None, ttl: float | None = None) -> tuple[bool, Versioned | None]:
+        """Compare-and-set: write ``key`` only if its version is ``version``.
+
+        Args:
+            version: The version the caller read, or ``None`` for "only if absent".
+            ttl: As for :meth:`put`.
+
+        Returns:
+            ``(applied, stored)``: whether the write happened, and the key's value and version
+            after the call (the caller's on success, the current one on failure, ``None`` when
+            the key does not exist).
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; return whether it existed."""
+
+    @abstractmethod
+    def list_prefix(self, prefix: str) -> dict[str, bytes]:
+        """Return every key under ``prefix`` (which ends with ``/``) with its value."""
+
+    @abstractmethod
+    def count_prefix(self, prefix: str) -> int:
+        """Return the number of keys under ``prefix`` (which ends with ``/``)."""
+
+    @abstractmethod
+    def watch(self, key: str, start_revision: int, timeout: float) -> bool:
+        """Block until ``key`` changes at a revision ``>= start_revision``, or ``timeout``
+        seconds pass.
+
+        Changes that happened before the call but at or after ``start_revision`` are reported
+        at once (etcd replays its history), so a read followed by a watch from the read's
+        revision + 1 never misses a change.
+
+        Returns:
+            ``True`` on a change (also when etcd no longer has the history back to
+            ``start_revision``: the caller re-reads), ``False`` on timeout.
+        """
+
+    def close(self) -> None:
+        """Release pooled connections; the instance stays usable (it reconnects)."""
+        with self._lock:
+            clients, self._clients = self._clients, [None] * len(self._clients)
+        for client in clients:
+            if client is not None:
+                self._disconnect(client)
+
+    # -- what adapters provide ------------------------------------------------------------
+
+    @abstractmethod
+    def _connect(self, endpoint: Endpoint, url: str) -> Any:
+        """Create the library client of one endpoint (no network traffic)."""
+
+    @abstractmethod
+    def _disconnect(self, client: Any) -> None:
+        """Release the connections of a library client."""
+
+    @abstractmethod
+    def _classify(self, exc: BaseException) -> Failure | None:
+        """Return what ``exc`` means, or ``None`` when it is not the client library's error
+        (it then propagates unchanged)."""
+
+    def _describe(self, exc: BaseException) -> str:
+        """The cause of a failure for messages (the password is masked afterwards)."""
+        return f"{type(exc).__name__}: {exc}"
+
+    # -- shared machinery -----------------------------------------------------------------
+
+    def _client(self) -> tuple[int, Any]:
+        with self._lock:
+            index = self._current
+            client = self._clients[index]
+            if client is None:
+                client = self._clients[index] = self._connect(self.config.endpoints[index], self.config.urls[index])
+            return index, client
+
+    def _fail_over(self, index: int) -> None:
+        with self._lock:
+            if self._current == index:
+                self._current = (index + 1) % len(self._clients)
+
+    def _call(self, op: str, fn: Callable[[Any], T], *, idempotent: bool = True) -> T:
+        """Run ``fn(client)``, retrying transport failures for up to ``retry_window`` seconds.
+
+        Each failure moves to the next endpoint; back-off doubles from 50 ms to 1 s. A failure
+        that may have reached etcd (:attr:`Failure.MAYBE_SENT`) is retried only when
+        ``idempotent``; a refusal (:attr:`Failure.REFUSED`) never.
+
+        Raises:
+            RendezvousConnectionError: still failing; names ``op``, the endpoints and the cause.
+        """
+        deadline = time.monotonic() + self.config.retry_window
+        delay = 0.05
+        while True:
+            index, client = self._client()
+            try:
+                return fn(client)
+            except Exception as exc:
+                kind = self._classify(exc)
+                if kind is None:
+                    raise
+                if kind is Failure.REFUSED:
+                    raise self.connection_error(op, self._describe(exc)) from exc
+                self._fail_over(index)
+                retry = idempotent or kind is Failure.NOT_SENT
+                if not retry or time.monotonic() + delay > deadline:
+                    raise self.connection_error(op, self._describe(exc)) from exc
+                logger.debug("etcd %s at %s failed (%s); retrying in %.2f s", op, self.config.urls[index], exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def connection_error(self, op: str, cause: str) -> RendezvousConnectionError:
+        """Build the error for a failed ``op``: endpoint and cause, with the password masked."""
+        text = cause
+        if self.config.password:
+            text = text.replace(self.config.password, "***")
+        return RendezvousConnectionError(f"The etcd {self.api} request '{op}' to {self.endpoint} failed: {text}")

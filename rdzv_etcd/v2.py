@@ -1,0 +1,237 @@
+"""The etcd v2 API adapter (python-etcd) and the ``etcd-v2`` backend factory.
+
+etcd v2 is torch's ``etcd-v2`` backend protocol: keys are paths, values are strings (rdzv
+stores bytes base64-encoded), every write gets a cluster-wide ``modifiedIndex``, and
+
+* compare-and-set is ``PUT ?prevIndex=<version>`` (or ``?prevExist=false`` to create);
+* TTLs are per key (``?ttl=<seconds>``), rewritten by every write;
+* a watch is a long poll ``GET ?wait=true&waitIndex=<index>`` answered by the first event on
+  the key at or after ``index`` (etcd keeps the last 1000 events; an older index is
+  "cleared", which :meth:`EtcdV2KV.watch` reports as a possible change).
+
+etcd 3.4/3.5 serve v2 only with ``--enable-v2``; etcd 3.6 removed it: prefer ``etcd-v3``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rdzv_core.api import RendezvousParameters, RendezvousStateError
+from rdzv_etcd.client import EtcdConfig, EtcdKV, Failure, Versioned, import_client
+
+if TYPE_CHECKING:
+    from rdzv_etcd.backend import EtcdRendezvousBackend
+    from rdzv_etcd.store import EtcdStore
+
+__all__ = ["EtcdV2KV", "create_backend"]
+
+#: Minimum bound of a long poll: python-etcd treats a timeout of 0 as "wait forever".
+_MIN_WATCH_TIMEOUT = 0.001
+
+
+def _encode(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _ttl_seconds(ttl: float | None) -> int | None:
+    return None if ttl is None else max(1, math.ceil(ttl))
+
+
+class EtcdV2KV(EtcdKV):
+    """:class:`~rdzv_etcd.client.EtcdKV` on the etcd v2 HTTP API (``/v2/keys``), python-etcd.
+
+    Versions are ``modifiedIndex`` values, revisions the ``X-Etcd-Index`` header. Values are
+    base64 in etcd; a value that is not base64 raises ``RendezvousStateError``. With several
+    endpoints, requests fail over between them (python-etcd's own reconnect is not used: it
+    asks the cluster for its member URLs, which may not be reachable from here).
+
+    Raises:
+        ImportError: python-etcd is not installed (``pip install 'rdzv[etcd]'``).
+    """
+
+    api = "v2"
+
+    def __init__(self, config: EtcdConfig) -> None:
+        super().__init__(config)
+        self._etcd = import_client("etcd")
+        self._urllib3 = import_client("urllib3")
+
+    # -- EtcdKV ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> Versioned | None:
+        def op(client: Any) -> Versioned | None:
+            try:
+                return self._versioned(key, client.read(key))
+            except self._etcd.EtcdKeyNotFound:
+                return None
+
+        return self._call("get", op)
+
+    def get_many(self, keys: Sequence[str]) -> tuple[dict[str, Versioned], int]:
+        """v2 has no multi-key read: one request per key. The revision is the smallest
+        ``X-Etcd-Index`` seen, so a watch from it + 1 covers every read."""
+
+        def op(client: Any) -> tuple[dict[str, Versioned], int]:
+            values: dict[str, Versioned] = {}
+            indexes: list[int] = []
+            for key in keys:
+                try:
+                    result = client.read(key)
+                except self._etcd.EtcdKeyNotFound as exc:
+                    indexes.append(int((exc.payload or {}).get("index", 0)))
+                    continue
+                values[key] = self._versioned(key, result)
+                indexes.append(int(result.etcd_index))
+            return values, (min(indexes) if indexes else self._current_index(client))
+
+        return self._call("get", op)
+
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        def op(client: Any) -> int:
+            return int(client.write(key, _encode(value), ttl=_ttl_seconds(ttl)).modifiedIndex)
+
+        return self._call("put", op)
+
+    def put_if(self, key: str, value: bytes, version: int | None, ttl: float | None = None) -> tuple[bool, Versioned | None]:
+        condition: dict[str, Any] = {"prevExist": False} if version is None else {"prevIndex": version}
+        etcd = self._etcd
+
+        def op(client: Any) -> int | None:
+            try:
+                return int(client.write(key, _encode(value), ttl=_ttl_seconds(ttl), **condition).modifiedIndex)
+            except (etcd.EtcdCompareFailed, etcd.EtcdAlreadyExist, etcd.EtcdKeyNotFound):
+                return None
+
+        new_version = self._call("compare-and-set", op, idempotent=False)
+        if new_version is not None:
+            return True, Versioned(value, new_version)
+        return False, self.get(key)
+
+    def delete(self, key: str) -> bool:
+        def op(client: Any) -> bool:
+            try:
+                client.delete(key)
+                return True
+            except self._etcd.EtcdKeyNotFound:
+                return False
+
+        return self._call("delete", op, idempotent=False)
+
+    def list_prefix(self, prefix: str) -> dict[str, bytes]:
+        return {key: self._decode(key, value) for key, value in self._leaves(prefix).items()}
+
+    def count_prefix(self, prefix: str) -> int:
+        return len(self._leaves(prefix))
+
+    def watch(self, key: str, start_revision: int, timeout: float) -> bool:
+        """Long-poll ``GET <key>?wait=true&waitIndex=<start_revision>``, bounded by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        etcd = self._etcd
+
+        def op(client: Any) -> bool:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                client.read(key, wait=True, waitIndex=max(1, start_revision), timeout=max(remaining, _MIN_WATCH_TIMEOUT))
+                return True
+            except etcd.EtcdWatchTimedOut:
+                return False
+            except etcd.EtcdEventIndexCleared:
+                return True  # the history is gone: the caller re-reads
+
+        return self._call("watch", op)
+
+    # -- adapter plumbing -----------------------------------------------------------------
+
+    def _connect(self, endpoint: Any, url: str) -> Any:
+        config = self.config
+        cert: Any = (config.cert, config.key) if config.cert and config.key else config.cert
+        client = self._etcd.Client(
+            host=f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host,
+            port=endpoint.port,
+            protocol=config.protocol,
+            read_timeout=config.read_timeout,
+            cert=cert,
+            ca_cert=config.cacert,
+            username=config.username,
+            password=config.password,
+            allow_reconnect=False,
+        )
+        # Never let urllib3 re-send a request on its own: a compare-and-set re-sent after its
+        # response was lost would be reported as failed although it was applied. Retries are
+        # EtcdKV._call's job, which knows which operations are idempotent.
+        client.http.connection_pool_kw["retries"] = self._urllib3.Retry(total=None, connect=0, read=0, redirect=3, status=0, other=0)
+        return client
+
+    def _disconnect(self, client: Any) -> None:
+        client.http.clear()
+
+    def _classify(self, exc: BaseException) -> Failure | None:
+        etcd = self._etcd
+        if isinstance(exc, etcd.EtcdConnectionFailed):
+            return _transient_of_cause(getattr(exc, "cause", None), self._urllib3)
+        if isinstance(exc, (etcd.EtcdLeaderElectionInProgress, etcd.EtcdWatcherCleared)):
+            return Failure.MAYBE_SENT
+        if isinstance(exc, etcd.EtcdException):
+            status = int((exc.payload or {}).get("status", 0) or 0)
+            return Failure.MAYBE_SENT if type(exc) is etcd.EtcdException and status >= 500 else Failure.REFUSED
+        return None
+
+    def _describe(self, exc: BaseException) -> str:
+        payload = getattr(exc, "payload", None) or {}
+        if not payload.get("message"):
+            cause = getattr(exc, "cause", None)
+            return f"{type(exc).__name__}: {exc}" + (f" (cause: {cause!r})" if cause is not None else "")
+        detail = f" ({payload['cause']})" if payload.get("cause") else ""
+        return f"{type(exc).__name__}: {payload['message']}{detail}"
+
+    def _versioned(self, key: str, result: Any) -> Versioned:
+        if getattr(result, "dir", False):
+            raise RendezvousStateError(f"The etcd v2 key '{key}' is a directory, not a value.")
+        return Versioned(self._decode(key, result.value), int(result.modifiedIndex))
+
+    @staticmethod
+    def _decode(key: str, value: Any) -> bytes:
+        try:
+            return base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            raise RendezvousStateError(f"The etcd v2 key '{key}' holds a value that rdzv did not write (not base64).") from None
+
+    def _leaves(self, prefix: str) -> dict[str, str]:
+        def op(client: Any) -> dict[str, str]:
+            try:
+                result = client.read(prefix.rstrip("/"), recursive=True)
+            except self._etcd.EtcdKeyNotFound:
+                return {}
+            return {node.key: node.value for node in result.leaves if not node.dir and node.key.startswith(prefix)}
+
+        return self._call("list", op)
+
+    def _current_index(self, client: Any) -> int:
+        try:
+            return int(client.read("/").etcd_index)
+        except self._etcd.EtcdKeyNotFound as exc:  # pragma: no cover - the root always exists
+            return int((exc.payload or {}).get("index", 0))
+
+
+def _transient_of_cause(cause: Any, urllib3: Any) -> Failure:
+    """A failure to connect is NOT_SENT; anything after connecting may have been applied."""
+    reason = getattr(cause, "reason", cause)  # MaxRetryError wraps the real failure
+    not_sent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+    if isinstance(reason, not_sent) or isinstance(cause, not_sent):
+        return Failure.NOT_SENT
+    return Failure.MAYBE_SENT
+
+
+def create_backend(params: RendezvousParameters) -> tuple[EtcdRendezvousBackend, EtcdStore]:
+    """Create the ``etcd-v2`` backend and the run's store (see
+    :func:`rdzv_etcd.backend.create_backend`)."""
+    from rdzv_etcd.backend import create_backend as create
+
+    return create(params, api="v2")

@@ -1,0 +1,390 @@
+"""The etcd v3 API adapter (etcd3gw, over the gRPC JSON gateway) and the ``etcd-v3`` factory.
+
+Everything goes through etcd's JSON gateway (``POST /v3/kv/range``, ``/v3/kv/txn``,
+``/v3/lease/grant``, ``/v3/watch``, ...), the transport etcd3gw speaks: keys and values are
+base64 in JSON, 64-bit integers are JSON strings.
+
+* **Versions** are ``mod_revision`` values, revisions the response header's ``revision``.
+* **Compare-and-set** is one transaction: ``compare mod_revision == version`` (or
+  ``create_revision == 0`` to create), ``success: put``, ``failure: range`` so the current
+  value comes back in the same round trip.
+* **TTLs** are leases. One lease per TTL value is shared by the keys this client writes with
+  that TTL: it is granted for ``2 * ttl`` and used for ``ttl`` seconds, so a key outlives its
+  last write by ``ttl`` to ``2 * ttl`` seconds and a write costs one request (plus one grant
+  per ``ttl`` seconds), not a grant and a keep-alive each.
+* **Watches** are read here from etcd3gw's HTTP session rather than with ``etcd3gw.watch``:
+  that helper splits JSON at HTTP chunk boundaries (large values break it), ignores a
+  cancelled/compacted watch (it would hang), and has no deadline. :meth:`EtcdV3KV.watch`
+  reads the newline-delimited stream with the socket's read timeout set to the time left,
+  answers on the first event, and closes the stream (which cancels the watch server-side).
+* **Authentication**: with ``username``/``password`` a token from ``/v3/auth/authenticate``
+  is sent as the ``Authorization`` header and renewed when etcd reports it invalid.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from typing import TYPE_CHECKING, Any
+
+from rdzv_core.api import RendezvousParameters, RendezvousStateError
+from rdzv_etcd.client import EtcdConfig, EtcdKV, Failure, Versioned, import_client
+
+if TYPE_CHECKING:
+    from rdzv_etcd.backend import EtcdRendezvousBackend
+    from rdzv_etcd.store import EtcdStore
+
+__all__ = ["EtcdV3KV", "create_backend"]
+
+#: etcd's default ``--max-txn-ops``: multi-key reads and writes are batched by this.
+MAX_TXN_OPS = 128
+#: API prefix of the gateway (etcd >= 3.4).
+API_PATH = "/v3/"
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode("utf-8") if isinstance(data, str) else data).decode("ascii")
+
+
+def _unb64(text: str, key: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RendezvousStateError(f"etcd returned a malformed value for key '{key}'.") from None
+
+
+def _prefix_end(prefix: str) -> str:
+    """The ``range_end`` that selects every key starting with ``prefix`` (ASCII)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _WatchEnded(Exception):
+    """The watch stream closed without an event (server restart, proxy timeout)."""
+
+
+class _LeaseCache:
+    """One lease per TTL (seconds, int): granted for ``2 * ttl``, handed out for ``ttl``."""
+
+    def __init__(self) -> None:
+        self._leases: dict[int, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def lease(self, ttl: int, grant: Callable[[int], int]) -> int:
+        """Return a lease that lives at least ``ttl`` more seconds; ``grant(seconds)`` makes one."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._leases.get(ttl)
+            if entry is not None and entry[1] > now:
+                return entry[0]
+        lease_id = grant(2 * ttl)
+        with self._lock:
+            self._leases[ttl] = (lease_id, now + ttl)
+        return lease_id
+
+    def forget(self, lease_id: int) -> None:
+        """Drop ``lease_id`` (etcd no longer knows it)."""
+        with self._lock:
+            self._leases = {ttl: entry for ttl, entry in self._leases.items() if entry[0] != lease_id}
+
+
+class EtcdV3KV(EtcdKV):
+    """:class:`~rdzv_etcd.client.EtcdKV` on the etcd v3 API through the JSON gateway (etcd3gw).
+
+    Needs etcd >= 3.4 (gateway at ``/v3/``). Values are stored as raw bytes. With several
+    endpoints, requests fail over between them.
+
+    Raises:
+        ImportError: etcd3gw is not installed (``pip install 'rdzv[etcd]'``).
+    """
+
+    api = "v3"
+
+    def __init__(self, config: EtcdConfig) -> None:
+        super().__init__(config)
+        self._etcd3gw = import_client("etcd3gw")
+        self._exceptions = import_client("etcd3gw.exceptions")
+        self._requests = import_client("requests")
+        self._urllib3 = import_client("urllib3")
+        self._leases = _LeaseCache()
+        self._auth_lock = threading.Lock()
+
+    # -- EtcdKV ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> Versioned | None:
+        return self.get_many([key])[0].get(key)
+
+    def get_many(self, keys: Sequence[str]) -> tuple[dict[str, Versioned], int]:
+        """One ``range`` for one key; transactions of up to 128 ``range`` ops for more."""
+
+        def op(client: Any) -> tuple[dict[str, Versioned], int]:
+            if len(keys) == 1:
+                response = self._post(client, "kv/range", {"key": _b64(keys[0])})
+                return self._kvs(response), int(response["header"]["revision"])
+            values: dict[str, Versioned] = {}
+            revision = None
+            for batch in _chunks(list(keys), MAX_TXN_OPS):
+                txn = {"success": [{"request_range": {"key": _b64(key)}} for key in batch]}
+                response = self._post(client, "kv/txn", txn)
+                revision = revision or int(response["header"]["revision"])
+                for item in response.get("responses", []):
+                    values.update(self._kvs(item.get("response_range", {})))
+            if revision is None:
+                revision = int(self._post(client, "kv/range", {"key": _b64("\0"), "count_only": True})["header"]["revision"])
+            return values, revision
+
+        return self._call("get", op)
+
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        request = {"key": _b64(key), "value": _b64(value)}
+
+        def op(client: Any) -> int:
+            response = self._with_lease(client, ttl, lambda lease: self._post(client, "kv/put", {**request, **lease}))
+            return int(response["header"]["revision"])
+
+        return self._call("put", op)
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """One transaction per 128 keys (atomic when there are at most 128)."""
+
+        def op(client: Any) -> None:
+            for batch in _chunks(list(items), MAX_TXN_OPS):
+                puts = [{"request_put": {"key": _b64(key), "value": _b64(value)}} for key, value in batch]
+                self._post(client, "kv/txn", {"success": puts})
+
+        self._call("put", op)
+
+    def put_if(self, key: str, value: bytes, version: int | None, ttl: float | None = None) -> tuple[bool, Versioned | None]:
+        encoded = _b64(key)
+        if version is None:
+            compare = {"key": encoded, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        else:
+            compare = {"key": encoded, "target": "MOD", "result": "EQUAL", "mod_revision": str(version)}
+
+        def txn(lease: dict[str, str]) -> dict[str, Any]:
+            return {
+                "compare": [compare],
+                "success": [{"request_put": {"key": encoded, "value": _b64(value), **lease}}],
+                "failure": [{"request_range": {"key": encoded}}],
+            }
+
+        def op(client: Any) -> tuple[bool, Versioned | None]:
+            response = self._with_lease(client, ttl, lambda lease: self._post(client, "kv/txn", txn(lease)))
+            if response.get("succeeded"):
+                return True, Versioned(value, int(response["header"]["revision"]))
+            current = self._kvs(response["responses"][0].get("response_range", {}))
+            return False, current.get(key)
+
+        return self._call("compare-and-set", op, idempotent=False)
+
+    def delete(self, key: str) -> bool:
+        def op(client: Any) -> bool:
+            return int(self._post(client, "kv/deleterange", {"key": _b64(key)}).get("deleted", 0)) > 0
+
+        return self._call("delete", op)
+
+    def list_prefix(self, prefix: str) -> dict[str, bytes]:
+        def op(client: Any) -> dict[str, bytes]:
+            response = self._post(client, "kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
+            return {key: item.value for key, item in self._kvs(response).items()}
+
+        return self._call("list", op)
+
+    def count_prefix(self, prefix: str) -> int:
+        def op(client: Any) -> int:
+            request = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)), "count_only": True}
+            return int(self._post(client, "kv/range", request).get("count", 0))
+
+        return self._call("count", op)
+
+    def watch(self, key: str, start_revision: int, timeout: float) -> bool:
+        """Stream ``POST /v3/watch`` from ``start_revision``; ``True`` on the first event or
+        on cancellation (compacted history), ``False`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        request = {"create_request": {"key": _b64(key), "start_revision": str(max(1, start_revision))}}
+
+        def op(client: Any) -> bool:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._ensure_token(client)
+            return self._watch_stream(client, request, remaining)
+
+        return self._call("watch", op)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _post(self, client: Any, path: str, payload: dict[str, Any], *, reauthenticated: bool = False) -> dict[str, Any]:
+        """POST ``payload`` to the gateway and return the decoded JSON answer.
+
+        Renews the auth token once when etcd reports it invalid (tokens expire)."""
+        self._ensure_token(client)
+        try:
+            return dict(client.post(client.get_url(path), json=payload))
+        except self._exceptions.Etcd3Exception as exc:
+            if self.config.username and not reauthenticated and _is_invalid_token(exc):
+                self._authenticate(client)
+                return self._post(client, path, payload, reauthenticated=True)
+            raise
+
+    def _watch_stream(self, client: Any, request: dict[str, Any], remaining: float) -> bool:
+        requests = self._requests
+        try:
+            response = client.session.post(
+                client.get_url("watch"), json=request, stream=True, timeout=(self.config.connect_timeout, remaining)
+            )
+        except requests.exceptions.ReadTimeout:
+            return False
+        with closing(response):
+            if response.status_code != 200:
+                raise self._exceptions.Etcd3Exception(response.text, response.reason)
+            try:
+                for message in _json_lines(response):
+                    if "error" in message:
+                        raise self._exceptions.Etcd3Exception(json.dumps(message["error"]), "watch failed")
+                    result = message.get("result", {})
+                    if result.get("events") or result.get("canceled"):
+                        return True
+            except requests.exceptions.RequestException as exc:
+                if _is_read_timeout(exc, requests, self._urllib3):
+                    return False
+                raise
+        raise _WatchEnded("the watch stream ended without an event")
+
+    def _with_lease(self, client: Any, ttl: float | None, send: Callable[[dict[str, str]], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``send(lease_fields)`` with a lease of ``ttl`` seconds (none if ``None``);
+        when etcd lost the cached lease, grant a new one and send again."""
+        if ttl is None:
+            return send({})
+        seconds = max(1, math.ceil(ttl))
+        lease_id = self._leases.lease(seconds, lambda duration: self._grant(client, duration))
+        try:
+            return send({"lease": str(lease_id)})
+        except self._exceptions.Etcd3Exception as exc:
+            if "lease not found" not in (exc.detail_text or ""):
+                raise
+            self._leases.forget(lease_id)
+            lease_id = self._leases.lease(seconds, lambda duration: self._grant(client, duration))
+            return send({"lease": str(lease_id)})
+
+    def _grant(self, client: Any, seconds: int) -> int:
+        return int(self._post(client, "lease/grant", {"TTL": str(seconds), "ID": "0"})["ID"])
+
+    def _ensure_token(self, client: Any) -> None:
+        if self.config.username and "Authorization" not in client.session.headers:
+            self._authenticate(client)
+
+    def _authenticate(self, client: Any) -> None:
+        """Get a token from ``/v3/auth/authenticate`` and send it with every request."""
+        with self._auth_lock:
+            client.session.headers.pop("Authorization", None)
+            credentials = {"name": self.config.username, "password": self.config.password}
+            token = client.post(client.get_url("auth/authenticate"), json=credentials)["token"]
+            client.session.headers["Authorization"] = token
+
+    def _kvs(self, response: dict[str, Any]) -> dict[str, Versioned]:
+        values: dict[str, Versioned] = {}
+        for item in response.get("kvs", []):
+            key = _unb64(item["key"], "?").decode("utf-8", "replace")
+            values[key] = Versioned(_unb64(item.get("value", ""), key), int(item["mod_revision"]))
+        return values
+
+    # -- adapter plumbing -----------------------------------------------------------------
+
+    def _connect(self, endpoint: Any, url: str) -> Any:
+        session = self._requests.Session()
+        if self.config.cacert:
+            session.verify = self.config.cacert
+        if self.config.cert:
+            session.cert = (self.config.cert, self.config.key) if self.config.key else self.config.cert
+        return self._etcd3gw.Etcd3Client(
+            host=endpoint.host,
+            port=endpoint.port,
+            protocol=self.config.protocol,
+            timeout=(self.config.connect_timeout, self.config.read_timeout),  # type: ignore[arg-type]
+            api_path=API_PATH,
+            session=session,
+        )
+
+    def _disconnect(self, client: Any) -> None:
+        client.session.close()
+
+    def _classify(self, exc: BaseException) -> Failure | None:
+        exceptions, requests = self._exceptions, self._requests
+        if isinstance(exc, _WatchEnded):
+            return Failure.MAYBE_SENT
+        if isinstance(exc, (exceptions.ConnectionFailedError, exceptions.ConnectionTimeoutError)):
+            return _failure_of_transport(exc.__context__, requests, self._urllib3)
+        if isinstance(exc, exceptions.InternalServerError):
+            return Failure.MAYBE_SENT
+        if isinstance(exc, requests.exceptions.RequestException):
+            return _failure_of_transport(exc, requests, self._urllib3)
+        if isinstance(exc, exceptions.Etcd3Exception):
+            return Failure.REFUSED
+        return None
+
+    def _describe(self, exc: BaseException) -> str:
+        detail = getattr(exc, "detail_text", None)
+        if detail:
+            try:
+                body = json.loads(detail)
+                detail = body.get("message") or body.get("error") or detail
+            except (ValueError, AttributeError):
+                pass
+            return f"{type(exc).__name__}: {detail}"
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _json_lines(response: Any) -> Iterator[dict[str, Any]]:
+    """Yield the newline-delimited JSON messages of a gateway stream, however it is chunked."""
+    buffer = bytearray()
+    for chunk in response.iter_content(chunk_size=None):
+        buffer.extend(chunk)
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            if line.strip():
+                yield json.loads(line)
+
+
+def _is_read_timeout(exc: BaseException, requests: Any, urllib3: Any) -> bool:
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
+    return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in getattr(exc, "args", ()))
+
+
+def _failure_of_transport(exc: BaseException | None, requests: Any, urllib3: Any) -> Failure:
+    """Connect failures (refused, connect timeout) are NOT_SENT; the rest MAYBE_SENT."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return Failure.NOT_SENT
+    not_sent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+    for arg in getattr(exc, "args", ()):
+        if isinstance(arg, not_sent) or isinstance(getattr(arg, "reason", None), not_sent):
+            return Failure.NOT_SENT
+    return Failure.MAYBE_SENT
+
+
+def _is_invalid_token(exc: Any) -> bool:
+    text = exc.detail_text or ""
+    return "invalid auth token" in text or "auth token is invalid" in text or '"code":16' in text.replace(" ", "")
+
+
+def create_backend(params: RendezvousParameters) -> tuple[EtcdRendezvousBackend, EtcdStore]:
+    """Create the ``etcd-v3`` backend and the run's store (see
+    :func:`rdzv_etcd.backend.create_backend`)."""
+    from rdzv_etcd.backend import create_backend as create
+
+    return create(params, api="v3")
