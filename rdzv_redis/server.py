@@ -51,6 +51,10 @@ class RedisServer:
         extra_args: More ``redis-server`` command-line arguments (``["--tls-port", ...]``).
         binary: Path of ``redis-server``; ``None`` uses :func:`find_redis_server`.
         startup_timeout: Seconds :meth:`start` waits for the server to answer ``PING``.
+        tls_cert_file, tls_key_file, tls_ca_cert_file: PEM paths; when the first two are given
+            the server also serves TLS on :attr:`tls_port` (clients need no certificate unless
+            ``tls_auth_clients``). The plain port stays open on 127.0.0.1 for health checks.
+        tls_auth_clients: Require client certificates on the TLS port.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`; servers still running at
     interpreter exit are stopped.
@@ -71,8 +75,15 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         binary: str | None = None,
         startup_timeout: float = 10.0,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_ca_cert_file: str | None = None,
+        tls_auth_clients: bool = False,
     ) -> None:
         self._port = port
+        self._tls_files = (tls_cert_file, tls_key_file, tls_ca_cert_file)
+        self._tls_auth_clients = tls_auth_clients
+        self._tls_port: int | None = None
         self._password = password
         self._extra_args = list(extra_args)
         self._binary = binary
@@ -107,6 +118,22 @@ class RedisServer:
     def url(self) -> str:
         """``"redis://127.0.0.1:PORT/0"`` (without the password)."""
         return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS port, or ``None`` when the server has no TLS (chosen on first start)."""
+        return self._tls_port
+
+    @property
+    def tls_url(self) -> str:
+        """``"rediss://localhost:TLS_PORT/0"`` (``localhost``, the usual certificate name).
+
+        Raises:
+            RuntimeError: the server has no TLS port.
+        """
+        if self._tls_port is None:
+            raise RuntimeError("The Redis server was not started with TLS files.")
+        return f"rediss://localhost:{self._tls_port}/0"
 
     @property
     def running(self) -> bool:
@@ -194,6 +221,7 @@ class RedisServer:
         ]
         if self._password:
             lines.append(f'requirepass "{_quote(self._password)}"')
+        lines += self._tls_lines()
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write("\n".join(lines) + "\n")
@@ -205,6 +233,18 @@ class RedisServer:
             start_new_session=True,
         )
         self._wait_until_up()
+
+    def _tls_lines(self) -> list[str]:
+        cert, key, ca = self._tls_files
+        if not (cert and key):
+            return []
+        if self._tls_port is None:
+            self._tls_port = get_free_port(self.host)
+        lines = [f"tls-port {self._tls_port}", f'tls-cert-file "{cert}"', f'tls-key-file "{key}"']
+        if ca:
+            lines.append(f'tls-ca-cert-file "{ca}"')
+        lines.append(f"tls-auth-clients {'yes' if self._tls_auth_clients else 'no'}")
+        return lines
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + self._startup_timeout
