@@ -445,7 +445,7 @@ def _join_op(ctx: _Context, deadline: float) -> _Action:
         if len(state.participants) < settings.max_nodes:
             if node not in state.wait_list:
                 return _Action.ADD_TO_WAIT_LIST
-        elif node not in state.wait_list:
+        else:  # full: a wait-listed node left out of the new round moves on too
             return _Action.ADD_TO_REDUNDANCY_LIST
     elif is_participant:
         if len(state.participants) >= settings.min_nodes and state.deadline is not None and time.time() >= state.deadline:
@@ -554,6 +554,8 @@ class _OpExecutor:
             state.wait_list.append(node)
         elif action is _Action.ADD_TO_REDUNDANCY_LIST:
             self._beat()
+            if node in state.wait_list:
+                state.wait_list.remove(node)
             state.redundancy_list.append(node)
         elif action in (_Action.REMOVE_FROM_PARTICIPANTS, _Action.REMOVE_FROM_WAIT_LIST, _Action.REMOVE_FROM_REDUNDANCY_LIST):
             _remove_nodes(state, [node], settings)
