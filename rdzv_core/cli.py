@@ -1,0 +1,534 @@
+"""The ``rdzv`` command: a thin click layer over the library.
+
+* ``rdzv run`` — the elastic agent of one node (:class:`rdzv_core.agent.ElasticAgent`).
+* ``rdzv status`` — what a rendezvous is doing (:mod:`rdzv_core.status`), read-only.
+* ``rdzv close`` — mark a rendezvous closed (``handler.set_closed()``).
+* ``rdzv server redis|etcd`` — a throw-away local server, for development.
+
+Every error is printed as one line on stderr (``rdzv <command>: error: ...``) with a non-zero
+exit code; ``--log-level DEBUG`` adds tracebacks. Nothing prints configuration values, so
+passwords given with ``--rdzv-conf`` or in an endpoint URL never appear.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import click
+
+from rdzv_core.agent import EXIT_CODES, EXIT_FAILURE, EXIT_RENDEZVOUS, EXIT_USAGE, AgentConfig, ElasticAgent
+from rdzv_core.api import RendezvousError, RendezvousParameters
+from rdzv_core.utils import parse_rendezvous_config
+
+__all__ = ["cli", "main", "CliError", "parse_nnodes"]
+
+logger = logging.getLogger("rdzv_core.cli")
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SERVER_KINDS = ("redis", "etcd")
+
+
+class CliError(click.ClickException):
+    """An error shown as one line, with its own exit code (default 1)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        ctx = click.get_current_context(silent=True)
+        self.command_path = ctx.command_path if ctx is not None else "rdzv"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """Turn a library exception into a :class:`CliError` (one line, mapped exit code)."""
+    if isinstance(exc, RendezvousError):
+        raise CliError(f"{type(exc).__name__}: {_one_line(str(exc))}", EXIT_RENDEZVOUS) from exc
+    if isinstance(exc, (ValueError, ImportError)):
+        raise CliError(_one_line(str(exc)), EXIT_USAGE) from exc
+    raise CliError(f"{type(exc).__name__}: {_one_line(str(exc))}", EXIT_FAILURE) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# The group: one-line errors for every command
+
+
+class _RdzvGroup(click.Group):
+    """A group whose ``main`` prints every error as one line (also under ``CliRunner``)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        code: int
+        try:
+            result = super().main(args, prog_name or "rdzv", complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "rdzv"
+            click.echo(f"{where}: error: {_one_line(exc.format_message())} (see '{where} --help')", err=True)
+            code = exc.exit_code
+        except click.ClickException as exc:
+            where = _command_path(exc)
+            click.echo(f"{where}: error: {_one_line(exc.format_message())}", err=True)
+            _debug_traceback(exc)
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            click.echo("rdzv: aborted", err=True)
+            code = 130
+        except KeyboardInterrupt:
+            click.echo("rdzv: interrupted", err=True)
+            code = 130
+        except Exception as exc:  # a bug: still one line, the traceback at DEBUG level
+            click.echo(f"rdzv: internal error: {type(exc).__name__}: {_one_line(str(exc))} (use --log-level DEBUG for the traceback)", err=True)
+            _debug_traceback(exc)
+            code = EXIT_FAILURE
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _command_path(exc: BaseException) -> str:
+    return str(getattr(exc, "command_path", "rdzv"))
+
+
+def _debug_traceback(exc: BaseException) -> None:
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+
+
+def _setup_logging(level: str | None, default: str) -> None:
+    name = (level or default).upper()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=name,
+        format="%(asctime)s.%(msecs)03d rdzv[%(process)d] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+
+
+def _log_level_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        ctx.ensure_object(dict)["log_level"] = value
+    return value
+
+
+def _log_level_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--log-level",
+        type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+        default=None,
+        envvar="RDZV_LOG_LEVEL",
+        expose_value=False,
+        is_eager=True,
+        callback=_log_level_callback,
+        help="Logging level on stderr (env RDZV_LOG_LEVEL). Default: INFO for 'run' and 'server', WARNING otherwise.",
+    )(func)
+
+
+def _configure(ctx: click.Context, default: str) -> None:
+    root = ctx.find_root()
+    level = (ctx.obj or {}).get("log_level") or (root.obj or {}).get("log_level")
+    _setup_logging(level, default)
+
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=_RdzvGroup, context_settings=_CONTEXT)
+@click.version_option(package_name="rdzv", prog_name="rdzv")
+@_log_level_option
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Elastic rendezvous without torch: run, inspect and close rendezvous.
+
+    \b
+    Start a development server, then two agents (in two shells):
+      rdzv server redis                       # prints 127.0.0.1:PORT
+      rdzv run --endpoint 127.0.0.1:PORT --run-id job1 --nnodes 2 -- python train.py
+      rdzv run --endpoint 127.0.0.1:PORT --run-id job1 --nnodes 2 -- python train.py
+    Look at it, and end it:
+      rdzv status --endpoint 127.0.0.1:PORT --run-id job1
+      rdzv close  --endpoint 127.0.0.1:PORT --run-id job1
+    One machine, nothing to set up:
+      rdzv run --standalone -- python train.py
+
+    Options shared by the commands can come from the environment: RDZV_BACKEND,
+    RDZV_ENDPOINT, RDZV_RUN_ID, RDZV_CONF, RDZV_LOG_LEVEL.
+    """
+    ctx.ensure_object(dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared options
+
+
+def parse_nnodes(text: str) -> tuple[int, int]:
+    """Parse ``--nnodes``: ``"N"`` (min = max = N) or ``"MIN:MAX"``.
+
+    Returns:
+        ``(min_nodes, max_nodes)`` with ``1 <= min_nodes <= max_nodes``.
+
+    Raises:
+        ValueError: not of that form, a number below 1, or ``MIN > MAX``.
+    """
+    parts = text.strip().split(":")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"'{text}' is not N or MIN:MAX (positive integers).")
+    low, high = int(parts[0]), int(parts[-1])
+    if low < 1:
+        raise ValueError(f"the number of nodes must be >= 1 (got '{text}').")
+    if low > high:
+        raise ValueError(f"MIN ({low}) must be <= MAX ({high}) in '{text}'.")
+    return low, high
+
+
+class _NNodes(click.ParamType):
+    name = "MIN[:MAX]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_nnodes(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _conf_callback(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for value in values or ():
+        try:
+            items = parse_rendezvous_config(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        for key, item in items.items():
+            if key in merged:
+                raise click.BadParameter(f"The rendezvous configuration key '{key}' is given more than once.", ctx, param)
+            merged[key] = item
+    return merged
+
+
+def _rendezvous_options(require_run_id: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        options = [
+            click.option("--backend", default="redis", show_default=True, envvar="RDZV_BACKEND", metavar="NAME", help="Rendezvous backend: redis, etcd-v3, etcd-v2, memory or a plug-in (env RDZV_BACKEND)."),
+            click.option("--endpoint", default="", envvar="RDZV_ENDPOINT", metavar="HOST:PORT|URL", help="Backend endpoint, e.g. 127.0.0.1:6379 or rediss://host:6380/0 (env RDZV_ENDPOINT; default: the backend's local default)."),
+            click.option("--run-id", default=None, envvar="RDZV_RUN_ID", metavar="ID", required=require_run_id, help="Id of the job; every node of the job uses the same (env RDZV_RUN_ID)."),
+            click.option(
+                "--rdzv-conf",
+                multiple=True,
+                envvar="RDZV_CONF",
+                metavar="K=V,...",
+                callback=_conf_callback,
+                help="Backend and handler configuration, e.g. last_call_timeout=1,keep_alive_interval=0.5,password=... (repeatable; env RDZV_CONF).",
+            ),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _params(backend: str, endpoint: str, run_id: str, conf: dict[str, str], nnodes: tuple[int, int] = (1, 1), local_addr: str | None = None) -> RendezvousParameters:
+    try:
+        return RendezvousParameters(backend, endpoint, run_id, nnodes[0], nnodes[1], local_addr=local_addr, **conf)
+    except ValueError as exc:
+        _fail(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Servers (lazy imports: the plug-ins are optional)
+
+
+def _make_server(kind: str, port: int | None = None) -> Any:
+    """Create (not start) a local server of ``kind`` (``redis`` or ``etcd``); imports lazily.
+
+    Raises:
+        CliError: the plug-in or the server binary is missing, or ``port`` is given for etcd.
+    """
+    try:
+        if kind == "redis":
+            from rdzv_redis.server import RedisServer
+
+            return RedisServer(port=port)
+        from rdzv_etcd.server import EtcdServer
+
+        if port is not None:
+            raise CliError("--port is not supported for etcd (it picks free client and peer ports).", EXIT_USAGE)
+        return EtcdServer()
+    except ImportError as exc:
+        extra = "redis" if kind == "redis" else "etcd"
+        raise CliError(f"The {kind} plug-in's server launcher is not available ({_one_line(str(exc))}); install it with: pip install 'rdzv[{extra}]'", EXIT_USAGE) from exc
+    except FileNotFoundError as exc:
+        raise CliError(_one_line(str(exc)), EXIT_FAILURE) from exc
+
+
+def _server_running(server: Any) -> bool:
+    running = getattr(server, "running", None)
+    if running is None:
+        running = getattr(server, "is_running", True)
+    return bool(running() if callable(running) else running)
+
+
+def _start_server(server: Any, kind: str) -> None:
+    try:
+        server.start()
+    except FileNotFoundError as exc:
+        raise CliError(_one_line(str(exc)), EXIT_FAILURE) from exc
+    except (RuntimeError, OSError) as exc:
+        raise CliError(f"The local {kind} server did not start: {_one_line(str(exc))}", EXIT_FAILURE) from exc
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("kind", type=click.Choice(_SERVER_KINDS))
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port (default: a free one).")
+@_log_level_option
+@click.pass_context
+def server(ctx: click.Context, kind: str, port: int | None) -> None:
+    """Run a throw-away local KIND server (redis or etcd) in the foreground, for development.
+
+    The first line on stdout is the endpoint (HOST:PORT), so a script can read it. The
+    server listens on 127.0.0.1 only, keeps nothing on disk, and stops on Ctrl-C or SIGTERM.
+
+    \b
+    Examples:
+      rdzv server redis
+      rdzv server redis --port 6390
+      EP=$(rdzv server redis | head -1)   # in a script (keep the process alive)
+    """
+    _configure(ctx, "INFO")
+    srv = _make_server(kind, port)
+    _start_server(srv, kind)
+    stop: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        click.echo(srv.endpoint)
+        sys.stdout.flush()
+        backend = "redis" if kind == "redis" else "etcd-v3"
+        click.echo(f"A local {kind} server listens on {srv.endpoint}; stop it with Ctrl-C. Use it with:", err=True)
+        click.echo(f"  export RDZV_BACKEND={backend} RDZV_ENDPOINT={srv.endpoint}", err=True)
+        while not stop:
+            if not _server_running(srv):
+                raise CliError(f"The local {kind} server on {srv.endpoint} exited unexpectedly.")
+            time.sleep(0.2)
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+        srv.stop()
+    click.echo(f"The local {kind} server on {srv.endpoint} has stopped.", err=True)
+    ctx.exit(0)
+
+
+# --------------------------------------------------------------------------------------------
+# rdzv run
+
+
+_RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code, meaning in EXIT_CODES.items())
+
+
+@cli.command(context_settings={**_CONTEXT, "allow_interspersed_args": False}, epilog=_RUN_EPILOG)
+@_rendezvous_options(require_run_id=False)
+@click.option("--nnodes", type=_NNodes(), default="1", show_default=True, help="Nodes of a round: N, or MIN:MAX for an elastic job.")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="Worker failures answered with a re-rendezvous and restart (scaling events do not count).")
+@click.option("--standalone", is_flag=True, help="Start an embedded local Redis (one machine, nothing to set up); --endpoint must not be given.")
+@click.option("--local-addr", default=None, metavar="ADDR", help="Address this node advertises (MASTER_ADDR when it is rank 0). Default: its FQDN; 127.0.0.1 with --standalone.")
+@click.option("--monitor-interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True, help="Seconds between checks of the worker and of nodes waiting to join.")
+@click.option("--stop-timeout", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds a stopped worker gets between SIGTERM and SIGKILL.")
+@click.option("--exit-barrier-timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True, help="Seconds a node whose program succeeded waits for the other nodes.")
+@click.option("--summary-file", type=click.Path(dir_okay=False, writable=True), default=None, help="Write a JSON summary (rounds, ranks, rendezvous times, exit code) here when the agent ends.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
+@_log_level_option
+@click.pass_context
+def run(
+    ctx: click.Context,
+    backend: str,
+    endpoint: str,
+    run_id: str | None,
+    rdzv_conf: dict[str, str],
+    nnodes: tuple[int, int],
+    max_restarts: int,
+    standalone: bool,
+    local_addr: str | None,
+    monitor_interval: float,
+    stop_timeout: float,
+    exit_barrier_timeout: float,
+    summary_file: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run CMD on this node as part of an elastic job (one agent per node).
+
+    The agent joins the rendezvous, then starts CMD with RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT, RDZV_RUN_ID, RDZV_ROUND, RDZV_RESTART_COUNT and the store's RDZV_BACKEND,
+    RDZV_ENDPOINT, RDZV_STORE_PREFIX, RDZV_CONF in its environment
+    (rdzv_core.agent.open_worker_store() opens the round's store from them). It forwards
+    SIGINT/SIGTERM to CMD. When CMD fails, or nodes join or leave, it stops CMD (SIGTERM,
+    then SIGKILL), re-rendezvouses and restarts it. When CMD succeeds on every node the job
+    ends and the rendezvous is closed.
+
+    \b
+    Examples:
+      rdzv run --standalone -- python train.py
+      rdzv run --endpoint 10.0.0.5:6379 --run-id job42 --nnodes 2:4 --max-restarts 3 \\
+          --rdzv-conf last_call_timeout=5 -- python train.py --epochs 10
+      rdzv run --endpoint rediss://redis.internal:6380 --run-id job42 --nnodes 8 \\
+          --rdzv-conf ssl_ca_certs=/etc/ca.pem -- ./my_mpi_free_job
+    """
+    _configure(ctx, "INFO")
+    if standalone and endpoint:
+        raise click.UsageError("--standalone starts its own server: do not give --endpoint.", ctx)
+    if standalone and backend not in ("redis",):
+        raise click.UsageError(f"--standalone runs an embedded Redis: use --backend redis (got '{backend}').", ctx)
+    if not run_id:
+        if not standalone:
+            raise click.UsageError("Missing --run-id (or env RDZV_RUN_ID): every node of a job must use the same id.", ctx)
+        run_id = f"standalone-{uuid.uuid4().hex[:8]}"
+    try:
+        config = AgentConfig(command, max_restarts=max_restarts, monitor_interval=monitor_interval, stop_timeout=stop_timeout, exit_barrier_timeout=exit_barrier_timeout)
+    except ValueError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    srv = None
+    if standalone:
+        srv = _make_server("redis")
+        _start_server(srv, "redis")
+        endpoint = srv.endpoint
+        local_addr = local_addr or "127.0.0.1"
+        logger.info("Standalone: an embedded Redis listens on %s; run id '%s'.", endpoint, run_id)
+    try:
+        params = _params(backend, endpoint, run_id, rdzv_conf, nnodes, local_addr)
+        from rdzv_core.registry import get_rendezvous_handler
+
+        try:
+            handler = get_rendezvous_handler(params)
+        except (RendezvousError, ValueError, ImportError) as exc:
+            _fail(exc)
+        worker_env = {"RDZV_BACKEND": backend, "RDZV_ENDPOINT": endpoint, "RDZV_CONF": ",".join(f"{k}={v}" for k, v in rdzv_conf.items())}
+        agent = ElasticAgent(handler, config, worker_env)
+        logger.info("Agent of run '%s' (%s, nodes %d:%d) starts: %s", run_id, backend, nnodes[0], nnodes[1], " ".join(command))
+        with agent.signal_handlers():
+            result = agent.run()
+    finally:
+        if srv is not None:
+            srv.stop()
+    if summary_file:
+        try:
+            result.write_json(summary_file)
+        except OSError as exc:
+            logger.error("Cannot write the summary file %s: %s", summary_file, exc)
+    if result.exit_code == EXIT_RENDEZVOUS:
+        click.echo(f"rdzv run: error: {_one_line(result.reason)}", err=True)
+    ctx.exit(result.exit_code)
+
+
+# --------------------------------------------------------------------------------------------
+# rdzv status / close
+
+
+@cli.command(context_settings=_CONTEXT)
+@_rendezvous_options(require_run_id=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (for scripts) instead of a table.")
+@_log_level_option
+@click.pass_context
+def status(ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_conf: dict[str, str], as_json: bool) -> None:
+    """Show what a rendezvous is doing, without joining it.
+
+    Shows the round, whether it is complete or closed, the participants with rank, address,
+    agent pid and the age of their last heartbeat, and the wait and redundancy lists.
+
+    \b
+    JSON fields: run_id, backend, endpoint, exists, round, complete, closed, world_size,
+    last_call_in, read_at, and participants/wait_list/redundancy_list: lists of
+    {node, role, rank, addr, pid, heartbeat_age} (seconds; null = no live record).
+
+    \b
+    Examples:
+      rdzv status --endpoint 127.0.0.1:6379 --run-id job42
+      rdzv status --endpoint 127.0.0.1:6379 --run-id job42 --json | jq .participants
+    """
+    _configure(ctx, "WARNING")
+    from rdzv_core.status import collect_status, format_status_table
+
+    params = _params(backend, endpoint, run_id, rdzv_conf)
+    try:
+        result = collect_status(params)
+    except (RendezvousError, ValueError, ImportError) as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(format_status_table(result))
+    ctx.exit(0)
+
+
+@cli.command(context_settings=_CONTEXT)
+@_rendezvous_options(require_run_id=True)
+@_log_level_option
+@click.pass_context
+def close(ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_conf: dict[str, str]) -> None:
+    """Mark a rendezvous closed: the job ends.
+
+    Agents stop their programs and exit with code 3; nodes trying to join fail. A closed
+    run id cannot be reused (while its keys live). Fails when the run has no state.
+
+    \b
+    Example:
+      rdzv close --endpoint 127.0.0.1:6379 --run-id job42
+    """
+    _configure(ctx, "WARNING")
+    from rdzv_core.registry import get_rendezvous_handler
+    from rdzv_core.state import decode_state
+    from rdzv_core.status import safe_endpoint
+
+    params = _params(backend, endpoint, run_id, rdzv_conf)
+    try:
+        handler = get_rendezvous_handler(params)
+        backend_obj = getattr(handler, "backend", None)
+        try:
+            if backend_obj is not None:
+                current = backend_obj.get_state()
+                if current is None:
+                    raise CliError(f"The run '{run_id}' has no rendezvous state at {backend} {safe_endpoint(endpoint) or '(default endpoint)'}: nothing to close.", EXIT_FAILURE)
+                if decode_state(current[0], run_id).closed:
+                    click.echo(f"The rendezvous '{run_id}' was already closed.")
+                    ctx.exit(0)
+            handler.set_closed()
+        finally:
+            if backend_obj is not None:
+                backend_obj.close()
+    except (RendezvousError, ValueError, ImportError) as exc:
+        _fail(exc)
+    click.echo(f"Closed the rendezvous '{run_id}'.")
+    ctx.exit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``rdzv`` console script: run the CLI and exit with its code.
+
+    Args:
+        argv: Arguments (default ``sys.argv[1:]``).
+    """
+    cli.main(args=list(argv) if argv is not None else None, prog_name="rdzv")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Read-only views of a rendezvous: open a backend without joining, and describe its state.
+
+``rdzv status`` and ``rdzv close`` build on these. Nothing here joins a rendezvous: the state
+is read through the backend (``RendezvousBackend.get_state``) and decoded with
+:func:`rdzv_core.state.decode_state`; heartbeat ages come from the backend's
+:class:`~rdzv_core.backend.LivenessTracker` when it has one, else from the keep-alive times
+kept in the state.
+
+Plug-ins are found through the ``rdzv.backends`` entry points. When a plug-in module also
+offers ``create_backend(params) -> (backend, store)`` (as ``rdzv_redis.plugin`` does), that is
+used; otherwise a handler is created (never joined) and its ``backend`` is read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from rdzv_core.api import RendezvousParameters
+from rdzv_core.backend import LivenessTracker, RendezvousBackend
+from rdzv_core.registry import ENTRY_POINT_GROUP, get_rendezvous_handler
+from rdzv_core.state import NodeDesc, RendezvousState, decode_state
+from rdzv_core.store import Store
+
+__all__ = [
+    "BackendSession",
+    "NodeStatus",
+    "RendezvousStatus",
+    "open_backend",
+    "read_status",
+    "collect_status",
+    "format_status_table",
+    "safe_endpoint",
+]
+
+
+def safe_endpoint(endpoint: str | None) -> str:
+    """Return ``endpoint`` without user name or password (for output and logs).
+
+    ``redis://user:secret@host:6379/0`` becomes ``redis://host:6379/0``; ``host:port`` forms
+    are returned unchanged. Never raises.
+    """
+    text = (endpoint or "").strip()
+    if "://" not in text or "@" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        netloc = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "<endpoint hidden>"
+
+
+@dataclass
+class BackendSession:
+    """A backend (and, when the plug-in offers one, the run's store) opened without joining.
+
+    Attributes:
+        backend: The :class:`~rdzv_core.backend.RendezvousBackend` of the run.
+        store: The run's :class:`~rdzv_core.store.Store` (unscoped: not per round), or
+            ``None`` when the plug-in has no ``create_backend``.
+        handler: The handler created to reach the backend (never joined), or ``None``.
+
+    Use as a context manager; :meth:`close` releases connections (idempotent).
+    """
+
+    backend: RendezvousBackend
+    store: Store | None = None
+    handler: Any = None
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        """Release the backend's and the store's connections (never raises)."""
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            try:
+                closer()
+            except Exception:  # best effort
+                pass
+
+    def __enter__(self) -> BackendSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _plugin_module(backend: str) -> ModuleType | None:
+    """Return the module of the ``rdzv.backends`` entry point named ``backend``, or ``None``."""
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name == backend:
+            return importlib.import_module(entry_point.module)
+    return None
+
+
+def open_backend(params: RendezvousParameters) -> BackendSession:
+    """Open the backend of ``params`` without joining the rendezvous.
+
+    Args:
+        params: Backend name, endpoint, run id and configuration (node bounds are ignored).
+
+    Returns:
+        A :class:`BackendSession`; close it when done.
+
+    Raises:
+        ValueError: unknown backend (the message says what to install) or bad configuration.
+        ImportError: the plug-in is installed but cannot load (e.g. redis-py missing).
+        RendezvousConnectionError: the backend is unreachable.
+    """
+    module = None
+    try:
+        module = _plugin_module(params.backend)
+    except ImportError:
+        pass  # the registry below reports the load error with an install hint
+    create = getattr(module, "create_backend", None) if module is not None else None
+    if callable(create):
+        backend, store = create(params)
+        return BackendSession(backend, store, None, [store.close, backend.close])
+    handler = get_rendezvous_handler(params)
+    backend = getattr(handler, "backend", None)
+    if not isinstance(backend, RendezvousBackend):
+        raise ValueError(f"The rendezvous backend '{params.backend}' does not expose its state (its handler has no 'backend'); status and close need a dynamic-rendezvous backend.")
+    return BackendSession(backend, None, handler, [backend.close])
+
+
+@dataclass
+class NodeStatus:
+    """One node known to the rendezvous.
+
+    Attributes:
+        node: The node key (``addr_pid_localid``).
+        role: ``"participant"``, ``"waiting"`` (wait list) or ``"redundant"`` (redundancy list).
+        rank: The rank in a complete round, else ``None``.
+        addr: The node's advertised address.
+        pid: The agent's process id (``None`` when the key has another form).
+        heartbeat_age: Seconds since its last keep-alive, or ``None`` when there is no record
+            (not yet started, or expired: the node is about to be removed).
+    """
+
+    node: str
+    role: str
+    rank: int | None
+    addr: str
+    pid: int | None
+    heartbeat_age: float | None
+
+
+@dataclass
+class RendezvousStatus:
+    """A snapshot of one rendezvous, as ``rdzv status`` shows it.
+
+    Attributes:
+        run_id, backend: What was asked for.
+        endpoint: The endpoint, without credentials.
+        exists: Whether the backend holds a state for the run (all other fields are defaults
+            when not).
+        round: The round number.
+        complete: Whether the round has formed (ranks assigned).
+        closed: Whether the rendezvous is closed.
+        world_size: Participants when the round completed (0 before).
+        last_call_in: Seconds until the last call of an incomplete round ends (may be
+            negative when overdue), or ``None``.
+        participants, wait_list, redundancy_list: The nodes, participants sorted by rank.
+        read_at: Wall-clock time of the read (seconds since the epoch).
+    """
+
+    run_id: str
+    backend: str
+    endpoint: str
+    exists: bool = False
+    round: int = 0
+    complete: bool = False
+    closed: bool = False
+    world_size: int = 0
+    last_call_in: float | None = None
+    participants: list[NodeStatus] = field(default_factory=list)
+    wait_list: list[NodeStatus] = field(default_factory=list)
+    redundancy_list: list[NodeStatus] = field(default_factory=list)
+    read_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (the ``rdzv status --json`` document)."""
+        return asdict(self)
+
+
+def _heartbeat_ages(backend: RendezvousBackend, state: RendezvousState, nodes: Sequence[str]) -> list[float | None]:
+    if isinstance(backend, LivenessTracker):
+        return list(backend.heartbeat_ages(list(nodes)))
+    now = time.time()
+    return [max(0.0, now - state.last_heartbeats[n]) if n in state.last_heartbeats else None for n in nodes]
+
+
+def read_status(backend: RendezvousBackend, run_id: str, *, backend_name: str | None = None, endpoint: str = "") -> RendezvousStatus:
+    """Read and describe the rendezvous state of ``run_id`` from ``backend`` (read-only).
+
+    Args:
+        backend: An open backend of the run.
+        run_id: The run id (the state of another run is refused).
+        backend_name: Name to report (default ``backend.name``).
+        endpoint: Endpoint to report; credentials are removed.
+
+    Returns:
+        A :class:`RendezvousStatus` (``exists=False`` when the run has no state).
+
+    Raises:
+        RendezvousConnectionError: the backend is unreachable.
+        RendezvousStateError: the stored state is corrupt or of another run.
+    """
+    status = RendezvousStatus(run_id=run_id, backend=backend_name or backend.name, endpoint=safe_endpoint(endpoint))
+    current = backend.get_state()
+    if current is None:
+        return status
+    state = decode_state(current[0], run_id)
+    status.exists = True
+    status.round = state.round
+    status.complete = state.complete
+    status.closed = state.closed
+    status.world_size = state.world_size
+    if state.deadline is not None:
+        status.last_call_in = round(state.deadline - time.time(), 3)
+    participants = sorted(state.participants, key=lambda n: (state.participants[n], n))
+    everyone = [*participants, *state.wait_list, *state.redundancy_list]
+    ages = _heartbeat_ages(backend, state, everyone) if everyone else []
+    age_of = dict(zip(everyone, ages, strict=True))
+
+    def describe(node: str, role: str) -> NodeStatus:
+        desc = NodeDesc.from_key(node)
+        rank = state.participants[node] if role == "participant" and state.complete else None
+        age = age_of.get(node)
+        return NodeStatus(node, role, rank, desc.addr, desc.pid or None, None if age is None else round(age, 3))
+
+    status.participants = [describe(n, "participant") for n in participants]
+    status.wait_list = [describe(n, "waiting") for n in state.wait_list]
+    status.redundancy_list = [describe(n, "redundant") for n in state.redundancy_list]
+    return status
+
+
+def collect_status(params: RendezvousParameters) -> RendezvousStatus:
+    """Open the backend of ``params``, read the status of ``params.run_id`` and close it.
+
+    Raises:
+        ValueError, ImportError: unknown backend or bad configuration (see :func:`open_backend`).
+        RendezvousConnectionError: the backend is unreachable.
+        RendezvousStateError: the stored state is corrupt.
+    """
+    with open_backend(params) as session:
+        return read_status(session.backend, params.run_id, backend_name=params.backend, endpoint=params.endpoint)
+
+
+def _age(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def format_status_table(status: RendezvousStatus) -> str:
+    """Return ``status`` as a human-readable text table (no trailing newline)."""
+    where = f"{status.backend} at {status.endpoint}" if status.endpoint else status.backend
+    lines = [f"run id:      {status.run_id}", f"backend:     {where}"]
+    if not status.exists:
+        lines.append("state:       none (no node has joined this run yet, or its keys expired)")
+        return "\n".join(lines)
+    if status.closed:
+        phase = "closed"
+    elif status.complete:
+        phase = f"complete (world size {status.world_size})"
+    else:
+        phase = "forming"
+        if status.last_call_in is not None:
+            phase += f" (last call ends in {status.last_call_in:.1f}s)" if status.last_call_in >= 0 else " (last call over)"
+    lines += [f"round:       {status.round}", f"state:       {phase}", f"closed:      {'yes' if status.closed else 'no'}"]
+    rows = status.participants + status.wait_list + status.redundancy_list
+    if not rows:
+        lines.append("nodes:       none")
+        return "\n".join(lines)
+    header = ("ROLE", "RANK", "ADDRESS", "PID", "HEARTBEAT", "NODE")
+    table = [header] + [
+        (n.role, "-" if n.rank is None else str(n.rank), n.addr, "-" if n.pid is None else str(n.pid), _age(n.heartbeat_age), n.node)
+        for n in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    lines.append("")
+    for row in table:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+    lines.append("")
+    lines.append(f"participants: {len(status.participants)}  waiting: {len(status.wait_list)}  redundant: {len(status.redundancy_list)}")
+    return "\n".join(lines)
