@@ -1,0 +1,253 @@
+"""Node processes of the rendezvous benchmark: N nodes as threads, each with its own handler.
+
+:func:`child_main` runs in a spawned process. It builds one handler per node (each with its
+own backend object wrapped in :func:`_harness.make_counting_backend`), reports ``ready``,
+waits for the common start signal, runs ``next_rendezvous()`` in one thread per node and
+reports each node's rank, timings and backend call counts. It then keeps the nodes alive
+(their keep-alive threads run) until told to stop, and reports the counters again.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import _harness as H
+
+#: Backends of this repository, and torch's.
+RDZV_BACKENDS = ("memory", "redis", "etcd-v3", "etcd-v2")
+TORCH_BACKENDS = ("torch-c10d", "torch-etcd-v2")
+SERVER_OF = {
+    "memory": "none",
+    "redis": "redis",
+    "etcd-v3": "etcd",
+    "etcd-v2": "etcd",
+    "torch-c10d": "tcpstore",
+    "torch-etcd-v2": "etcd",
+}
+
+
+def backend_available(name: str) -> str | None:
+    """Return why ``name`` cannot run here, or ``None`` when it can."""
+    if name == "memory":
+        return None
+    if name == "redis":
+        if not H.is_available("redis"):
+            return "redis-py not installed"
+        if not H.is_available("rdzv_redis.backend"):
+            return "rdzv_redis.backend not present yet"
+        return None
+    if name in ("etcd-v3", "etcd-v2"):
+        for mod in ("rdzv_etcd.backend", "rdzv_etcd.plugin"):
+            if H.is_available(mod):
+                return None
+        return "rdzv_etcd backend not present yet"
+    if name in TORCH_BACKENDS:
+        if not H.is_available("torch"):
+            return "torch not installed"
+        if name == "torch-etcd-v2" and not H.is_available("etcd"):
+            return "python-etcd not installed"
+        return None
+    return f"unknown backend {name!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# building one node
+
+
+def _rdzv_params(spec: dict[str, Any]) -> Any:
+    from rdzv_core.api import RendezvousParameters
+
+    n = spec["nodes"]
+    config = {
+        "join_timeout": spec["join_timeout"],
+        "last_call_timeout": spec["last_call"],
+    }
+    if spec.get("keep_alive_interval"):
+        config["keep_alive_interval"] = spec["keep_alive_interval"]
+    config.update(spec.get("extra_config") or {})
+    return RendezvousParameters(spec["backend"], spec["endpoint"], spec["run_id"], n, n, local_addr="127.0.0.1", **config)
+
+
+def _rdzv_backend_and_store(spec: dict[str, Any], params: Any) -> tuple[Any, Any]:
+    name = spec["backend"]
+    if name == "memory":
+        from rdzv_core.memory import shared_store
+        from rdzv_core.store_backend import StoreRendezvousBackend
+
+        store = shared_store(params.run_id)
+        return StoreRendezvousBackend(store, params.run_id, name="memory"), store
+    if name == "redis":
+        if spec.get("client_sharing") == "node":
+            # one client (pool + pub/sub listener) per simulated node, as on real machines
+            from rdzv_redis.backend import RedisRendezvousBackend
+            from rdzv_redis.client import RedisClient, RedisConfig
+            from rdzv_redis.store import RedisStore
+
+            client = RedisClient(RedisConfig.from_params(params))
+            client._refs = 2
+            return RedisRendezvousBackend(client, params.run_id), RedisStore(client, params.run_id)
+        from rdzv_redis.backend import create_backend
+
+        return create_backend(params)
+    # etcd-v3 / etcd-v2: whatever factory the plug-in offers
+    import importlib
+
+    for mod_name in ("rdzv_etcd.backend", "rdzv_etcd.plugin"):
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        for fn_name in ("create_backend", {"etcd-v3": "create_v3_backend", "etcd-v2": "create_v2_backend"}[name]):
+            fn = getattr(mod, fn_name, None)
+            if fn is not None:
+                return fn(params)
+    raise RuntimeError(f"no create_backend for {name}")
+
+
+def make_rdzv_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters, Any]:
+    from rdzv_core.dynamic import create_handler
+
+    params = _rdzv_params(spec)
+    backend, store = _rdzv_backend_and_store(spec, params)
+    counting, counters = H.make_counting_backend(backend, on_first_join=on_join)
+    handler = create_handler(store, counting, params)
+    return handler, counters, backend
+
+
+def make_torch_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters, Any]:
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import RendezvousBackend as TorchBackend
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler, RendezvousTimeout
+
+    run_id, n = spec["run_id"], spec["nodes"]
+    host, _, port = spec["endpoint"].rpartition("://")[2].rpartition(":")
+    if spec["backend"] == "torch-c10d":
+        from torch.distributed import TCPStore
+        from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
+
+        store = TCPStore(host, int(port), None, False, timedelta(seconds=spec["join_timeout"] + 60), wait_for_workers=False)
+        backend = C10dRendezvousBackend(store, run_id)
+    else:
+        import etcd
+        from torch.distributed.elastic.rendezvous.etcd_rendezvous_backend import EtcdRendezvousBackend
+        from torch.distributed.elastic.rendezvous.etcd_store import EtcdStore
+
+        client = etcd.Client(host=host, port=int(port), protocol="http", read_timeout=60)
+        backend = EtcdRendezvousBackend(client, run_id, key_prefix="/torch/elastic/rendezvous")
+        store = EtcdStore(client, "/torch/elastic/store")
+    counting, counters = H.make_counting_backend(backend, base=TorchBackend, on_first_join=on_join)
+    timeout = RendezvousTimeout(join=timedelta(seconds=spec["join_timeout"]), last_call=timedelta(seconds=spec["last_call"]))
+    kwargs = {}
+    if spec.get("keep_alive_interval"):
+        kwargs["keep_alive_interval"] = spec["keep_alive_interval"]
+    handler = DynamicRendezvousHandler.from_backend(run_id, store, counting, n, n, local_addr="127.0.0.1", timeout=timeout, **kwargs)
+    return handler, counters, backend
+
+
+def make_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters, Any]:
+    if spec["backend"] in TORCH_BACKENDS:
+        return make_torch_node(spec, on_join)
+    return make_rdzv_node(spec, on_join)
+
+
+# ----------------------------------------------------------------------------------------------
+# the node process
+
+
+def _hwm_kb() -> int:
+    """Peak RSS of this process since exec (``VmHWM``; ``ru_maxrss`` would include the RSS
+    of the parent inherited through fork before exec)."""
+    return H.proc_status_kb(os.getpid(), "VmHWM") or 0
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_kb() -> int:
+    return H.proc_status_kb(os.getpid(), "VmRSS") or 0
+
+
+def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, abort: Any, stop: Any, last_go: Any, joined: Any) -> None:
+    """Entry point of one node process (see the module docs)."""
+    pid = os.getpid()
+    try:
+        import logging
+
+        logging.basicConfig(level=logging.ERROR)
+        threading.stack_size(512 * 1024)
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "0")
+        held_back = spec.get("held_back")  # index of a node that joins only on last_go
+        join_lock = threading.Lock()
+
+        def on_join() -> None:
+            with join_lock:
+                with joined.get_lock():
+                    joined.value += 1
+
+        # import the modules before measuring the base RSS
+        if spec["backend"] in TORCH_BACKENDS:
+            import torch.distributed.elastic.rendezvous.dynamic_rendezvous  # noqa: F401
+        else:
+            import rdzv_core.dynamic  # noqa: F401
+        rss_base = _rss_kb()
+        t0 = time.monotonic()
+        nodes = []
+        for _ in indices:
+            nodes.append(make_node(spec, on_join))
+        setup_s = time.monotonic() - t0
+        local_go = threading.Event()
+        results: list[Any] = [None] * len(nodes)
+
+        def run(k: int) -> None:
+            handler, counters, _ = nodes[k]
+            local_go.wait()
+            if indices[k] == held_back:
+                last_go.wait()
+            t_call = time.monotonic()
+            rank = world = err = None
+            try:
+                info = handler.next_rendezvous()
+                rank, world = info.rank, info.world_size
+            except BaseException as exc:  # report, never hang the process
+                err = f"{type(exc).__name__}: {exc}"[:500]
+            t_ret = time.monotonic()
+            counters.returned = True
+            results[k] = (indices[k], rank, world, t_call, t_ret, err)
+
+        threads = [threading.Thread(target=run, args=(k,), daemon=True, name=f"node-{indices[k]}") for k in range(len(nodes))]
+        for t in threads:
+            t.start()
+        queue.put(("ready", pid, {"setup_s": setup_s, "rss_base_kb": rss_base, "rss_ready_kb": _rss_kb(), "threads": threading.active_count()}))
+        go.wait()
+        cpu0 = _cpu_s()
+        local_go.set()
+        for t in threads:
+            while t.is_alive() and not abort.is_set():
+                t.join(0.05)
+            if abort.is_set():
+                break
+        rows = []
+        for k, r in enumerate(results):
+            if r is None:
+                r = (indices[k], None, None, None, None, "did not return")
+            rows.append((*r, nodes[k][1].as_dict()))
+        queue.put(("done", pid, {"rows": rows, "maxrss_kb": _hwm_kb(), "rss_kb": _rss_kb(), "threads": threading.active_count(), "cpu_s": _cpu_s() - cpu0}))
+        stop.wait()
+        counts = [n[1].as_dict() for n in nodes]
+        queue.put(("final", pid, {"counters": counts, "maxrss_kb": _hwm_kb()}))
+    except BaseException:
+        queue.put(("error", pid, traceback.format_exc()[-3000:]))
+    finally:
+        try:
+            queue.close()
+            queue.join_thread()  # flush what was put before leaving
+        except Exception:
+            pass
+        os._exit(0)  # no clean-up of thousands of handlers: the server is thrown away
