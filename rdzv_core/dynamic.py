@@ -496,11 +496,14 @@ class _OpExecutor:
         self._liveness = liveness
         self._emit = emit
         self._last_beat = float("-inf")
+        self._last_beat_wall: float | None = None  # the last keep-alive written into the state
         self._poll_interval = _POLL_MIN
         self._queue = backend if isinstance(backend, JoinQueue) else None
         self._queued_at: float | None = None
 
     def keep_alive_due(self) -> bool:
+        if self._last_beat_wall is not None and self._holder.state.last_heartbeats.get(self._key, float("-inf")) < self._last_beat_wall:
+            return True  # the last keep-alive is not in the shared state (a lost compare-and-set)
         return time.monotonic() - self._last_beat >= self._settings.interval_s
 
     def run(self, op: _Op, deadline: float) -> None:
@@ -625,6 +628,8 @@ class _OpExecutor:
     def _beat(self) -> None:
         self._liveness.beat(self._key, self._holder.state)
         self._last_beat = time.monotonic()
+        if self._liveness.writes_state:
+            self._last_beat_wall = self._holder.state.last_heartbeats.get(self._key)
 
     def _backoff(self, lost: int, deadline: float) -> None:
         """Jittered exponential backoff after a lost compare-and-set (spreads a burst of joins)."""
