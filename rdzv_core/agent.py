@@ -539,11 +539,11 @@ class ElasticAgent:
         last_ok = time.monotonic()
         ticks = 0
         while True:
+            if self._stop_signal is not None:  # before the exit code: the signal may be why it ended
+                return "signal", worker.stop(self.config.stop_timeout, self._stop_signal)
             code = worker.poll()
             if code is not None:
                 return ("succeeded" if code == 0 else "failed"), code
-            if self._stop_signal is not None:
-                return "signal", worker.stop(self.config.stop_timeout, self._stop_signal)
             ticks += 1
             try:
                 waiting = self.handler.num_nodes_waiting()
@@ -561,9 +561,7 @@ class ElasticAgent:
                 logger.info("%d node(s) waiting or gone; stopping the worker to re-rendezvous.", waiting)
                 code = worker.stop(self.config.stop_timeout)
                 return "membership_changed", code
-            code = worker.wait(self.config.monitor_interval)
-            if code is not None:
-                return ("succeeded" if code == 0 else "failed"), code
+            worker.wait(self.config.monitor_interval)  # returns early when the worker ends
 
     def _round_broken(self, round_: int | None) -> bool:
         """Whether a participant of our round is gone (or the round moved on)."""

@@ -150,7 +150,7 @@ def _configure(ctx: click.Context, default: str) -> None:
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(cls=_RdzvGroup, context_settings=_CONTEXT)
+@click.group(name="rdzv", cls=_RdzvGroup, context_settings=_CONTEXT)
 @click.version_option(package_name="rdzv", prog_name="rdzv")
 @_log_level_option
 @click.pass_context
@@ -229,7 +229,7 @@ def _rendezvous_options(require_run_id: bool) -> Callable[[Callable[..., Any]], 
         options = [
             click.option("--backend", default="redis", show_default=True, envvar="RDZV_BACKEND", metavar="NAME", help="Rendezvous backend: redis, etcd-v3, etcd-v2, memory or a plug-in (env RDZV_BACKEND)."),
             click.option("--endpoint", default="", envvar="RDZV_ENDPOINT", metavar="HOST:PORT|URL", help="Backend endpoint, e.g. 127.0.0.1:6379 or rediss://host:6380/0 (env RDZV_ENDPOINT; default: the backend's local default)."),
-            click.option("--run-id", default=None, envvar="RDZV_RUN_ID", metavar="ID", required=require_run_id, help="Id of the job; every node of the job uses the same (env RDZV_RUN_ID)."),
+            click.option("--run-id", envvar="RDZV_RUN_ID", metavar="ID", required=require_run_id, help="Id of the job; every node of the job uses the same (env RDZV_RUN_ID)."),
             click.option(
                 "--rdzv-conf",
                 multiple=True,
