@@ -538,7 +538,7 @@ class _OpExecutor:
                 if not holder.dirty:
                     self._wait(deadline)
                 continue
-            if action in _ADMISSIONS and self._queue is not None and not holder.dirty:
+            if action in _ADMISSIONS and self._queue is not None and not holder.dirty and self._key not in holder.state.members():
                 self._join_through_queue(self._queue, deadline)
                 continue
             self._apply(action)
