@@ -9,6 +9,7 @@ reports each node's rank, timings and backend call counts. It then keeps the nod
 
 from __future__ import annotations
 
+import itertools
 import os
 import resource
 import threading
@@ -156,6 +157,44 @@ def make_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters, Any]
 
 
 # ----------------------------------------------------------------------------------------------
+# client-side request counting (benchmark-only monkeypatches of the client libraries)
+
+_requests = itertools.count()
+
+
+def install_request_counter(backend: str) -> str | None:
+    """Count requests this process sends: redis-py ``send_packed_command`` (a pipeline is one),
+    urllib3 ``urlopen`` (python-etcd, etcd3gw). Returns what is counted, or ``None``."""
+    if backend == "redis":
+        from redis.connection import AbstractConnection
+
+        original = AbstractConnection.send_packed_command
+
+        def send_packed_command(self: Any, *args: Any, **kwargs: Any) -> Any:
+            next(_requests)
+            return original(self, *args, **kwargs)
+
+        AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign]
+        return "redis-py send_packed_command calls"
+    if backend in ("etcd-v3", "etcd-v2", "torch-etcd-v2"):
+        from urllib3.connectionpool import HTTPConnectionPool
+
+        original_urlopen = HTTPConnectionPool.urlopen
+
+        def urlopen(self: Any, *args: Any, **kwargs: Any) -> Any:
+            next(_requests)
+            return original_urlopen(self, *args, **kwargs)
+
+        HTTPConnectionPool.urlopen = urlopen  # type: ignore[method-assign]
+        return "urllib3 urlopen calls"
+    return None
+
+
+def requests_sent() -> int:
+    return int(repr(_requests)[6:-1])
+
+
+# ----------------------------------------------------------------------------------------------
 # the node process
 
 
@@ -174,7 +213,7 @@ def _rss_kb() -> int:
     return H.proc_status_kb(os.getpid(), "VmRSS") or 0
 
 
-def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, abort: Any, stop: Any, last_go: Any, joined: Any) -> None:
+def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, abort: Any, stop: Any, last_go: Any, joined: Any, slot: int = 0, reqs: Any = None) -> None:
     """Entry point of one node process (see the module docs)."""
     pid = os.getpid()
     try:
@@ -196,6 +235,15 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
             import torch.distributed.elastic.rendezvous.dynamic_rendezvous  # noqa: F401
         else:
             import rdzv_core.dynamic  # noqa: F401
+        counted = install_request_counter(spec["backend"])
+        if counted and reqs is not None:
+
+            def publish() -> None:
+                while True:
+                    reqs[slot] = requests_sent()
+                    time.sleep(0.02)
+
+            threading.Thread(target=publish, daemon=True, name="bench-requests").start()
         rss_base = _rss_kb()
         t0 = time.monotonic()
         nodes = []

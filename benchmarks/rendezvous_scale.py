@@ -104,8 +104,9 @@ def run_round(
         q = ctx.Queue()
         go, abort, stop, last_go = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
         joined = ctx.Value("i", 0)
-        for part in split(list(range(n)), nprocs):
-            p = ctx.Process(target=N.child_main, args=(spec, part, q, go, abort, stop, last_go, joined), daemon=True)
+        reqs = ctx.Array("q", nprocs, lock=False)  # requests sent, per node process
+        for slot, part in enumerate(split(list(range(n)), nprocs)):
+            p = ctx.Process(target=N.child_main, args=(spec, part, q, go, abort, stop, last_go, joined, slot, reqs), daemon=True)
             p.start()
             children.append(p)
         ready: dict[int, dict[str, Any]] = {}
@@ -118,7 +119,8 @@ def run_round(
                 ready[pid] = payload
         row["setup_s"] = round(max(r["setup_s"] for r in ready.values()), 3)
         spies = _start_pyspy(pyspy_dir, backend, n, list(ready)) if pyspy_dir else []
-        before = server.counters()
+        time.sleep(0.05)
+        before, reqs_before = server.counters(), sum(reqs)
         t_go = time.monotonic()
         go.set()
         t_release = None
@@ -150,7 +152,8 @@ def run_round(
                 raise RuntimeError(f"node process {pid} failed:\n{payload}")
             if kind == "done":
                 done[pid] = payload
-        after = server.counters()
+        time.sleep(0.05)
+        after, reqs_after = server.counters(), sum(reqs)
         if spies:
             row["profile"] = _stop_pyspy(spies)
         rows = [r for d in done.values() for r in d["rows"]]
@@ -162,22 +165,30 @@ def run_round(
         srv = H.summarize_server(server.kind, H.delta(before, after))
         row["server_counters"] = srv
         if srv.get("requests") is not None:
-            row["requests_per_node"] = round(srv["requests"] / n, 2)
+            row["server_requests_per_node"] = round(srv["requests"] / n, 2)
+        if backend not in ("memory", "torch-c10d"):
+            row["requests_per_node"] = round((reqs_after - reqs_before) / n, 2)
+            row["requests_source"] = "client side: " + ("redis-py send_packed_command" if backend == "redis" else "urllib3 urlopen") + " calls"
+        elif backend == "torch-c10d":
+            ops = row["backend_calls_per_node"]
+            row["requests_per_node"] = round(ops["get_state"] + ops["set_state"] + 2, 2)
+            row["requests_source"] = "estimate: get_state + set_state + 2 store calls for MASTER_ADDR/PORT (TCPStore has no counters)"
         if srv.get("bytes_in") is not None:
             row["bytes_in_per_node"] = round((srv["bytes_in"] or 0) / n)
             row["bytes_out_per_node"] = round((srv["bytes_out"] or 0) / n)
         if idle_intervals and row["status"] == "ok" and server.kind != "none":
             interval = keep_alive_interval or 5.0
             time.sleep(interval + 1.0)  # every keep-alive thread has started beating
-            a, ta = server.counters(), time.monotonic()
+            a, ra, ta = server.counters(), sum(reqs), time.monotonic()
             time.sleep(interval * idle_intervals)
-            b, tb = server.counters(), time.monotonic()
+            b, rb, tb = server.counters(), sum(reqs), time.monotonic()
             d = H.summarize_server(server.kind, H.delta(a, b))
             per = n * (tb - ta) / interval
             row["idle"] = {
                 "interval_s": interval,
                 "window_s": round(tb - ta, 2),
-                "requests_per_node_per_interval": None if d.get("requests") is None else round(d["requests"] / per, 2),
+                "requests_per_node_per_interval": None if backend in ("memory", "torch-c10d") else round((rb - ra) / per, 2),
+                "server_requests_per_node_per_interval": None if d.get("requests") is None else round(d["requests"] / per, 2),
                 "bytes_in_per_node_per_interval": None if d.get("bytes_in") is None else round((d["bytes_in"] or 0) / per, 1),
                 "bytes_out_per_node_per_interval": None if d.get("bytes_out") is None else round((d["bytes_out"] or 0) / per, 1),
                 "server": d,
