@@ -368,6 +368,10 @@ class EtcdKV(ABC):
         at once (etcd replays its history), so a read followed by a watch from the read's
         revision + 1 never misses a change.
 
+        Transport failures are retried for up to ``timeout`` (at least ``retry_window``)
+        from the same ``start_revision``, so a watch survives an etcd restart without
+        missing a change.
+
         Returns:
             ``True`` on a change (also when etcd no longer has the history back to
             ``start_revision``: the caller re-reads), ``False`` on timeout.
@@ -415,8 +419,10 @@ class EtcdKV(ABC):
             if self._current == index:
                 self._current = (index + 1) % len(self._clients)
 
-    def _call(self, op: str, fn: Callable[[Any], T], *, idempotent: bool = True) -> T:
-        """Run ``fn(client)``, retrying transport failures for up to ``retry_window`` seconds.
+    def _call(self, op: str, fn: Callable[[Any], T], *, idempotent: bool = True, retry_until: float | None = None) -> T:
+        """Run ``fn(client)``, retrying transport failures for up to ``retry_window`` seconds
+        (or until the ``time.monotonic()`` deadline ``retry_until``, if later: a watch keeps
+        trying for as long as its caller is willing to wait, e.g. across an etcd restart).
 
         Each failure moves to the next endpoint; back-off doubles from 50 ms to 1 s. A failure
         that may have reached etcd (:attr:`Failure.MAYBE_SENT`) is retried only when
@@ -425,7 +431,7 @@ class EtcdKV(ABC):
         Raises:
             RendezvousConnectionError: still failing; names ``op``, the endpoints and the cause.
         """
-        deadline = time.monotonic() + self.config.retry_window
+        deadline = max(time.monotonic() + self.config.retry_window, retry_until or 0.0)
         delay = 0.05
         while True:
             index, client = self._client()

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -66,6 +67,10 @@ class EtcdServer:
             :meth:`stop`.
         startup_timeout: Seconds to wait for ``/health`` (float).
         max_request_bytes: ``--max-request-bytes`` (int).
+        cert_file, key_file: Server certificate and key (PEM paths): serve clients over TLS
+            (``https://``; peers stay on plain HTTP on ``127.0.0.1``).
+        client_ca_file: CA (PEM path) that client certificates must chain to; requires them
+            (``--client-cert-auth``).
         extra_args: More command-line flags for etcd.
 
     Raises (:meth:`start`, :meth:`restart`):
@@ -83,9 +88,17 @@ class EtcdServer:
         data_dir: str | None = None,
         startup_timeout: float = 30.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        client_ca_file: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
+        if bool(cert_file) != bool(key_file):
+            raise ValueError("EtcdServer needs both 'cert_file' and 'key_file' for TLS.")
+        if client_ca_file and not cert_file:
+            raise ValueError("EtcdServer needs 'cert_file'/'key_file' to require client certificates.")
         self.enable_v2 = enable_v2
+        self.cert_file, self.key_file, self.client_ca_file = cert_file, key_file, client_ca_file
         self.binary = find_etcd_binary(binary)
         self._host = host
         self._given_data_dir = data_dir
@@ -125,9 +138,14 @@ class EtcdServer:
         return f"{self._host}:{self.port}"
 
     @property
+    def protocol(self) -> str:
+        """``"https"`` when serving TLS, else ``"http"``."""
+        return "https" if self.cert_file else "http"
+
+    @property
     def url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self._host}:{self.port}"
+        """``http(s)://host:port``."""
+        return f"{self.protocol}://{self._host}:{self.port}"
 
     @property
     def data_dir(self) -> str:
@@ -203,7 +221,7 @@ class EtcdServer:
     # -- helpers --------------------------------------------------------------------------
 
     def _command(self) -> list[str]:
-        client_url = f"http://{self._host}:{self._port}"
+        client_url = f"{self.protocol}://{self._host}:{self._port}"
         peer_url = f"http://{self._host}:{self._peer_port}"
         command = [
             self.binary,
@@ -220,6 +238,10 @@ class EtcdServer:
         ]  # fmt: skip
         if self.enable_v2:
             command.append("--enable-v2")
+        if self.cert_file:
+            command += ["--cert-file", self.cert_file, "--key-file", str(self.key_file)]
+        if self.client_ca_file:
+            command += ["--client-cert-auth", "--trusted-ca-file", self.client_ca_file]
         return command + self.extra_args
 
     def _launch(self) -> None:
@@ -251,10 +273,22 @@ class EtcdServer:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=1.0) as response:  # noqa: S310 - our own URL
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1.0, context=self._health_context()) as response:  # noqa: S310 - our own URL
                 return json.loads(response.read()).get("health") == "true"
         except (OSError, ValueError, urllib.error.URLError):
             return False
+
+    def _health_context(self) -> ssl.SSLContext | None:
+        """TLS for the health probe: our own server on localhost, so no verification; the
+        server's client certificate is presented when client certificates are required."""
+        if not self.cert_file:
+            return None
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if self.client_ca_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
     def _terminate(self, *, kill: bool = False) -> None:
         process, self._process = self._process, None

@@ -145,7 +145,7 @@ class EtcdV2KV(EtcdKV):
             except etcd.EtcdEventIndexCleared:
                 return True  # the history is gone: the caller re-reads
 
-        return self._call("watch", op)
+        return self._call("watch", op, retry_until=deadline)
 
     # -- adapter plumbing -----------------------------------------------------------------
 
@@ -165,8 +165,9 @@ class EtcdV2KV(EtcdKV):
         )
         # Never let urllib3 re-send a request on its own: a compare-and-set re-sent after its
         # response was lost would be reported as failed although it was applied. Retries are
-        # EtcdKV._call's job, which knows which operations are idempotent.
-        client.http.connection_pool_kw["retries"] = self._urllib3.Retry(total=None, connect=0, read=0, redirect=3, status=0, other=0)
+        # EtcdKV._call's job, which knows which operations are idempotent. ``False`` re-raises
+        # the original error, which python-etcd needs to tell a watch timeout from a failure.
+        client.http.connection_pool_kw["retries"] = self._urllib3.Retry(total=None, connect=False, read=False, redirect=3, status=0, other=0)
         return client
 
     def _disconnect(self, client: Any) -> None:
@@ -185,11 +186,14 @@ class EtcdV2KV(EtcdKV):
 
     def _describe(self, exc: BaseException) -> str:
         payload = getattr(exc, "payload", None) or {}
-        if not payload.get("message"):
-            cause = getattr(exc, "cause", None)
-            return f"{type(exc).__name__}: {exc}" + (f" (cause: {cause!r})" if cause is not None else "")
-        detail = f" ({payload['cause']})" if payload.get("cause") else ""
-        return f"{type(exc).__name__}: {payload['message']}{detail}"
+        if payload.get("message"):
+            detail = f" ({payload['cause']})" if payload.get("cause") else ""
+            return f"{type(exc).__name__}: {payload['message']}{detail}"
+        cause = getattr(exc, "cause", None)
+        cause = getattr(cause, "reason", None) or cause  # MaxRetryError wraps the real failure
+        if cause is not None:
+            return f"{type(cause).__name__}: {cause}"
+        return f"{type(exc).__name__}: {exc}"
 
     def _versioned(self, key: str, result: Any) -> Versioned:
         if getattr(result, "dir", False):
@@ -221,8 +225,11 @@ class EtcdV2KV(EtcdKV):
 
 
 def _transient_of_cause(cause: Any, urllib3: Any) -> Failure:
-    """A failure to connect is NOT_SENT; anything after connecting may have been applied."""
+    """A failure to connect is NOT_SENT; a TLS failure (certificate, handshake) is REFUSED
+    (retrying does not fix a certificate); anything after connecting may have been applied."""
     reason = getattr(cause, "reason", cause)  # MaxRetryError wraps the real failure
+    if isinstance(reason, urllib3.exceptions.SSLError) or isinstance(cause, urllib3.exceptions.SSLError):
+        return Failure.REFUSED
     not_sent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
     if isinstance(reason, not_sent) or isinstance(cause, not_sent):
         return Failure.NOT_SENT

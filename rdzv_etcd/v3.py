@@ -220,7 +220,7 @@ class EtcdV3KV(EtcdKV):
             self._ensure_token(client)
             return self._watch_stream(client, request, remaining)
 
-        return self._call("watch", op)
+        return self._call("watch", op, retry_until=deadline)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -230,7 +230,7 @@ class EtcdV3KV(EtcdKV):
         Renews the auth token once when etcd reports it invalid (tokens expire)."""
         self._ensure_token(client)
         try:
-            return dict(client.post(client.get_url(path), json=payload))
+            return dict(client.post(client.get_url(path), json=payload, **self._tls_kwargs()))
         except self._exceptions.Etcd3Exception as exc:
             if self.config.username and not reauthenticated and _is_invalid_token(exc):
                 self._authenticate(client)
@@ -241,7 +241,7 @@ class EtcdV3KV(EtcdKV):
         requests = self._requests
         try:
             response = client.session.post(
-                client.get_url("watch"), json=request, stream=True, timeout=(self.config.connect_timeout, remaining)
+                client.get_url("watch"), json=request, stream=True, timeout=(self.config.connect_timeout, remaining), **self._tls_kwargs()
             )
         except requests.exceptions.ReadTimeout:
             return False
@@ -289,8 +289,13 @@ class EtcdV3KV(EtcdKV):
         with self._auth_lock:
             client.session.headers.pop("Authorization", None)
             credentials = {"name": self.config.username, "password": self.config.password}
-            token = client.post(client.get_url("auth/authenticate"), json=credentials)["token"]
+            token = client.post(client.get_url("auth/authenticate"), json=credentials, **self._tls_kwargs())["token"]
             client.session.headers["Authorization"] = token
+
+    def _tls_kwargs(self) -> dict[str, Any]:
+        """``verify=<cacert>`` for every request: requests lets ``REQUESTS_CA_BUNDLE`` /
+        ``CURL_CA_BUNDLE`` override a session's ``verify``, but not a request's."""
+        return {"verify": self.config.cacert} if self.config.cacert else {}
 
     def _kvs(self, response: dict[str, Any]) -> dict[str, Versioned]:
         values: dict[str, Versioned] = {}
@@ -367,7 +372,10 @@ def _is_read_timeout(exc: BaseException, requests: Any, urllib3: Any) -> bool:
 
 
 def _failure_of_transport(exc: BaseException | None, requests: Any, urllib3: Any) -> Failure:
-    """Connect failures (refused, connect timeout) are NOT_SENT; the rest MAYBE_SENT."""
+    """Connect failures (refused, connect timeout) are NOT_SENT; TLS failures REFUSED (a
+    certificate does not get better by retrying); the rest MAYBE_SENT."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return Failure.REFUSED
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return Failure.NOT_SENT
     not_sent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)

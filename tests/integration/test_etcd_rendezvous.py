@@ -40,16 +40,17 @@ class MortalBackend(EtcdRendezvousBackend):
 
 @pytest.fixture
 def make_handler(make_etcd, etcd_api):
-    """``make(run_id, min_nodes=2, max_nodes=8, keep_alive_interval=5, attempts=3)``; each
-    handler has its own backend (connection pool), as separate machines would."""
+    """``make(run_id, min_nodes=2, max_nodes=8, keep_alive_interval=5, attempts=3,
+    last_call=0.3)``; each handler has its own backend (connection pool), as separate
+    machines would."""
     handlers = []
 
-    def make(run_id, min_nodes=2, max_nodes=8, keep_alive_interval=5.0, attempts=3):
+    def make(run_id, min_nodes=2, max_nodes=8, keep_alive_interval=5.0, attempts=3, last_call=0.3):
         backend, store = make_etcd(etcd_api, run_id)
         backend = MortalBackend(backend.kv, run_id, key_ttl=600)
         timeout = dynamic.RendezvousTimeout(
             join=timedelta(seconds=BOUND),
-            last_call=timedelta(seconds=0.3),
+            last_call=timedelta(seconds=last_call),
             close=timedelta(seconds=5),
             heartbeat=timedelta(seconds=2),
         )
@@ -87,7 +88,9 @@ def wait_until(predicate, backend, what):
 
 def test_eight_nodes_get_ranks_0_to_7(make_handler):
     run_id = unique_run_id()
-    handlers = [make_handler(run_id, min_nodes=2, max_nodes=8) for _ in range(8)]
+    # The round completes as soon as the 8th node joins; the long last call only makes sure
+    # that it is not completed earlier, with fewer nodes, on a slow machine.
+    handlers = [make_handler(run_id, min_nodes=2, max_nodes=8, last_call=BOUND / 2) for _ in range(8)]
     infos = rendezvous(handlers)
     assert sorted(info.rank for info in infos) == list(range(8))
     assert {info.world_size for info in infos} == {8}
