@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
 from rdzv_core.backend import RendezvousBackend, Token
 from rdzv_redis.client import REDIS_CONFIG_KEYS, RedisClient, RedisConfig
+from rdzv_redis.coalesce import SingleFlight
 from rdzv_redis.keys import RunKeys
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ class RedisRendezvousBackend(RendezvousBackend):
         self._keys = RunKeys(run_id)
         self._ttl_ms = int(1000 * (client.config.key_ttl if key_ttl is None else key_ttl))
         self._closed = False
+        # Node objects of one run in one process share reads (see rdzv_redis.coalesce).
+        self._state_reads: SingleFlight = client.shared(("state", run_id), SingleFlight)
+        self._token_reads: SingleFlight = client.shared(("token", run_id), SingleFlight)
+        client.notifier.track(self._keys.state_channel)
 
     def __repr__(self) -> str:
         return f"RedisRendezvousBackend(run_id={self._run_id!r}, redis={self._client.config.display!r})"
@@ -97,11 +102,18 @@ class RedisRendezvousBackend(RendezvousBackend):
     def get_state(self) -> tuple[bytes, Token] | None:
         """Return ``(state bytes, token str)``, or ``None`` when the run has no state (``GET``).
 
+        Concurrent calls of the node objects of this run in this process share one ``GET``
+        that started after each of them was called (so a read never misses a write that
+        completed before it).
+
         Raises:
             RendezvousStateError: the state key holds something this backend did not write.
         """
-        raw = self._client.call("get_state", lambda: self._client.redis.get(self._keys.state))
+        raw = self._state_reads.run(self._get_raw_state)
         return None if raw is None else self._decode(raw)
+
+    def _get_raw_state(self) -> bytes | None:
+        return self._client.call("get_state", lambda: self._client.redis.get(self._keys.state))  # type: ignore[no-any-return]
 
     def set_state(self, state: bytes, token: Token | None = None) -> tuple[bytes, Token, bool] | None:
         """Compare-and-set the state in one Lua script (``scripts/set_state.lua``: ``GET``,
@@ -138,6 +150,7 @@ class RedisRendezvousBackend(RendezvousBackend):
         """Release this backend's reference to the shared client (idempotent)."""
         if not self._closed:
             self._closed = True
+            self._client.notifier.untrack(self._keys.state_channel)
             self._client.release()
 
     # -- ChangeNotifier -----------------------------------------------------------------------
@@ -146,32 +159,49 @@ class RedisRendezvousBackend(RendezvousBackend):
         """Block until the stored token differs from ``token`` (``None``: no state yet) or
         ``timeout`` seconds pass.
 
-        The waiter is registered with the client's pub/sub listener first (channel
-        ``rdzv:{R}:state:changed``), then the stored token is read (``GETRANGE`` of the
-        header, a few bytes), so a change between the read and the sleep is never missed.
+        A waiter is registered with the client's pub/sub listener (channel
+        ``rdzv:{R}:state:changed``, whose messages carry the new token) *before* anything is
+        checked, so no change is missed. The first check uses the newest token the listener
+        has seen when it knows one, and otherwise reads the token from the server
+        (``GETRANGE`` of the value's header, shared by concurrent callers). ``timeout == 0``
+        always reads the server.
 
         Returns:
             ``True`` when the token differs (also when the stored value is unreadable, so the
-            caller's next read reports it), ``False`` after ``timeout``. ``timeout == 0``
-            only checks.
+            caller's next read reports it), ``False`` after ``timeout``.
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        with self._client.notifier.waiter(self._keys.state_channel) as waiter:
-            while True:
-                waiter.clear()
-                if self._read_token(deadline) != token:
-                    return True
+        notifier = self._client.notifier
+        channel = self._keys.state_channel
+        with notifier.waiter(channel) as waiter:
+            changed = self._changed(notifier.latest(channel) if timeout > 0 else None, token, deadline)
+            while not changed:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or not notifier.sleep(waiter, remaining):
                     return False
-                waiter.wait(remaining)
+                waiter.clear()
+                announced = None if waiter.resync else waiter.last_payload  # resync: ask the server
+                waiter.resync = False
+                changed = self._changed(announced, token, deadline)
+            return True
+
+    def _changed(self, announced: bytes | None, token: Token | None, deadline: float) -> bool:
+        """Whether the state changed from ``token``, judged from an announced token when
+        that suffices (see :func:`_differs`) and from the server otherwise."""
+        verdict = _differs(announced, token)
+        return verdict if verdict is not None else self._read_token(deadline) != token
 
     def _read_token(self, deadline: float | None = None) -> Any:
-        head = self._client.call(
-            "wait_for_change",
-            lambda: self._client.redis.getrange(self._keys.state, 0, _HEADER_MAX - 1),
-            deadline=deadline,
-        )
+        """The stored token (str), ``None`` without state, or an unreadable marker."""
+
+        def read() -> bytes:
+            return self._client.call(  # type: ignore[no-any-return]
+                "wait_for_change",
+                lambda: self._client.redis.getrange(self._keys.state, 0, _HEADER_MAX - 1),
+                deadline=deadline,
+            )
+
+        head = self._token_reads.run(read)
         if not head:
             return None
         header, newline, _ = head.partition(b"\n")
@@ -231,6 +261,27 @@ class RedisRendezvousBackend(RendezvousBackend):
                 f"(key '{self._keys.state}') is corrupt or was not written by rdzv: it starts with {raw[:24]!r}."
             )
         return state, token
+
+
+def _version(token: str) -> int:
+    return int(token.partition("-")[0])
+
+
+def _differs(announced: bytes | None, token: Token | None) -> bool | None:
+    """Compare an announced token (a pub/sub payload) with the caller's token.
+
+    Returns ``True`` (the state changed), ``False`` (the announced token is the caller's),
+    or ``None`` when it cannot tell (nothing announced, or an older announcement still on
+    its way while the caller already read a newer token): then the server is asked.
+    """
+    if announced is None:
+        return None
+    text = announced.decode("ascii", "replace")
+    if token is None or text == token:
+        return token is None
+    if not (isinstance(token, str) and _TOKEN_RE.match(token) and _TOKEN_RE.match(text)):
+        return True
+    return True if _version(text) > _version(token) else None
 
 
 def create_backend(params: RendezvousParameters) -> tuple[RedisRendezvousBackend, RedisStore]:

@@ -250,11 +250,21 @@ class RedisClient:
         )
         self._refs = 0
         self._closed = False
+        self._shared: dict[Any, Any] = {}
+        self._shared_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisClient({self.config.display}, refs={self._refs})"
 
     # -- sharing -----------------------------------------------------------------------------
+
+    def shared(self, key: Any, factory: Callable[[], T]) -> T:
+        """Return the object stored under ``key`` for all users of this client, creating it
+        with ``factory()`` on first use (e.g. one read coalescer per run and process)."""
+        with self._shared_lock:
+            if key not in self._shared:
+                self._shared[key] = factory()
+            return self._shared[key]  # type: ignore[no-any-return]
 
     @classmethod
     def acquire(cls, config: RedisConfig) -> RedisClient:

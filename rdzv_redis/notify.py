@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: How often (seconds) the listener looks at its stop flag while no message arrives.
 POLL_INTERVAL = 0.5
+#: How often (seconds) waiters look at the server while the listener is not subscribed.
+FALLBACK_POLL = 0.25
 #: Bounds (seconds) of the jittered back-off between reconnection attempts.
 RECONNECT_BACKOFF = (0.05, 1.0)
 
@@ -50,20 +52,27 @@ class Waiter:
             waiting for some keys); ``None`` means any message on the channel does.
     """
 
-    __slots__ = ("channel", "keys", "_event")
+    __slots__ = ("channel", "keys", "last_payload", "resync", "_event")
 
     def __init__(self, channel: str, keys: Iterable[str] | None = None) -> None:
         self.channel = channel.encode()
         self.keys = None if keys is None else frozenset(k.encode() for k in keys)
+        #: The payload (bytes) of the last message that woke the waiter, or ``None``.
+        self.last_payload: bytes | None = None
+        #: Set when messages may have been missed (the listener reconnected or stops): the
+        #: waiter must check the server. The waiter resets it.
+        self.resync = False
         self._event = threading.Event()
 
     def offer(self, payload: bytes) -> None:
         """Wake the waiter if ``payload`` is of interest (called by the listener thread)."""
         if self.keys is None or payload in self.keys:
+            self.last_payload = payload
             self._event.set()
 
     def wake(self) -> None:
-        """Wake the waiter unconditionally (the listener reconnected or stops)."""
+        """Wake the waiter and ask it to check the server (the listener reconnected or stops)."""
+        self.resync = True
         self._event.set()
 
     def clear(self) -> None:
@@ -114,6 +123,10 @@ class Notifier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._subscribed = threading.Event()
+        #: Counts subscriptions; messages of one epoch were received without a gap.
+        self._epoch = 0
+        #: Tracked channel -> [reference count, epoch of the last message, its payload].
+        self._tracked: dict[bytes, list[Any]] = {}
 
     @property
     def subscribed(self) -> bool:
@@ -124,6 +137,48 @@ class Notifier:
         """Return a context manager registering a :class:`Waiter` on ``channel`` (see module
         docs); ``keys`` restricts which payloads wake it."""
         return _Registration(self, Waiter(channel, keys))
+
+    def track(self, channel: str) -> None:
+        """Start remembering the last message on ``channel`` (reference counted); see
+        :meth:`latest`."""
+        with self._lock:
+            self._tracked.setdefault(channel.encode(), [0, -1, None])[0] += 1
+        self._ensure_started()
+
+    def untrack(self, channel: str) -> None:
+        """Undo one :meth:`track`."""
+        with self._lock:
+            entry = self._tracked.get(channel.encode())
+            if entry is not None:
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    del self._tracked[channel.encode()]
+
+    def latest(self, channel: str) -> bytes | None:
+        """The payload of the last message received on tracked ``channel`` since the
+        listener last (re)subscribed, or ``None`` when there is none or the listener is not
+        subscribed. Messages published later will still reach registered waiters, so a
+        caller that registered a waiter first may trust it as "the newest known"."""
+        with self._lock:
+            entry = self._tracked.get(channel.encode())
+            if entry is None or not self._subscribed.is_set() or entry[1] != self._epoch:
+                return None
+            return entry[2]  # type: ignore[no-any-return]
+
+    def sleep(self, waiter: Waiter, timeout: float) -> bool:
+        """Sleep until ``waiter`` is woken or ``timeout`` seconds pass; return whether the
+        caller should look again.
+
+        While the listener is not subscribed, messages may be lost: the sleep is then cut
+        to :data:`FALLBACK_POLL` seconds and the waiter is marked ``resync`` (a bounded
+        fallback to polling during a pub/sub outage).
+        """
+        self._ensure_started()
+        if self._subscribed.is_set():
+            return waiter.wait(timeout)
+        waiter.wait(min(timeout, FALLBACK_POLL))
+        waiter.resync = True
+        return True
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Start the listener if needed and wait up to ``timeout`` s until it is subscribed."""
@@ -160,6 +215,9 @@ class Notifier:
 
     def _dispatch(self, channel: bytes, payload: bytes) -> None:
         with self._lock:
+            entry = self._tracked.get(channel)
+            if entry is not None:
+                entry[1], entry[2] = self._epoch, payload
             waiters = list(self._waiters.get(channel, ()))
         for waiter in waiters:
             waiter.offer(payload)
@@ -203,6 +261,8 @@ class Notifier:
                 if message["type"] == "pmessage":
                     self._dispatch(message["channel"], message["data"])
                 elif message["type"] == "psubscribe":
+                    with self._lock:
+                        self._epoch += 1
                     self._subscribed.set()
                     self._wake_all()  # anything published before now was not seen: re-check
         finally:

@@ -157,9 +157,9 @@ def test_clients_are_shared_and_closed_with_the_last_user(redis_backend_factory,
 
 def test_many_waiters_share_one_listener_and_wake_fast(redis_backend_factory, redis_run_id):
     """200 node objects in one process: one listener thread; all wake on one write."""
+    before = len(listener_threads())
     made = [redis_backend_factory(redis_run_id, connect_timeout=4.5)[0] for _ in range(200)]
     _, token, _ = made[0].set_state(b"v1")
-    before = len(listener_threads())
     woke: list[float] = []
     lock = threading.Lock()
     ready = threading.Barrier(len(made) + 1)
@@ -210,3 +210,50 @@ def test_wake_up_latency(redis_backend_factory, redis_run_id):
     median = statistics.median(latencies)
     print(f"wake-up latency: median {median * 1000:.2f} ms, max {max(latencies) * 1000:.2f} ms")
     assert median < 0.05
+
+
+def test_concurrent_reads_in_one_process_share_round_trips(redis_backend_factory, redis_run_id, redis_raw):
+    made = [redis_backend_factory(redis_run_id, connect_timeout=4.6)[0] for _ in range(100)]
+    _, token, _ = made[0].set_state(b"x" * 100_000)
+
+    def gets():
+        return int(redis_raw.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+    before = gets()
+    barrier = threading.Barrier(len(made))
+    results = []
+
+    def read(backend):
+        barrier.wait(10)
+        results.append(backend.get_state())
+
+    threads = [threading.Thread(target=read, args=(b,)) for b in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [(b"x" * 100_000, token)] * 100
+    assert gets() - before < 50  # typically 2-3
+
+
+@pytest.mark.parametrize("write_during_outage", [False, True])
+def test_waiters_survive_a_pubsub_disconnect(redis_backend_factory, redis_run_id, redis_raw, write_during_outage):
+    """CLIENT KILL of the pub/sub connection: the listener reconnects and waiters re-check,
+    so a change made while nobody listened is not missed."""
+    waiter_backend, _ = redis_backend_factory(redis_run_id)
+    writer_backend, _ = redis_backend_factory(redis_run_id, connect_timeout=4.7)
+    _, token, _ = writer_backend.set_state(b"v1")
+    notifier = waiter_backend._client.notifier
+    assert notifier.wait_subscribed(5)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(changed=waiter_backend.wait_for_change(token, 10)))
+    thread.start()
+    time.sleep(0.1)  # let it block; the assertions do not depend on it
+    redis_raw.client_kill_filter(_type="pubsub")
+    if not write_during_outage:
+        assert notifier.wait_subscribed(5)
+    written_at = time.monotonic()
+    writer_backend.set_state(b"v2", token)
+    thread.join(10)
+    assert result["changed"] is True
+    assert time.monotonic() - written_at < 3
