@@ -565,7 +565,7 @@ class Counters:
     __slots__ = (
         "get_state", "set_state", "set_failed", "set_none", "wait_calls", "wait_checks", "wakeups",
         "wait_timeouts", "keep_alive", "heartbeat_ages", "forget_node", "other", "bytes_written", "bytes_read",
-        "t_backend", "t_wait", "first_set_ok", "last_set_ok", "returned", "max_state_bytes",
+        "t_backend", "t_wait", "first_set_ok", "last_set_ok", "returned", "max_state_bytes", "extra",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -574,6 +574,7 @@ class Counters:
         self.first_set_ok = None
         self.last_set_ok = None
         self.returned = False
+        self.extra: dict[str, int] = {}  # calls of other backend methods (join queue, ...)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -591,6 +592,13 @@ def make_counting_backend(inner: Any, base: type | None = None, on_first_join: A
     """
     counters = Counters()
     lock = threading.Lock()
+
+    joined_flag: list[bool] = []
+
+    def _joined() -> None:
+        if not joined_flag and on_first_join is not None:
+            joined_flag.append(True)
+            on_first_join()
 
     def _timed_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -627,8 +635,7 @@ def make_counting_backend(inner: Any, base: type | None = None, on_first_join: A
                 now = time.monotonic()
                 if counters.first_set_ok is None:
                     counters.first_set_ok = now
-                    if on_first_join is not None:
-                        on_first_join()
+                    _joined()
                 counters.last_set_ok = now
             return result
 
@@ -668,6 +675,9 @@ def make_counting_backend(inner: Any, base: type | None = None, on_first_join: A
 
                 def other(*args: Any, **kwargs: Any) -> Any:
                     counters.other += 1
+                    counters.extra[attr] = counters.extra.get(attr, 0) + 1
+                    if attr == "enqueue_join":
+                        _joined()  # joins through the queue (the head admits it)
                     return _timed_call(value, *args, **kwargs)
 
                 return other

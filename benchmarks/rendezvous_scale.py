@@ -77,7 +77,7 @@ def run_round(
     last_join: bool = False,
     idle_intervals: int = 0,
     client_sharing: str = "process",
-    settle: float = 0.5,
+    settle: float = 1.0,
     pyspy_dir: str | None = None,
 ) -> dict[str, Any]:
     """Run one round of ``n`` nodes of ``backend`` in ``procs`` processes; return a row."""
@@ -343,6 +343,12 @@ def _summarize(row: dict[str, Any], rows: list[tuple], n: int, t_go: float, t_re
     for f in H.COUNT_FIELDS:
         total = sum(c.get(f, 0) or 0 for c in counters)
         ops[f] = round(total / n, 3 if f.startswith("t_") else 2)
+    extra: dict[str, int] = {}
+    for c in counters:
+        for k, v in (c.get("extra") or {}).items():
+            extra[k] = extra.get(k, 0) + v
+    for k, v in sorted(extra.items()):
+        ops[k] = round(v / n, 2)
     ops["max_set_state_per_node"] = max((c["set_state"] for c in counters), default=0)
     ops["max_failed_cas_per_node"] = max((c["set_failed"] for c in counters), default=0)
     ops["max_wakeups_per_node"] = max((c["wakeups"] for c in counters), default=0)
