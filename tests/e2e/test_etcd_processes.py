@@ -1,0 +1,144 @@
+"""Real node processes rendezvousing through the ``etcd-v2`` / ``etcd-v3`` plug-ins of the
+registry: ranks, a node killed with SIGKILL, and an etcd crash while nodes wait."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.fixtures_etcd import start_etcd, unique_run_id
+
+pytestmark = pytest.mark.e2e
+pytest.importorskip("rdzv_core.dynamic")
+
+#: Every wait of these tests is bounded by this (seconds).
+BOUND = 60
+
+# An agent-like node: rendezvous, and for later rounds poll num_nodes_waiting() as torch's
+# agent does between health checks.
+NODE = r"""
+import json, sys, time
+from rdzv_core.api import RendezvousParameters
+from rdzv_core.registry import get_rendezvous_handler
+
+backend, endpoint, run_id = sys.argv[1:4]
+min_nodes, max_nodes, rounds = map(int, sys.argv[4:7])
+handler = get_rendezvous_handler(RendezvousParameters(
+    backend, endpoint, run_id, min_nodes, max_nodes, read_timeout=10,
+    join_timeout=45, last_call_timeout=0.5, keep_alive_interval=0.2, keep_alive_max_attempt=3))
+print(json.dumps({"ready": True}), flush=True)
+for round_ in range(rounds):
+    if round_:
+        deadline = time.monotonic() + 30
+        while handler.num_nodes_waiting() == 0:
+            assert time.monotonic() < deadline, "no re-rendezvous requested"
+            time.sleep(0.05)
+    info = handler.next_rendezvous()
+    print(json.dumps({"rank": info.rank, "world_size": info.world_size}), flush=True)
+"""
+
+
+@pytest.fixture
+def processes():
+    started = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+
+
+@pytest.fixture(params=["etcd-v2", "etcd-v3"])
+def backend_name(request):
+    return request.param
+
+
+def start_nodes(processes, count, backend, endpoint, run_id, min_nodes, max_nodes, rounds=1):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    args = [backend, endpoint, run_id, str(min_nodes), str(max_nodes), str(rounds)]
+    new = [
+        subprocess.Popen([sys.executable, "-c", NODE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(count)
+    ]
+    processes += new
+    for proc in new:
+        assert read_line(proc) == {"ready": True}
+    return new
+
+
+def read_line(proc, timeout=BOUND):
+    """The next stdout line of ``proc`` as JSON, waiting at most ``timeout`` seconds."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        line = lines.get(timeout=timeout)
+    except queue.Empty:
+        pytest.fail(f"node {proc.pid} printed nothing within {timeout} s")
+    if not line:
+        pytest.fail(f"node {proc.pid} exited: {proc.wait(5)}; stderr:\n{proc.stderr.read()[-3000:]}")
+    return json.loads(line)
+
+
+def wait_for_participants(server, backend_name, run_id, count):
+    """Block (on etcd watches, bounded) until the run's state lists ``count`` participants."""
+    import time
+
+    from rdzv_core.api import RendezvousParameters
+    from rdzv_core.state import decode_state
+    from rdzv_etcd.backend import create_backend
+
+    observer, _ = create_backend(RendezvousParameters(backend_name, server.endpoint, run_id, 1, 3))
+    try:
+        deadline = time.monotonic() + BOUND
+        while True:
+            current = observer.get_state()
+            if current is not None and len(decode_state(current[0], run_id).participants) >= count:
+                return
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{count} participants never joined"
+            observer.wait_for_change(None if current is None else current[1], remaining)
+    finally:
+        observer.close()
+
+
+def test_three_processes_get_ranks_0_1_2(etcd_server, backend_name, processes):
+    nodes = start_nodes(processes, 3, backend_name, etcd_server.endpoint, unique_run_id(), 3, 3)
+    results = [read_line(p) for p in nodes]
+    assert sorted(r["rank"] for r in results) == [0, 1, 2]
+    assert {r["world_size"] for r in results} == {3}
+    for proc in nodes:
+        assert proc.wait(BOUND) == 0
+
+
+def test_killed_process_is_replaced_by_a_smaller_round(etcd_server, backend_name, processes):
+    nodes = start_nodes(processes, 3, backend_name, etcd_server.endpoint, unique_run_id(), 2, 3, rounds=2)
+    first = [read_line(p) for p in nodes]
+    assert sorted(r["rank"] for r in first) == [0, 1, 2]
+    victim, survivors = nodes[0], nodes[1:]
+    os.kill(victim.pid, signal.SIGKILL)
+    second = [read_line(p) for p in survivors]
+    assert sorted(r["rank"] for r in second) == [0, 1]
+    assert {r["world_size"] for r in second} == {2}
+
+
+def test_etcd_crash_while_nodes_wait(backend_name, processes):
+    server = start_etcd(enable_v2=True)
+    try:
+        run_id = unique_run_id()
+        waiting = start_nodes(processes, 2, backend_name, server.endpoint, run_id, 3, 3)
+        wait_for_participants(server, backend_name, run_id, 2)
+        server.restart(kill=True)  # the waiting nodes' watches break; they must resume
+        late = start_nodes(processes, 1, backend_name, server.endpoint, run_id, 3, 3)
+        results = [read_line(p) for p in [*waiting, *late]]
+        assert sorted(r["rank"] for r in results) == [0, 1, 2]
+    finally:
+        server.stop()
