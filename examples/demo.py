@@ -8,10 +8,10 @@ What it does, all on this machine:
 1. starts an embedded Redis (``rdzv_redis.server.RedisServer``, a free port on 127.0.0.1);
 2. starts 3 agents as separate processes, ``rdzv run --nnodes 2:3 --max-restarts 3`` with
    short timeouts (``last_call_timeout=1``, ``keep_alive_interval=0.5``,
-   ``keep_alive_max_attempt=2``), each running ``examples/train.py`` (ranks add to a counter
+   ``keep_alive_max_attempt=4``), each running ``examples/train.py`` (ranks add to a counter
    in the round's store every step; rank 0 checks the total and keeps a checkpoint);
 3. once the 3-node round trains, kills one agent with SIGKILL (its worker dies with it);
-4. the survivors notice the missing keep-alives (about 1 s), re-rendezvous as a 2-node
+4. the survivors notice the missing keep-alives (about 2 s), re-rendezvous as a 2-node
    round, resume from the checkpoint and finish; the rendezvous is then closed;
 5. prints a timeline and a summary (ranks per round, time to rendezvous, time to re-form)
    and checks everything: survivors exit 0, the last round has 2 nodes, every step ran,
@@ -46,7 +46,7 @@ AGENTS = 3
 NNODES = "2:3"
 STEPS = 12
 STEP_TIME = 0.25
-RDZV_CONF = "join_timeout=30,last_call_timeout=1,keep_alive_interval=0.5,keep_alive_max_attempt=2,close_timeout=5,heartbeat_timeout=2"
+RDZV_CONF = "join_timeout=30,last_call_timeout=1,keep_alive_interval=0.5,keep_alive_max_attempt=4,close_timeout=5,heartbeat_timeout=2"
 #: Everything must be over by then (seconds); the demo fails otherwise.
 DEADLINE = 50.0
 
@@ -181,7 +181,7 @@ def run_demo(verbose: bool) -> int:
                 agents.append(demo.start_agent(i, endpoint, run_id, tmp))
             demo.event(f"started {AGENTS} agents: rdzv run --nnodes {NNODES} -- python examples/train.py --steps {STEPS}")
 
-            full = demo.wait_for(read, lambda s: s.exists and s.complete and s.world_size == AGENTS and not s.closed, 20, f"a {AGENTS}-node round forms")
+            full = demo.wait_for(read, lambda s: s.exists and s.complete and s.world_size == AGENTS and not s.closed, 45, f"a {AGENTS}-node round forms")
             if full is None:
                 for agent in agents:
                     print(f"--- {agent.name} (exit {agent.process.poll()}) ---\n{_tail(agent.log_path)}", file=sys.stderr)
@@ -190,9 +190,16 @@ def run_demo(verbose: bool) -> int:
             ranks_first = {by_pid[n.pid].name: n.rank for n in full.participants if n.pid in by_pid}
             demo.event(f"round {full.round} formed with {full.world_size} nodes: " + ", ".join(f"{k}=rank {v}" for k, v in sorted(ranks_first.items())))
 
-            time.sleep(1.0)  # let it train a few steps
             victim_node = next(n for n in full.participants if n.rank == 1)
             victim = by_pid[victim_node.pid]
+            # Kill mid-run: once the victim's worker of this round has finished a step.
+            marker = f"[train round={full.round} rank=1/{AGENTS} "
+            deadline = time.monotonic() + 30
+            while not any(line.startswith(marker) and "] step " in line for line in _tail(victim.log_path, 10_000).splitlines()):
+                if time.monotonic() > deadline or victim.process.poll() is not None:
+                    demo.check(False, f"{victim.name}'s worker trains in round {full.round} within 30 s")
+                    break
+                time.sleep(0.05)
             victim_workers = _worker_pids(victim.log_path)
             victim.process.send_signal(signal.SIGKILL)
             t_kill = demo.now()
@@ -201,7 +208,7 @@ def run_demo(verbose: bool) -> int:
             reformed = demo.wait_for(
                 read,
                 lambda s: s.exists and s.round > full.round and s.complete and s.world_size == AGENTS - 1,
-                20,
+                30,
                 f"the survivors re-form a {AGENTS - 1}-node round",
             )
             t_reformed = demo.now()

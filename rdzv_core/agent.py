@@ -351,6 +351,7 @@ class ElasticAgent:
         self._lock = threading.Lock()
         self._restarts = 0
         self._rounds: list[RoundRecord] = []
+        self._run_thread: threading.Thread | None = None
 
     # -- signals ------------------------------------------------------------------------------
 
@@ -369,7 +370,8 @@ class ElasticAgent:
     @contextlib.contextmanager
     def signal_handlers(self, signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
         """Install handlers of ``signums`` that call :meth:`request_stop` (main thread only);
-        a blocking rendezvous call is interrupted at once. The old handlers come back on exit.
+        when :meth:`run` runs in the main thread too, a blocking rendezvous call is interrupted
+        at once. The old handlers come back on exit.
 
         Raises:
             ValueError: not called from the main thread.
@@ -377,7 +379,8 @@ class ElasticAgent:
 
         def handle(signum: int, frame: FrameType | None) -> None:
             self.request_stop(signum)
-            if self._interruptible:
+            # Signal handlers run in the main thread: interrupt only a run() that is there.
+            if self._interruptible and self._run_thread is threading.current_thread():
                 self._interruptible = False
                 raise _Interrupted(signum)
 
@@ -419,6 +422,7 @@ class ElasticAgent:
             become exit codes). Unexpected exceptions propagate.
         """
         started = time.time()
+        self._run_thread = threading.current_thread()
         while True:
             if self._stop_signal is not None:
                 return self._result(128 + self._stop_signal, f"Stopped by signal {self._stop_signal}.", started)

@@ -6,9 +6,10 @@ is read through the backend (``RendezvousBackend.get_state``) and decoded with
 :class:`~rdzv_core.backend.LivenessTracker` when it has one, else from the keep-alive times
 kept in the state.
 
-Plug-ins are found through the ``rdzv.backends`` entry points. When a plug-in module also
-offers ``create_backend(params) -> (backend, store)`` (as ``rdzv_redis.plugin`` does), that is
-used; otherwise a handler is created (never joined) and its ``backend`` is read.
+Plug-ins are found through the ``rdzv.backends`` entry points. When a plug-in offers
+``create_backend(params) -> (backend, store)`` in its entry point's module or in its
+``backend`` module (``rdzv_redis.plugin``, ``rdzv_etcd.backend``), that is used; otherwise a
+handler is created (never joined) and its ``backend`` is read (no store then).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -91,11 +91,24 @@ class BackendSession:
         self.close()
 
 
-def _plugin_module(backend: str) -> ModuleType | None:
-    """Return the module of the ``rdzv.backends`` entry point named ``backend``, or ``None``."""
+def _backend_factory(backend: str) -> Callable[[RendezvousParameters], tuple[RendezvousBackend, Store]] | None:
+    """Return the plug-in's ``create_backend(params) -> (backend, store)`` for ``backend``:
+    from the module of its ``rdzv.backends`` entry point, else from the sibling module
+    ``<package>.backend`` (the layout plug-ins share); ``None`` when there is none."""
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        if entry_point.name == backend:
-            return importlib.import_module(entry_point.module)
+        if entry_point.name != backend:
+            continue
+        package = entry_point.module.rpartition(".")[0]
+        for name in (entry_point.module, f"{package}.backend" if package else ""):
+            if not name:
+                continue
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            create = getattr(module, "create_backend", None)
+            if callable(create):
+                return create  # type: ignore[no-any-return]
     return None
 
 
@@ -113,20 +126,15 @@ def open_backend(params: RendezvousParameters) -> BackendSession:
         ImportError: the plug-in is installed but cannot load (e.g. redis-py missing).
         RendezvousConnectionError: the backend is unreachable.
     """
-    module = None
-    try:
-        module = _plugin_module(params.backend)
-    except ImportError:
-        pass  # the registry below reports the load error with an install hint
-    create = getattr(module, "create_backend", None) if module is not None else None
-    if callable(create):
+    create = _backend_factory(params.backend)
+    if create is not None:
         backend, store = create(params)
         return BackendSession(backend, store, None, [store.close, backend.close])
     handler = get_rendezvous_handler(params)
-    backend = getattr(handler, "backend", None)
-    if not isinstance(backend, RendezvousBackend):
+    exposed = getattr(handler, "backend", None)
+    if not isinstance(exposed, RendezvousBackend):
         raise ValueError(f"The rendezvous backend '{params.backend}' does not expose its state (its handler has no 'backend'); status and close need a dynamic-rendezvous backend.")
-    return BackendSession(backend, None, handler, [backend.close])
+    return BackendSession(exposed, None, handler, [exposed.close])
 
 
 @dataclass

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 TRAIN = str(REPO / "examples" / "train.py")
 #: Every wait of these tests is bounded by this (seconds).
 BOUND = 40
-FAST = "join_timeout=30,last_call_timeout=0.5,keep_alive_interval=0.25,keep_alive_max_attempt=2,close_timeout=5"
+FAST = "join_timeout=30,last_call_timeout=0.5,keep_alive_interval=0.5,keep_alive_max_attempt=4,close_timeout=5"
 
 
 def _env() -> dict[str, str]:
@@ -255,6 +255,16 @@ def test_sigterm_is_forwarded_and_the_job_stays_open(agents: Agents, tmp_path: P
         os.kill(worker, 0)
     assert not status_of(agents).closed
     assert agents.summary(0)["rounds"][0]["outcome"] == "signal"
+
+
+def test_sigterm_while_waiting_to_join_exits_at_once(agents: Agents) -> None:
+    proc = agents.start(LONG, nnodes="2")  # the second node never comes
+    wait_status(agents, lambda s: len(s.participants) == 1, "one participant")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert agents.wait(10) == [128 + signal.SIGTERM]
+    assert time.monotonic() - t0 < 5
+    assert "while joining" in proc.stderr.read() if proc.stderr else True
 
 
 # -- errors --------------------------------------------------------------------------------------
