@@ -21,7 +21,10 @@ What the bridge does
   ``--rdzv-conf`` key passes through unchanged (``password``, ``ssl``, ``join_timeout``,
   ``last_call_timeout``, ``keep_alive_interval``, ...) except ``timeout``: torch's launcher
   always adds it (``--rdzv-timeout``, default 900), torch's own dynamic handler ignores it, and
-  so does the bridge; use ``join_timeout``.
+  so does the bridge; use ``join_timeout``. Note that torch's launcher logs ``rdzv_configs``
+  at INFO level (``LOGLEVEL=INFO``), and the endpoint with it: prefer passing secrets through
+  the environment (``RDZV_REDIS_PASSWORD``, ``RDZV_ETCD_USERNAME``/``RDZV_ETCD_PASSWORD``)
+  over ``--rdzv-conf password=...`` or a password in an endpoint URL.
 * :class:`TorchRendezvousHandler` wraps any :class:`rdzv_core.api.RendezvousHandler` as a
   ``torch.distributed.elastic.rendezvous.RendezvousHandler``: it returns torch's
   ``RendezvousInfo`` and raises torch's rendezvous exceptions of the same name

@@ -35,9 +35,9 @@ JOB_BOUND = 120
 RDZV_CONF = "join_timeout=60,last_call_timeout=1,keep_alive_interval=1,keep_alive_max_attempt=3,close_timeout=10"
 
 
-def torchrun_command(backend: str, endpoint: str, run_id: str, nnodes: str, nproc: int, script: str, max_restarts: int = 0) -> list[str]:
+def torchrun_command(backend: str, endpoint: str, run_id: str, nnodes: str, nproc: int, script: str, max_restarts: int = 0, conf: str = "") -> list[str]:
     """The torchrun command line of one agent (``python -m torch.distributed.run`` of this
-    interpreter)."""
+    interpreter); ``conf`` adds ``--rdzv-conf`` items."""
     return [
         sys.executable,
         "-m",
@@ -47,7 +47,7 @@ def torchrun_command(backend: str, endpoint: str, run_id: str, nnodes: str, npro
         f"--rdzv-backend={backend}",
         f"--rdzv-endpoint={endpoint}",
         f"--rdzv-id={run_id}",
-        f"--rdzv-conf={RDZV_CONF}",
+        f"--rdzv-conf={RDZV_CONF}{',' + conf if conf else ''}",
         f"--max-restarts={max_restarts}",
         "--monitor-interval=0.2",
         "--local-addr=127.0.0.1",
@@ -178,17 +178,27 @@ def run_id() -> str:
     return f"torchrun-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.mark.parametrize("backend", ["redis", "etcd-v3"])
-def test_torchrun_two_nodes_allreduce(backend, request, job):
-    server = request.getfixturevalue("redis_server" if backend == "redis" else "etcd_server")
-    command = torchrun_command(backend, server.endpoint, run_id(), "2", 2, "allreduce.py")
+@pytest.mark.parametrize("setup", ["redis", "redis-password", "etcd-v3"])
+def test_torchrun_two_nodes_allreduce(setup, request, job):
+    """``redis-password``: a Redis with ``requirepass``; the password comes in ``--rdzv-conf``
+    (one worker per node: it is about the configuration, not the workers)."""
+    conf, nproc = "", 2
+    if setup == "redis":
+        backend, server = "redis", request.getfixturevalue("redis_server")
+    elif setup == "redis-password":
+        backend, server = "redis", request.getfixturevalue("own_redis_server")(password="torchrun-s3cret")
+        conf, nproc = "password=torchrun-s3cret", 1
+    else:
+        backend, server = "etcd-v3", request.getfixturevalue("etcd_server")
+    command = torchrun_command(backend, server.endpoint, run_id(), "2", nproc, "allreduce.py", conf=conf)
     agents = [job.start(name, command) for name in ("a", "b")]
     codes = job.wait_all(agents)
     assert codes == [0, 0], job.logs()
-    records = [json.loads((job.out / f"rank{r}.json").read_text()) for r in range(4)]
-    assert [r["rank"] for r in records] == [0, 1, 2, 3]
-    assert all(r["world_size"] == 4 and r["sum"] == r["expected"] == 10.0 for r in records)
-    assert sorted((r["group_rank"], r["local_rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    world = 2 * nproc
+    records = [json.loads((job.out / f"rank{r}.json").read_text()) for r in range(world)]
+    assert [r["rank"] for r in records] == list(range(world))
+    assert all(r["world_size"] == world and r["sum"] == r["expected"] == world * (world + 1) / 2 for r in records)
+    assert sorted((r["group_rank"], r["local_rank"]) for r in records) == [(g, lr) for g in range(2) for lr in range(nproc)]
     assert len({r["master"] for r in records}) == 1 and records[0]["master"].startswith("127.0.0.1:")
     assert {r["use_agent_store"] for r in records} == {"False"}
 

@@ -74,8 +74,10 @@ def handlers():
 # -- rdzv behind torch's API --------------------------------------------------------------------
 
 
-def test_torch_registry_creates_bridged_redis_handlers(torch_params, handlers):
-    handler = get_rendezvous_handler(torch_params())
+@pytest.mark.parametrize("form", ["host:port", "url"])
+def test_torch_registry_creates_bridged_redis_handlers(torch_params, handlers, redis_server, form):
+    endpoint = redis_server.endpoint if form == "host:port" else f"redis://{redis_server.endpoint}/0"
+    handler = get_rendezvous_handler(torch_params(endpoint=endpoint))
     handlers.append(handler)
     assert isinstance(handler, TorchRendezvousHandler)
     assert handler.get_backend() == "redis"
@@ -212,3 +214,34 @@ def test_torch_dynamic_handler_on_store_backend_over_hash_store():
         )
 
     _torch_round(make, 3)
+
+
+# -- etcd-v3 ------------------------------------------------------------------------------------
+
+
+def test_bridged_etcd_v3_round_and_torch_handler_on_etcd_v3_backend(etcd_server, handlers):
+    from rdzv_etcd.backend import create_backend
+    from tests.fixtures_etcd import etcd_params, unique_run_id
+
+    run_id = unique_run_id("torch")
+    params = torch_api.RendezvousParameters("etcd-v3", etcd_server.endpoint, run_id, 2, 2, local_addr="127.0.0.1", timeout=900, **{**FAST, "read_timeout": "10"})
+    pair = [get_rendezvous_handler(params) for _ in range(2)]
+    handlers.extend(pair)
+    assert {h.get_backend() for h in pair} == {"etcd-v3"}
+    infos = run_all([h.next_rendezvous for h in pair])
+    assert sorted(i.rank for i in infos) == [0, 1] and {i.world_size for i in infos} == {2}
+    infos[0].store.set("k", "v")
+    assert infos[1].store.get("k") == b"v"
+
+    other = unique_run_id("torch-own")
+    backend, store = create_backend(etcd_params(etcd_server, "v3", other))
+    torch_store = TorchStore(store)
+    try:
+        _torch_round(
+            lambda: torch_dynamic.DynamicRendezvousHandler.from_backend(
+                other, torch_store, backend, min_nodes=2, max_nodes=3, local_addr="127.0.0.1", timeout=_torch_timeout()
+            ),
+            3,
+        )
+    finally:
+        backend.close()
