@@ -55,9 +55,9 @@ the socket of the previous one.
 
 Example::
 
-    python -m torch.distributed.run --nnodes=2:4 --nproc-per-node=8 \\
+    RDZV_REDIS_PASSWORD=... python -m torch.distributed.run --nnodes=2:4 --nproc-per-node=8 \\
         --rdzv-backend=redis --rdzv-endpoint=redis.example:6379 --rdzv-id=job42 \\
-        --rdzv-conf=password=...,join_timeout=300,keep_alive_interval=2 train.py
+        --rdzv-conf=ssl=true,join_timeout=300,keep_alive_interval=2 train.py
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.rendezvous import api as torch_api
 
 from rdzv_core import api as rdzv_api
-from rdzv_core.store import Store, to_bytes, to_seconds
+from rdzv_core.store import Store, StoreTimeoutError, to_bytes, to_seconds
 
 __all__ = [
     "TorchStore",
@@ -205,8 +205,6 @@ class TorchStore(dist.Store):
         if seconds > 0:
             self._store.wait(keys, seconds)
             return
-        from rdzv_core.store import StoreTimeoutError
-
         while True:  # c10d's kNoTimeout
             try:
                 self._store.wait(keys, _NO_TIMEOUT_CHUNK)
