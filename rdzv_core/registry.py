@@ -81,8 +81,9 @@ class RendezvousHandlerRegistry:
 
         Raises:
             ValueError: no such backend is installed (the message lists the installed ones and
-                the extra to ``pip install``), or the handler reports another backend name.
+                the extra to ``pip install``).
             ImportError: the plug-in is installed but failed to load; chained to the cause.
+            RuntimeError: the handler reports another backend name (as torch's registry).
         """
         creator = self._creator(params.backend)
         handler = creator(params)
