@@ -15,12 +15,20 @@ reported as applied (``has_set=True``) rather than lost.
 
 Every write refreshes the expiry (``key_ttl``) of all keys of the run; keep-alives do too, so a
 run in training keeps its keys while an abandoned one disappears.
+
+Scale: the node objects of one run in one process (a benchmark runs thousands of nodes as
+threads) share one client (connection pool + one pub/sub listener) and a ``_RunShared``:
+concurrent ``get_state`` calls share one ``GET`` (:mod:`rdzv_redis.coalesce`), compare-and-sets
+go one at a time and a token already known to be stale is answered locally, and
+``wait_for_change`` judges most changes from the token carried by the notification itself, so
+a waiting node costs no round trip per change.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,6 +51,39 @@ _TOKEN_RE = re.compile(r"\A[0-9]+-[0-9a-f]{16}\Z")
 _HEADER_MAX = 64
 #: Nodes per heartbeat_ages script call (Lua's unpack() has a stack limit).
 _AGES_CHUNK = 512
+#: Upper bound (seconds) of the window in which a repeated keep-alive is skipped.
+_KEEP_ALIVE_DEDUP = 0.5
+
+
+class _RunShared:
+    """What the node objects of one run share within one process (``RedisClient.shared``):
+    coalesced reads, a write lock, and the newest ``(state, token)`` seen."""
+
+    def __init__(self) -> None:
+        self.state_reads = SingleFlight()
+        self.token_reads = SingleFlight()
+        self.write_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._known: tuple[bytes, str] | None = None
+
+    def learn(self, current: tuple[bytes, str] | None) -> None:
+        """Remember ``(state, token)`` just read or written, unless an older version than the
+        one known; ``None`` (no state) forgets."""
+        with self._lock:
+            known = self._known
+            if current is None or known is None or _version(current[1]) >= _version(known[1]):
+                self._known = current
+
+    def newer_than(self, token: str | None) -> tuple[bytes, str] | None:
+        """The known ``(state, token)`` when it proves ``token`` stale: a state exists and
+        ``token`` is ``None``, or the known version is higher. ``None`` otherwise."""
+        with self._lock:
+            known = self._known
+        if known is None:
+            return None
+        if token is None or _version(known[1]) > _version(token):
+            return known
+        return None
 
 
 class _Unreadable:
@@ -76,9 +117,8 @@ class RedisRendezvousBackend(RendezvousBackend):
         self._keys = RunKeys(run_id)
         self._ttl_ms = int(1000 * (client.config.key_ttl if key_ttl is None else key_ttl))
         self._closed = False
-        # Node objects of one run in one process share reads (see rdzv_redis.coalesce).
-        self._state_reads: SingleFlight = client.shared(("state", run_id), SingleFlight)
-        self._token_reads: SingleFlight = client.shared(("token", run_id), SingleFlight)
+        self._shared: _RunShared = client.shared(("run", run_id), _RunShared)
+        self._keep_alive_sent: dict[str, float] = {}
         client.notifier.track(self._keys.state_channel)
 
     def __repr__(self) -> str:
@@ -109,8 +149,10 @@ class RedisRendezvousBackend(RendezvousBackend):
         Raises:
             RendezvousStateError: the state key holds something this backend did not write.
         """
-        raw = self._state_reads.run(self._get_raw_state)
-        return None if raw is None else self._decode(raw)
+        raw = self._shared.state_reads.run(self._get_raw_state)
+        current = None if raw is None else self._decode(raw)
+        self._shared.learn(current)
+        return current
 
     def _get_raw_state(self) -> bytes | None:
         return self._client.call("get_state", lambda: self._client.redis.get(self._keys.state))  # type: ignore[no-any-return]
@@ -128,6 +170,10 @@ class RedisRendezvousBackend(RendezvousBackend):
             ``(state, token, has_set)`` after the call; ``None`` when a token was given but no
             state exists (the caller re-reads).
 
+        The node objects of one run in one process write one at a time; a caller whose
+        token is older than a state this process has already seen is answered at once with
+        that state (``has_set=False``), without a round trip.
+
         Raises:
             RendezvousStateError: the stored state is corrupt.
         """
@@ -135,7 +181,16 @@ class RedisRendezvousBackend(RendezvousBackend):
         if token is not None and not (isinstance(token, str) and _TOKEN_RE.match(token)):
             current = self.get_state()
             return None if current is None else (current[0], current[1], False)
-        nonce = secrets.token_hex(8)
+        with self._shared.write_lock:  # one compare-and-set of this run per process at a time
+            known = self._shared.newer_than(token)
+            if known is not None:  # the caller's token is stale: no need to ask the server
+                return known[0], known[1], False
+            result = self._compare_and_set(state, token)
+            self._shared.learn(None if result is None else (result[0], result[1]))
+            return result
+
+    def _compare_and_set(self, state: bytes, token: str | None) -> tuple[bytes, str, bool] | None:
+        nonce = secrets.token_hex(8)  # the same for a retry of this call (see set_state.lua)
         args = [token or "", nonce, state, self._ttl_ms, self._keys.state_channel]
         script = self._client.scripts["set_state"]
         reply = self._client.call("set_state", lambda: script(keys=self._keys.all_keys(), args=args))
@@ -201,7 +256,7 @@ class RedisRendezvousBackend(RendezvousBackend):
                 deadline=deadline,
             )
 
-        head = self._token_reads.run(read)
+        head = self._shared.token_reads.run(read)
         if not head:
             return None
         header, newline, _ = head.partition(b"\n")
@@ -215,11 +270,19 @@ class RedisRendezvousBackend(RendezvousBackend):
     def keep_alive(self, node: str, ttl: float) -> None:
         """Record that ``node`` is alive now (server ``TIME``); the record lapses after
         ``ttl`` seconds (``scripts/keep_alive.lua``: ``ZADD`` on ``rdzv:{R}:alive`` and
-        ``rdzv:{R}:alive:until``, prunes a few lapsed records, refreshes key expiry)."""
+        ``rdzv:{R}:alive:until``, prunes a few lapsed records, refreshes key expiry).
+
+        A keep-alive of the same node less than ``min(0.5, ttl / 20)`` seconds after the
+        previous one through this object is skipped: the record is that fresh already.
+        """
+        now = time.monotonic()
+        if now - self._keep_alive_sent.get(node, float("-inf")) < min(_KEEP_ALIVE_DEDUP, ttl / 20):
+            return
         script = self._client.scripts["keep_alive"]
         args = [node, max(1, int(ttl * 1_000_000)), self._ttl_ms]
         keys = [self._keys.alive, self._keys.alive_until, self._keys.state, self._keys.store]
         self._client.call("keep_alive", lambda: script(keys=keys, args=args))
+        self._keep_alive_sent[node] = now
 
     def heartbeat_ages(self, nodes: Sequence[str]) -> list[float | None]:
         """Return per node the seconds (float) since its last keep-alive, or ``None`` when it
@@ -244,6 +307,7 @@ class RedisRendezvousBackend(RendezvousBackend):
             pipe.execute()
 
         self._client.call("forget_node", forget)
+        self._keep_alive_sent.pop(node, None)
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -17,7 +17,14 @@ The protocol that makes waiting race-free without polling::
 
 A message published after step 2 sets the waiter's event, so it is never lost between the
 check and the sleep. When the listener's connection breaks or is (re)established, every
-waiter is woken so it checks again: messages sent while nobody listened are not missed.
+waiter is woken with ``resync`` set so it checks the server again: messages sent while
+nobody listened are not missed. While the listener is down, :meth:`Notifier.sleep` falls
+back to looking every :data:`FALLBACK_POLL` seconds.
+
+Channels can also be *tracked* (:meth:`Notifier.track`): the listener then remembers the last
+payload received on them during the current subscription, and :meth:`Notifier.latest`
+answers "what is the newest token announced?" without a round trip. A waiter registered
+before asking can trust that answer, since anything published later wakes it.
 """
 
 from __future__ import annotations

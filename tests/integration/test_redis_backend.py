@@ -92,7 +92,7 @@ def test_keys_expire_and_writes_refresh_them(redis_backend_factory, redis_raw):
         assert 90_000 < redis_raw.pttl(key) <= 100_000, key
     redis_raw.pexpire(backend.keys.state, 5_000)
     redis_raw.pexpire(backend.keys.store, 5_000)
-    backend.keep_alive("node", 30)  # a keep-alive refreshes the whole run
+    backend.keep_alive("other-node", 30)  # a keep-alive refreshes the whole run
     assert redis_raw.pttl(backend.keys.state) > 90_000
     assert redis_raw.pttl(backend.keys.store) > 90_000
 
@@ -257,3 +257,36 @@ def test_waiters_survive_a_pubsub_disconnect(redis_backend_factory, redis_run_id
     thread.join(10)
     assert result["changed"] is True
     assert time.monotonic() - written_at < 3
+
+
+def test_stale_token_is_rejected_without_a_round_trip(redis_backend_factory, redis_run_id, redis_raw):
+    backend_a, _ = redis_backend_factory(redis_run_id)
+    backend_b, _ = redis_backend_factory(redis_run_id)  # same process and client: shares knowledge
+    assert backend_a._client is backend_b._client
+    _, token1, _ = backend_a.set_state(b"v1")
+    _, token2, _ = backend_a.set_state(b"v2", token1)  # also loads the script
+
+    def evals():
+        return int(redis_raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = evals()
+    assert backend_b.set_state(b"v3", token1) == (b"v2", token2, False)
+    assert backend_b.set_state(b"v3", None) == (b"v2", token2, False)
+    assert evals() == before
+    assert backend_b.set_state(b"v3", token2)[2] is True
+
+
+def test_repeated_keep_alives_are_coalesced(redis_backend_factory, redis_raw):
+    backend, _ = redis_backend_factory()
+    backend.keep_alive("warm-up", 30)  # the script is loaded (after a SCRIPT FLUSH elsewhere)
+
+    def evals():
+        return int(redis_raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = evals()
+    for _ in range(10):
+        backend.keep_alive("node", 30)
+    assert evals() - before == 1
+    backend.forget_node("node")
+    backend.keep_alive("node", 30)  # forgotten: recorded again at once
+    assert backend.heartbeat_ages(["node"])[0] is not None
