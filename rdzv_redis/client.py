@@ -247,6 +247,7 @@ class RedisClient:
             lambda: self.redis.pubsub(ignore_subscribe_messages=False),
             self.redis.publish,
             config.display,
+            self._scrub,
         )
         self._refs = 0
         self._closed = False
@@ -375,7 +376,7 @@ class RedisClient:
                 delay = random.uniform(0.5, 1.0) * min(RETRY_BACKOFF[1], RETRY_BACKOFF[0] * 2 ** (attempt - 1))
                 if not retryable or self._closed or time.monotonic() + delay > end:
                     raise self._translate(what, exc, kind, attempt, time.monotonic() - start) from exc
-                logger.debug("%s on %s failed (attempt %d), retrying in %.3f s: %s", what, self.config.display, attempt, delay, exc)
+                logger.debug("%s on %s failed (attempt %d), retrying in %.3f s: %s", what, self.config.display, attempt, delay, self._scrub(str(exc)))
                 time.sleep(delay)
 
     def _translate(self, what: str, exc: BaseException, kind: str, attempts: int, elapsed: float) -> Exception:

@@ -117,12 +117,20 @@ class Notifier:
         publish: ``publish(channel, payload)`` on another connection; :meth:`close` uses it to
             wake the listener at once instead of after its poll interval.
         name: Names the thread and log messages (must not contain secrets).
+        scrub: Removes secrets from error text before it is logged.
     """
 
-    def __init__(self, make_pubsub: Callable[[], Any], publish: Callable[[str, bytes], Any], name: str) -> None:
+    def __init__(
+        self,
+        make_pubsub: Callable[[], Any],
+        publish: Callable[[str, bytes], Any],
+        name: str,
+        scrub: Callable[[str], str] = str,
+    ) -> None:
         self._make_pubsub = make_pubsub
         self._publish = publish
         self._name = name
+        self._scrub = scrub
         #: A channel of this listener alone: a message on it just makes the loop look around.
         self._control_channel = f"{CHANNEL_PREFIX}listener:{uuid.uuid4().hex}"
         self._lock = threading.Lock()
@@ -252,7 +260,7 @@ class Notifier:
                 self._listen_once()
                 delay = RECONNECT_BACKOFF[0]
             except Exception as exc:  # any failure: drop the connection and reconnect
-                logger.debug("Redis listener %s lost its connection: %s", self._name, exc)
+                logger.debug("Redis listener %s lost its connection: %s", self._name, self._scrub(str(exc)))
             self._stop.wait(random.uniform(delay / 2, delay))
             delay = min(delay * 2, RECONNECT_BACKOFF[1])
 

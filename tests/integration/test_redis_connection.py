@@ -110,7 +110,8 @@ def test_unknown_keys_are_warned_but_handler_keys_are_not(redis_params, caplog):
 # -- failures ------------------------------------------------------------------------------
 
 
-def test_closed_port_fails_within_the_retry_budget():
+def test_closed_port_fails_within_the_retry_budget(caplog):
+    caplog.set_level(logging.DEBUG)
     port = get_free_port()
     params = RendezvousParameters("redis", f"127.0.0.1:{port}", "run", 1, 1, retry_timeout=0.5, password=PASSWORD)
     start = time.monotonic()
@@ -120,6 +121,7 @@ def test_closed_port_fails_within_the_retry_budget():
     message = str(info.value)
     assert f"127.0.0.1:{port}" in message and "unreachable" in message
     assert PASSWORD not in formatted(info.value)
+    assert "retrying" in caplog.text and PASSWORD not in caplog.text
 
 
 def test_wrong_password_fails_fast_with_a_clear_message(own_redis_server):
