@@ -7,7 +7,9 @@ compare-and-set contract, and also offers the two optional capabilities of
 * :class:`~rdzv_core.backend.ChangeNotifier` — ``wait_for_change`` watches the state key from
   the token's version + 1 (no polling, no missed change);
 * :class:`~rdzv_core.backend.LivenessTracker` — keep-alives write per-node keys with a TTL
-  (v2) or lease (v3) under ``<run>/alive/``, so they never rewrite the shared state.
+  (v2) or lease (v3) under ``<run>/alive/``, so they never rewrite the shared state;
+* :class:`~rdzv_core.backend.JoinQueue` — joining nodes create ``<run>/joins/<node>``; the
+  handler at the head of the queue admits all of them with one compare-and-set of the state.
 
 The protocol-specific work is done by an :class:`~rdzv_etcd.client.EtcdKV`
 (:class:`~rdzv_etcd.v2.EtcdV2KV` or :class:`~rdzv_etcd.v3.EtcdV3KV`); this module is the same
@@ -70,7 +72,7 @@ class EtcdRendezvousBackend(RendezvousBackend):
         root: Root of the key layout (``/rdzv``).
 
     **Keys** (:class:`~rdzv_etcd.keys.RunKeys`): the state at ``<root>/<run>/state``; liveness
-    records at ``<root>/<run>/alive/<node>``.
+    records at ``<root>/<run>/alive/<node>``; the join queue at ``<root>/<run>/joins/<node>``.
 
     **Token** (:data:`~rdzv_core.backend.Token`): an ``int``, the state key's version — v2
     ``modifiedIndex``, v3 ``mod_revision``. Any other token is foreign: never matches.
@@ -199,13 +201,44 @@ class EtcdRendezvousBackend(RendezvousBackend):
         ages: list[float | None] = []
         for node in nodes:
             key = self._keys.alive(node)
-            raw = records.get(key)
-            ages.append(None if raw is None else max(0.0, now - _timestamp(key, raw)))
+            record = records.get(key)
+            ages.append(None if record is None else max(0.0, now - _timestamp(key, record.value)))
         return ages
 
     def forget_node(self, node: str) -> None:
         """Delete ``node``'s liveness record (absent is fine)."""
         self._kv.delete(self._keys.alive(node))
+
+    # -- JoinQueue ------------------------------------------------------------------------
+
+    def enqueue_join(self, node: str) -> int:
+        """Create ``<run>/joins/<node>`` if absent (create-only compare-and-set, expiring
+        with ``key_ttl`` like the state) and return the node's 1-based place in the queue.
+
+        The queue order is the entries' versions (creation order: entries are never
+        rewritten); the place is the number of entries not newer than this one (v3: a
+        server-side count with ``max_mod_revision``; v2: a directory read). Two requests.
+        """
+        key = self._keys.join(node)
+        for _ in range(3):  # the entry may be acked between a lost create and the read
+            _, stored = self._kv.put_if(key, node.encode("utf-8"), None, ttl=self._key_ttl)
+            if stored is not None:
+                return max(1, self._kv.count_prefix(self._keys.joins_prefix, max_version=stored.version))
+        return 1  # acked three times in a row: this node was admitted meanwhile
+
+    def pending_joins(self) -> list[str]:
+        """The queued nodes in arrival order (one prefix read; the queue is not changed)."""
+        entries = self._kv.list_prefix(self._keys.joins_prefix)
+        ordered = sorted(entries.items(), key=lambda item: item[1].version)
+        return [self._keys.node_of_join(key) for key, _ in ordered]
+
+    def pending_join_count(self) -> int:
+        """The number of queued nodes (v3: counted by etcd; v2: a directory read)."""
+        return self._kv.count_prefix(self._keys.joins_prefix)
+
+    def ack_joins(self, nodes: Sequence[str]) -> None:
+        """Remove ``nodes`` from the queue (v3: one transaction per 128 nodes)."""
+        self._kv.delete_many([self._keys.join(node) for node in nodes])
 
 
 def _timestamp(key: str, raw: bytes) -> float:

@@ -351,13 +351,19 @@ class EtcdKV(ABC):
     def delete(self, key: str) -> bool:
         """Delete ``key``; return whether it existed."""
 
-    @abstractmethod
-    def list_prefix(self, prefix: str) -> dict[str, bytes]:
-        """Return every key under ``prefix`` (which ends with ``/``) with its value."""
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (absent ones are fine); v3 does it in transactions of 128."""
+        for key in keys:
+            self.delete(key)
 
     @abstractmethod
-    def count_prefix(self, prefix: str) -> int:
-        """Return the number of keys under ``prefix`` (which ends with ``/``)."""
+    def list_prefix(self, prefix: str) -> dict[str, Versioned]:
+        """Return every key under ``prefix`` (which ends with ``/``) with value and version."""
+
+    @abstractmethod
+    def count_prefix(self, prefix: str, max_version: int | None = None) -> int:
+        """Return the number of keys under ``prefix`` (which ends with ``/``); with
+        ``max_version``, only those whose version is at most that."""
 
     @abstractmethod
     def watch(self, key: str, start_revision: int, timeout: float) -> bool:

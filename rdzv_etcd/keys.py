@@ -4,6 +4,7 @@ Every key of a run lives under ``<root>/<run>/`` (``root`` defaults to ``/rdzv``
 
     /rdzv/<run>/state           the shared rendezvous state (one key, compare-and-set)
     /rdzv/<run>/alive/<node>    one liveness record per node (TTL / lease bound)
+    /rdzv/<run>/joins/<node>    the join queue: nodes asking to be admitted, in creation order
     /rdzv/<run>/store/<key>     the run's key-value store (EtcdStore)
 
 ``<run>``, ``<node>`` and ``<key>`` are *escaped* into a single path segment by
@@ -110,6 +111,19 @@ class RunKeys:
     def node_of(self, alive_key: str) -> str:
         """The node whose liveness key is ``alive_key`` (inverse of :meth:`alive`)."""
         return unescape_segment(alive_key[len(self.alive_prefix) :])
+
+    @property
+    def joins_prefix(self) -> str:
+        """The directory (v2) / prefix (v3) of the join queue, ending with ``/``."""
+        return self.run_prefix + "joins/"
+
+    def join(self, node: str) -> str:
+        """The join-queue key of ``node``."""
+        return self.joins_prefix + escape_segment(node)
+
+    def node_of_join(self, join_key: str) -> str:
+        """The node whose join-queue key is ``join_key`` (inverse of :meth:`join`)."""
+        return unescape_segment(join_key[len(self.joins_prefix) :])
 
     @property
     def store_prefix(self) -> str:

@@ -122,11 +122,14 @@ class EtcdV2KV(EtcdKV):
 
         return self._call("delete", op, idempotent=False)
 
-    def list_prefix(self, prefix: str) -> dict[str, bytes]:
-        return {key: self._decode(key, value) for key, value in self._leaves(prefix).items()}
+    def list_prefix(self, prefix: str) -> dict[str, Versioned]:
+        """One recursive read of the directory ``prefix``."""
+        return {key: Versioned(self._decode(key, value), version) for key, (value, version) in self._leaves(prefix).items()}
 
-    def count_prefix(self, prefix: str) -> int:
-        return len(self._leaves(prefix))
+    def count_prefix(self, prefix: str, max_version: int | None = None) -> int:
+        """v2 cannot count on the server: one recursive read of the directory, counted here."""
+        leaves = self._leaves(prefix).values()
+        return sum(1 for _, version in leaves if max_version is None or version <= max_version)
 
     def watch(self, key: str, start_revision: int, timeout: float) -> bool:
         """Long-poll ``GET <key>?wait=true&waitIndex=<start_revision>``, bounded by ``timeout``."""
@@ -207,13 +210,19 @@ class EtcdV2KV(EtcdKV):
         except (binascii.Error, ValueError):
             raise RendezvousStateError(f"The etcd v2 key '{key}' holds a value that rdzv did not write (not base64).") from None
 
-    def _leaves(self, prefix: str) -> dict[str, str]:
-        def op(client: Any) -> dict[str, str]:
+    def _leaves(self, prefix: str) -> dict[str, tuple[str, int]]:
+        """``{key: (raw value, modifiedIndex)}`` of the files under the directory ``prefix``."""
+
+        def op(client: Any) -> dict[str, tuple[str, int]]:
             try:
                 result = client.read(prefix.rstrip("/"), recursive=True)
             except self._etcd.EtcdKeyNotFound:
                 return {}
-            return {node.key: node.value for node in result.leaves if not node.dir and node.key.startswith(prefix)}
+            return {
+                node.key: (node.value, int(node.modifiedIndex))
+                for node in result.leaves
+                if not node.dir and node.key.startswith(prefix)
+            }
 
         return self._call("list", op)
 

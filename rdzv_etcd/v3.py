@@ -193,17 +193,29 @@ class EtcdV3KV(EtcdKV):
 
         return self._call("delete", op)
 
-    def list_prefix(self, prefix: str) -> dict[str, bytes]:
-        def op(client: Any) -> dict[str, bytes]:
-            response = self._post(client, "kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
-            return {key: item.value for key, item in self._kvs(response).items()}
+    def delete_many(self, keys: Sequence[str]) -> None:
+        def op(client: Any) -> None:
+            for batch in _chunks(list(keys), MAX_TXN_OPS):
+                self._post(client, "kv/txn", {"success": [{"request_delete_range": {"key": _b64(key)}} for key in batch]})
+
+        self._call("delete", op)
+
+    def list_prefix(self, prefix: str) -> dict[str, Versioned]:
+        def op(client: Any) -> dict[str, Versioned]:
+            return self._kvs(self._post(client, "kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}))
 
         return self._call("list", op)
 
-    def count_prefix(self, prefix: str) -> int:
+    def count_prefix(self, prefix: str, max_version: int | None = None) -> int:
+        """``range`` with ``count_only``, counted by etcd; with ``max_version``, a
+        ``keys_only`` range filtered by ``max_mod_revision`` (etcd's count ignores filters)."""
+
         def op(client: Any) -> int:
-            request = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)), "count_only": True}
-            return int(self._post(client, "kv/range", request).get("count", 0))
+            request: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+            if max_version is None:
+                return int(self._post(client, "kv/range", {**request, "count_only": True}).get("count", 0))
+            request.update(keys_only=True, max_mod_revision=str(max_version))
+            return len(self._post(client, "kv/range", request).get("kvs", []))
 
         return self._call("count", op)
 

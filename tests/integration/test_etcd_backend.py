@@ -190,3 +190,35 @@ def test_runs_are_isolated(make_etcd, etcd_api):
     assert second.get_state() is None
     second.set_state(b"second")
     assert first.get_state()[0] == b"first"
+
+
+def test_join_queue(make_etcd, etcd_api):
+    from rdzv_core.backend import JoinQueue
+
+    backend, _ = make_etcd(etcd_api)
+    other, _ = make_etcd(etcd_api, backend.keys.run_id)
+    assert isinstance(backend, JoinQueue)
+    assert backend.pending_joins() == [] and backend.pending_join_count() == 0
+    assert backend.enqueue_join("n1") == 1
+    assert other.enqueue_join("n:2") == 2
+    assert backend.enqueue_join("_n3") == 3
+    assert other.enqueue_join("n1") == 1  # enqueuing twice keeps the first place
+    assert other.pending_joins() == ["n1", "n:2", "_n3"]
+    assert backend.pending_join_count() == 3
+    _, token, _ = backend.set_state(b"s")
+    backend.ack_joins(["n1", "n:2", "never-queued"])
+    assert other.pending_joins() == ["_n3"]
+    assert other.enqueue_join("n4") == 2
+    assert backend.wait_for_change(token, 0) is False  # the queue is not the state
+
+
+def test_join_queue_concurrent_places_are_distinct(make_etcd, etcd_api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    backends = [make_etcd(etcd_api, "q-" + unique_run_id())[0]]
+    backends += [make_etcd(etcd_api, backends[0].keys.run_id)[0] for _ in range(7)]
+    with ThreadPoolExecutor(8) as pool:
+        places = list(pool.map(lambda i: backends[i].enqueue_join(f"node{i}"), range(8)))
+    assert sorted(places) == list(range(1, 9))
+    order = backends[0].pending_joins()
+    assert [order.index(f"node{i}") + 1 for i in range(8)] == places
