@@ -6,6 +6,8 @@ Keys (all ``rdzv:{R}:*`` with the run id ``R`` as hash tag, see :mod:`rdzv_redis
   the same value as the state makes every read and write of both atomic and lets a corrupt
   value be recognised (:class:`~rdzv_core.api.RendezvousStateError`).
 * ``rdzv:{R}:alive`` / ``rdzv:{R}:alive:until`` — ZSETs of keep-alives (server time).
+* ``rdzv:{R}:joins`` / ``rdzv:{R}:joins:seq`` — the join queue (ZSET by arrival) and its
+  arrival counter.
 
 A *token* is the str ``"<version>-<nonce>"``: ``version`` counts writes of the run, ``nonce``
 is 16 random hex digits chosen by the writer, so a token never repeats — not even after the
@@ -49,8 +51,8 @@ STATE_MAGIC = b"RDZV1 "
 _TOKEN_RE = re.compile(r"\A[0-9]+-[0-9a-f]{16}\Z")
 #: The header (magic + token + newline) fits in this many bytes.
 _HEADER_MAX = 64
-#: Nodes per heartbeat_ages script call (Lua's unpack() has a stack limit).
-_AGES_CHUNK = 512
+#: Nodes per command or script call (Lua's unpack() has a stack limit).
+_NODES_PER_CALL = 512
 #: Upper bound (seconds) of the window in which a repeated keep-alive is skipped.
 _KEEP_ALIVE_DEDUP = 0.5
 
@@ -94,9 +96,9 @@ _UNREADABLE = _Unreadable()
 
 
 class RedisRendezvousBackend(RendezvousBackend):
-    """The rendezvous state of run ``run_id`` in Redis, with change notification and
-    liveness records (implements :class:`~rdzv_core.backend.ChangeNotifier` and
-    :class:`~rdzv_core.backend.LivenessTracker`).
+    """The rendezvous state of run ``run_id`` in Redis, with change notification, liveness
+    records and a join queue (implements :class:`~rdzv_core.backend.ChangeNotifier`,
+    :class:`~rdzv_core.backend.LivenessTracker` and :class:`~rdzv_core.backend.JoinQueue`).
 
     Args:
         client: A client from :meth:`RedisClient.acquire`; this backend owns that reference
@@ -291,8 +293,8 @@ class RedisRendezvousBackend(RendezvousBackend):
         ages: list[float | None] = []
         script = self._client.scripts["heartbeat_ages"]
         keys = [self._keys.alive, self._keys.alive_until]
-        for i in range(0, len(nodes), _AGES_CHUNK):
-            chunk = nodes[i : i + _AGES_CHUNK]
+        for i in range(0, len(nodes), _NODES_PER_CALL):
+            chunk = nodes[i : i + _NODES_PER_CALL]
             reply = self._client.call("heartbeat_ages", lambda chunk=chunk: script(keys=keys, args=chunk))
             ages.extend(None if age is None else int(age) / 1_000_000 for age in reply)
         return ages
@@ -308,6 +310,33 @@ class RedisRendezvousBackend(RendezvousBackend):
 
         self._client.call("forget_node", forget)
         self._keep_alive_sent.pop(node, None)
+
+    # -- JoinQueue ----------------------------------------------------------------------------
+
+    def enqueue_join(self, node: str) -> int:
+        """Queue ``node`` for admission (``scripts/enqueue_join.lua``: ``INCR`` of
+        ``rdzv:{R}:joins:seq``, ``ZADD`` to ``rdzv:{R}:joins``, ``ZRANK``); a queued node keeps
+        its place. Returns its 1-based position (int)."""
+        script = self._client.scripts["enqueue_join"]
+        keys = [self._keys.joins, self._keys.joins_seq]
+        return int(self._client.call("enqueue_join", lambda: script(keys=keys, args=[node, self._ttl_ms])))
+
+    def pending_joins(self) -> list[str]:
+        """Return the queued nodes (str) in arrival order (``ZRANGE rdzv:{R}:joins 0 -1``)."""
+        members = self._client.call("pending_joins", lambda: self._client.redis.zrange(self._keys.joins, 0, -1))
+        return [member.decode() for member in members]
+
+    def pending_join_count(self) -> int:
+        """Return the length of the join queue (``ZCARD rdzv:{R}:joins``)."""
+        return int(self._client.call("pending_join_count", lambda: self._client.redis.zcard(self._keys.joins)))
+
+    def ack_joins(self, nodes: Sequence[str]) -> None:
+        """Remove admitted ``nodes`` from the join queue (``ZREM rdzv:{R}:joins``; idempotent,
+        so it is safe to retry)."""
+        nodes = list(nodes)
+        for i in range(0, len(nodes), _NODES_PER_CALL):
+            chunk = nodes[i : i + _NODES_PER_CALL]
+            self._client.call("ack_joins", lambda chunk=chunk: self._client.redis.zrem(self._keys.joins, *chunk))
 
     # -- helpers ------------------------------------------------------------------------------
 

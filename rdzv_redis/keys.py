@@ -9,6 +9,8 @@ Key                            Type    Content
 ``rdzv:{R}:state``             STRING  ``"RDZV1 <token>\\n"`` + the opaque state bytes
 ``rdzv:{R}:alive``             ZSET    node -> last keep-alive (server time, microseconds)
 ``rdzv:{R}:alive:until``       ZSET    node -> when its record lapses (server time, us)
+``rdzv:{R}:joins``             ZSET    join queue: node -> arrival number
+``rdzv:{R}:joins:seq``         STRING  arrival counter of the join queue
 ``rdzv:{R}:store``             HASH    the run's c10d store: key -> value bytes
 =============================  ======  ===================================================
 
@@ -59,6 +61,14 @@ class RunKeys:
         return self.prefix + "alive:until"
 
     @property
+    def joins(self) -> str:
+        return self.prefix + "joins"
+
+    @property
+    def joins_seq(self) -> str:
+        return self.prefix + "joins:seq"
+
+    @property
     def store(self) -> str:
         return self.prefix + self.store_name
 
@@ -72,4 +82,4 @@ class RunKeys:
 
     def all_keys(self) -> list[str]:
         """Every data key of the run, state first (used to refresh expiry and to clean up)."""
-        return [self.state, self.alive, self.alive_until, self.store]
+        return [self.state, self.alive, self.alive_until, self.joins, self.joins_seq, self.store]

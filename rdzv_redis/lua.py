@@ -19,6 +19,7 @@ __all__ = [
     "STORE_COMPARE_SET",
     "STORE_APPEND",
     "STORE_EXISTS",
+    "ENQUEUE_JOIN",
     "ALL_SCRIPTS",
 ]
 
@@ -36,6 +37,7 @@ STORE_ADD = _load("store_add")
 STORE_COMPARE_SET = _load("store_compare_set")
 STORE_APPEND = _load("store_append")
 STORE_EXISTS = _load("store_exists")
+ENQUEUE_JOIN = _load("enqueue_join")
 
 #: Script name -> source, as registered on every client.
 ALL_SCRIPTS: dict[str, str] = {
@@ -47,4 +49,5 @@ ALL_SCRIPTS: dict[str, str] = {
     "store_compare_set": STORE_COMPARE_SET,
     "store_append": STORE_APPEND,
     "store_exists": STORE_EXISTS,
+    "enqueue_join": ENQUEUE_JOIN,
 }

@@ -27,6 +27,7 @@ def test_keys_share_one_hash_tag_slot(redis_backend_factory, redis_run_id, redis
     backend.set_state(b"s")
     backend.keep_alive("n", 30)
     store.set("k", b"v")
+    backend.enqueue_join("n")
     keys = RunKeys(redis_run_id)
     assert sorted(k.decode() for k in redis_raw.keys(f"rdzv:{{{redis_run_id}}}:*")) == sorted(keys.all_keys())
     assert len({key_slot(k.encode()) for k in keys.all_keys()}) == 1
@@ -88,6 +89,7 @@ def test_keys_expire_and_writes_refresh_them(redis_backend_factory, redis_raw):
     _, token, _ = backend.set_state(b"v")
     store.set("k", b"v")
     backend.keep_alive("node", 30)
+    backend.enqueue_join("node")
     for key in backend.keys.all_keys():
         assert 90_000 < redis_raw.pttl(key) <= 100_000, key
     redis_raw.pexpire(backend.keys.state, 5_000)
