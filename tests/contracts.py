@@ -29,7 +29,7 @@ from datetime import timedelta
 import pytest
 
 from rdzv_core.api import RendezvousStateError
-from rdzv_core.backend import ChangeNotifier, LivenessTracker
+from rdzv_core.backend import ChangeNotifier, JoinQueue, LivenessTracker
 from rdzv_core.store import PrefixStore, StoreTimeoutError
 
 
@@ -277,3 +277,17 @@ class BackendContract:
         assert ages[0] is not None and 0 <= ages[0] < 5
         backend.forget_node("node-a")
         assert backend.heartbeat_ages(["node-a"]) == [None]
+
+    def test_join_queue(self, backend, other_backend):
+        if not isinstance(backend, JoinQueue):
+            pytest.skip("backend has no join queue")
+        assert backend.pending_joins() == [] and backend.pending_join_count() == 0
+        assert backend.enqueue_join("node-a") == 1
+        assert other_backend.enqueue_join("node-b") == 2
+        assert backend.enqueue_join("node-a") == 1  # a queued node keeps its place
+        assert other_backend.pending_joins() == ["node-a", "node-b"]
+        assert backend.pending_join_count() == 2
+        backend.ack_joins(["node-a"])
+        backend.ack_joins(["node-a"])  # idempotent
+        assert backend.pending_joins() == ["node-b"]
+        assert backend.enqueue_join("node-c") == 2
