@@ -508,6 +508,7 @@ class ElasticAgent:
                 logger.warning("A node left round %d before every rank finished; re-forming the round and running the program again.", record.round)
                 return None, "", "round_broken"
             if barrier == "closed":
+                self.handler.shutdown()  # already closed: this only stops the keep-alives
                 return EXIT_RENDEZVOUS, "The rendezvous was closed before every rank finished.", "closed"
             if barrier == "signal":
                 return 128 + (self._stop_signal or signal.SIGTERM), f"Stopped by signal {self._stop_signal} after the program succeeded.", "signal"
@@ -525,6 +526,7 @@ class ElasticAgent:
         if outcome == "membership_changed":
             return None, "", outcome
         if outcome == "closed":
+            self.handler.shutdown()  # already closed: this only stops the keep-alives
             return EXIT_RENDEZVOUS, "The rendezvous was closed while the program ran; the program was stopped.", outcome
         if outcome == "signal":
             return 128 + (self._stop_signal or signal.SIGTERM), f"Stopped by signal {self._stop_signal}; the program was stopped.", outcome
@@ -603,17 +605,21 @@ class ElasticAgent:
                     logger.info("The program succeeded; waiting for the other %d rank(s) to finish.", info.world_size - 1)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return "timeout"
+                    return "all_done" if store.check([ALL_DONE_KEY]) else "timeout"
                 try:
                     store.wait([ALL_DONE_KEY], min(self.config.monitor_interval * 2, remaining))
                     return "all_done"
                 except StoreTimeoutError:
                     pass
                 ticks += 1
-                if self._round_broken(round_):
-                    return "round_broken"
-                if self._closed_hint(ticks):
-                    return "all_done" if store.check([ALL_DONE_KEY]) else "closed"
+                broken = self._round_broken(round_)
+                closed = not broken and self._closed_hint(ticks)
+                if broken or closed:
+                    # Every rank may have finished just now (and a peer closed the rendezvous,
+                    # or a finished peer was declared dead): success wins.
+                    if store.check([ALL_DONE_KEY]):
+                        return "all_done"
+                    return "round_broken" if broken else "closed"
                 last_ok = time.monotonic()
             except RendezvousError as exc:
                 if time.monotonic() - last_ok > BACKEND_GRACE:

@@ -111,15 +111,36 @@ def _debug_traceback(exc: BaseException) -> None:
         click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record (so an in-process
+    run under a test runner never keeps a stale, closed stream)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging(level: str | None, default: str) -> None:
+    """Log records of ``level`` (default ``default``) and above to stderr, one line each.
+
+    Replaces only the handler a previous call installed; other handlers of the root logger
+    (e.g. a test runner's) are left alone."""
     name = (level or default).upper()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=name,
-        format="%(asctime)s.%(msecs)03d rdzv[%(process)d] %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StderrHandler):
+            root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d rdzv[%(process)d] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(name)
 
 
 def _log_level_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

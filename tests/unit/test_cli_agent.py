@@ -29,7 +29,8 @@ from rdzv_core.registry import get_rendezvous_handler
 pytestmark = pytest.mark.unit
 
 BOUND = 30.0
-CONF = {"last_call_timeout": "0.3", "keep_alive_interval": "0.2", "keep_alive_max_attempt": "2", "join_timeout": "20"}
+# Dead after 1.5 s of silence: a live node on a loaded machine is not declared dead.
+CONF = {"last_call_timeout": "0.3", "keep_alive_interval": "0.25", "keep_alive_max_attempt": "6", "join_timeout": "20"}
 
 
 def make_agent(run_id: str, command: Sequence[str], nnodes: tuple[int, int] = (2, 2), **config: object) -> ElasticAgent:
@@ -159,6 +160,7 @@ def test_request_stop_forwards_the_signal() -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not agent.handler.is_closed()  # a stopped node leaves; it does not end the job
+    agent.handler._stop_heartbeats()  # type: ignore[attr-defined]  # (a CLI process would exit here)
 
 
 def test_closed_rendezvous_stops_the_worker() -> None:
