@@ -63,6 +63,10 @@ def _fail(exc: BaseException) -> NoReturn:
 # The group: one-line errors for every command
 
 
+#: click >= 8.2 raises this (a UsageError) for a group called without a command.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _RdzvGroup(click.Group):
     """A group whose ``main`` prints every error as one line (also under ``CliRunner``)."""
 
@@ -78,6 +82,9 @@ class _RdzvGroup(click.Group):
         try:
             result = super().main(args, prog_name or "rdzv", complete_var, standalone_mode=False, **extra)
             code = result if isinstance(result, int) else 0
+        except _NO_ARGS_IS_HELP as exc:  # 'rdzv' alone: the help, as is
+            click.echo(exc.format_message(), err=True)
+            code = exc.exit_code
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "rdzv"
             click.echo(f"{where}: error: {_one_line(exc.format_message())} (see '{where} --help')", err=True)

@@ -46,6 +46,12 @@ def test_every_command_has_help_with_examples(command: list[str]) -> None:
     assert "Example" in result.output or "rdzv run --standalone" in result.output
 
 
+def test_no_command_prints_the_help() -> None:
+    result = invoke()
+    assert result.exit_code != 0
+    assert "Usage: rdzv" in result.output and "Commands:" in result.output and ": error:" not in result.output
+
+
 def test_run_help_documents_exit_codes() -> None:
     out = invoke("run", "--help").output
     assert "Exit codes" in out and "rendezvous failure" in out and "128+N" in out
