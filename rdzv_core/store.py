@@ -254,8 +254,8 @@ class HashStore(Store):
             self._cond.notify_all()
 
     def get(self, key: str) -> bytes:
-        self.wait([key])
-        with self._cond:
+        with self._cond:  # wait and read in one critical section: a racing delete cannot slip in
+            self._wait_locked([key], None)
             return self._data[key]
 
     def add(self, key: str, amount: int) -> int:
@@ -285,18 +285,22 @@ class HashStore(Store):
             return desired_b
 
     def wait(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> None:
+        with self._cond:
+            self._wait_locked(keys, timeout)
+
+    def _wait_locked(self, keys: Sequence[str], timeout: timedelta | float | None) -> None:
+        """Block until all ``keys`` exist; the caller holds ``self._cond``."""
         seconds = to_seconds(self.timeout if timeout is None else timeout)
         deadline = time.monotonic() + seconds
         keys = [check_key(k) for k in keys]
-        with self._cond:
-            while True:
-                missing = [k for k in keys if k not in self._data]
-                if not missing:
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StoreTimeoutError(f"Timed out after {seconds:.3f} s waiting for keys {missing[:10]}.")
-                self._cond.wait(remaining)
+        while True:
+            missing = [k for k in keys if k not in self._data]
+            if not missing:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StoreTimeoutError(f"Timed out after {seconds:.3f} s waiting for keys {missing[:10]}.")
+            self._cond.wait(remaining)
 
     def check(self, keys: Sequence[str]) -> bool:
         with self._cond:
@@ -311,8 +315,8 @@ class HashStore(Store):
             return len(self._data)
 
     def multi_get(self, keys: Sequence[str]) -> list[bytes]:
-        self.wait(keys)
         with self._cond:
+            self._wait_locked(keys, None)
             return [self._data[k] for k in keys]
 
     def append(self, key: str, value: bytes | str) -> None:
