@@ -7,8 +7,9 @@ One agent runs per node. It loops:
    ``MASTER_PORT`` and the ``RDZV_*`` variables (see :class:`WorkerEnv`) in its environment,
    in a process group of its own that dies with the agent (Linux: parent-death signal).
 3. **Monitor** every ``monitor_interval`` seconds: the worker's exit, the agent's signals,
-   ``handler.num_nodes_waiting()`` (push-notified by backends with change notification, so
-   the check is a local look-up while nothing changes), and whether the rendezvous was closed.
+   ``handler.num_nodes_waiting()`` (with a change-notifying backend, an unchanged state costs
+   one tiny token read, and the full state is read only after a change), and whether the
+   rendezvous was closed (from the state the handler just read: no extra round trip).
 4. **Decide**:
 
    * worker exit code 0 -> the *exit barrier*: the agent adds 1 to the counter
@@ -19,7 +20,8 @@ One agent runs per node. It loops:
      round disappears while waiting (it died, or its worker failed and it re-rendezvoused),
      the round is broken: the agent re-rendezvouses and runs its worker again (the whole
      group restarts, as in torch). Nodes joining the wait list are ignored at that point:
-     the job is finishing.
+     the job is finishing. Once ``all_done`` is set, success wins over anything seen later
+     (a peer closing the rendezvous, a finished peer declared dead).
    * worker failed -> stop, re-rendezvous, restart, while fewer than ``max_restarts``
      failures were restarted; then the rendezvous is closed (so the other agents stop too,
      as torch's agent does) and the agent exits with the worker's code.
