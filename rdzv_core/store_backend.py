@@ -15,6 +15,12 @@ from rdzv_core.store import Store, StoreTimeoutError
 
 __all__ = ["StoreRendezvousBackend"]
 
+#: ``compare_set(key, _ABSENT, _ABSENT)`` reads a key without blocking: for an absent key the
+#: store returns the (non-empty) expected value and creates nothing (the c10d convention), for
+#: a present key its value. ``check`` then ``get`` would block for the store timeout when the
+#: key is deleted in between (``forget_node``).
+_ABSENT = b"\x00rdzv:absent\x00"
+
 
 class StoreRendezvousBackend(RendezvousBackend):
     """Keeps the state of run ``run_id`` in ``store`` with ``compare_set``.
@@ -57,10 +63,13 @@ class StoreRendezvousBackend(RendezvousBackend):
         self._generation(value)
         return value.partition(b":")[2], value
 
+    def _read(self, key: str) -> bytes | None:
+        value = self._store.compare_set(key, _ABSENT, _ABSENT)
+        return None if value == _ABSENT else value
+
     def get_state(self) -> tuple[bytes, Token] | None:
-        if not self._store.check([self._key]):
-            return None
-        return self._split(self._store.get(self._key))
+        value = self._read(self._key)
+        return None if value is None else self._split(value)
 
     def set_state(self, state: bytes, token: Token | None = None) -> tuple[bytes, Token, bool] | None:
         if token is not None and not isinstance(token, bytes):
@@ -100,8 +109,8 @@ class StoreRendezvousBackend(RendezvousBackend):
         ages: list[float | None] = []
         now = time.time()
         for node in nodes:
-            key = self._alive_key(node)
-            ages.append(max(0.0, now - float(self._store.get(key))) if self._store.check([key]) else None)
+            value = self._read(self._alive_key(node))
+            ages.append(None if value is None else max(0.0, now - float(value)))
         return ages
 
     def forget_node(self, node: str) -> None:
