@@ -894,11 +894,13 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 self._executor.run(_flush_op, deadline)
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self._settings.interval_s):
+        # Beat at once: the join's last keep-alive may already be an interval old.
+        while not stop.is_set():
             try:
                 self._keep_alive_tick()
             except Exception as exc:
                 logger.warning("The keep-alive of node '%s' in the rendezvous '%s' failed: %s: %s", self._this_node, self._settings.run_id, type(exc).__name__, exc)
+            stop.wait(self._settings.interval_s)
 
     def _start_heartbeats(self) -> None:
         self._stop_heartbeats()
