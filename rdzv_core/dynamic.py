@@ -728,6 +728,8 @@ class DynamicRendezvousHandler(RendezvousHandler):
         self._heartbeat_stop: threading.Event | None = None
         self._heartbeat_thread: threading.Thread | None = None
         self._bootstrap_store_info: RendezvousStoreInfo | None = None
+        #: The round this node holds a rank in (set by next_rendezvous), else None.
+        self._joined_round: int | None = None
 
     # -- properties -------------------------------------------------------------------------
 
@@ -795,6 +797,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
         run_id = self._settings.run_id
         self._emit("joining", f"The node '{self._this_node}' attempts to join the next round of the rendezvous '{run_id}'.")
         self._stop_heartbeats()
+        self._joined_round = None
         deadline = time.monotonic() + self._settings.timeout.join.total_seconds()
         try:
             with self._lock:
@@ -802,7 +805,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 self._executor.run(self._join_op_with_events(), deadline)
                 state = self._holder.state
                 rank, world_size = state.rank_of(self._this_node.key), len(state.participants)
-                round_ = state.round
+                round_ = self._joined_round = state.round
         except RendezvousTimeoutError as exc:
             self._emit("timed_out", f"The node '{self._this_node}' timed out joining the rendezvous '{run_id}': {exc}", logging.WARNING)
             raise
@@ -855,8 +858,10 @@ class DynamicRendezvousHandler(RendezvousHandler):
         """Return the number of nodes waiting for the next round.
 
         This counts the wait list, plus the participants of a complete round that have been
-        removed (dead or gone): either way the round should re-form. With a backend that has
-        change notification, an unchanged state is served from the local copy.
+        removed (dead or gone): either way the round should re-form. It is at least 1 when the
+        round this node holds a rank in no longer exists (the backend lost the state, or the
+        others formed a new round without this node): the rank is stale. With a backend that
+        has change notification, an unchanged state is served from the local copy.
         """
         with self._lock:
             if self._holder.changed():
@@ -864,7 +869,11 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 if self._holder.dirty:
                     self._executor.run(_flush_op, time.monotonic() + self._settings.timeout.heartbeat.total_seconds())
             state = self._holder.state
-            return len(state.wait_list) + _missing_participants(state)
+            waiting = len(state.wait_list) + _missing_participants(state)
+            joined = self._joined_round
+            if not waiting and joined is not None and not state.closed and (state.round != joined or self._this_node.key not in state.participants):
+                return 1
+            return waiting
 
     def shutdown(self) -> bool:
         """Stop keep-alives and close the rendezvous (as torch's handler does).
