@@ -134,3 +134,59 @@ def test_helpers():
         check_key("")
     with pytest.raises(ValueError):
         HashStore(timeout=-1)
+
+
+class _DeleteAfterWait(HashStore):
+    """Deletes the awaited key right after ``wait`` returns: a delete racing a reader."""
+
+    race = False
+
+    def wait(self, keys, timeout=None):
+        super().wait(keys, timeout)
+        if self.race:
+            self.race = False
+            self.delete_key(keys[0])
+
+
+def test_get_racing_a_delete_never_raises_key_error():
+    """A delete between "the key exists" and "read it" must not leak a KeyError: get() either
+    reads the value or, the key being gone, waits for it like for any missing key."""
+    store = _DeleteAfterWait(timeout=0.1)
+    store.set("k", b"v")
+    store.race = True
+    try:
+        value = store.get("k")
+    except StoreTimeoutError:
+        value = None
+    assert value in (b"v", None)
+
+
+def test_multi_get_racing_a_delete_never_raises_key_error():
+    store = _DeleteAfterWait(timeout=0.1)
+    store.multi_set(["a", "b"], [b"1", b"2"])
+    store.race = True
+    try:
+        values = store.multi_get(["a", "b"])
+    except StoreTimeoutError:
+        values = None
+    assert values in ([b"1", b"2"], None)
+
+
+def test_get_under_concurrent_deletes():
+    store = HashStore(timeout=5)
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            store.set("k", b"v")
+            store.delete_key("k")
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(300):
+            assert store.get("k") == b"v"
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -132,3 +133,42 @@ def test_heartbeat_ages_and_forget():
     backend.forget_node("n1")
     backend.forget_node("never-seen")  # no error
     assert backend.heartbeat_ages(["n1"]) == [None]
+
+
+class _ForgetAfterCheck(HashStore):
+    """Deletes keys containing ``victim`` right after ``check`` saw them: another node's
+    ``forget_node()`` (or a state reset) landing between "does it exist" and "read it"."""
+
+    victim: str | None = None
+
+    def check(self, keys):
+        found = super().check(keys)
+        if self.victim is not None:
+            for key in keys:
+                if self.victim in key:
+                    self.delete_key(key)
+                    self.victim = None
+        return found
+
+
+def test_heartbeat_ages_racing_forget_node_does_not_block():
+    store = _ForgetAfterCheck(timeout=5)
+    backend = StoreRendezvousBackend(store, "run")
+    backend.keep_alive("n1", 1.0)
+    backend.keep_alive("n2", 1.0)
+    store.victim = "alive.n1"
+    started = time.monotonic()
+    ages = backend.heartbeat_ages(["n1", "n2"])
+    assert time.monotonic() - started < 1.0  # not the store timeout
+    assert ages[0] is None or 0 <= ages[0] < 5  # read before or after the delete, atomically
+    assert ages[1] is not None
+
+
+def test_get_state_racing_a_delete_does_not_block():
+    store = _ForgetAfterCheck(timeout=5)
+    backend = StoreRendezvousBackend(store, "run")
+    backend.set_state(b"v1")
+    store.victim = "run.state"
+    started = time.monotonic()
+    assert backend.get_state() in (None, (b"v1", b"1:v1"))
+    assert time.monotonic() - started < 1.0
