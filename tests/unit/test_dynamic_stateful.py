@@ -322,6 +322,7 @@ RendezvousMachine.TestCase.settings = settings(
     max_examples=50,
     stateful_step_count=30,
     deadline=None,
+    derandomize=True,  # the same runs every time (CI); explore more with a bigger max_examples locally
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 

@@ -171,7 +171,7 @@ def test_error_message_does_not_dump_huge_data():
     assert len(str(info.value)) < 1000
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512))
 def test_fuzz_decode_raises_only_state_error(data):
     try:
@@ -188,7 +188,7 @@ _msgpack_values = st.recursive(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.fixed_dictionaries(
         {"version": st.integers(-3, SCHEMA_VERSION + 1), "run_id": st.sampled_from([RUN, "other", ""])},
@@ -211,7 +211,7 @@ def test_fuzz_structured_maps_raise_only_state_error(doc):
 _node_keys = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(
     st.builds(
         RendezvousState,
@@ -251,14 +251,14 @@ def test_node_desc_key_round_trip(node):
     assert str(node) == node.key
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.text(min_size=1, max_size=20), st.integers(0, 2**22), st.integers(0, 2**20))
 def test_node_desc_key_round_trip_fuzz(addr, pid, local_id):
     node = NodeDesc(addr, pid, local_id)
     assert NodeDesc.from_key(node.key) == node
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.text(max_size=20))
 def test_node_desc_from_arbitrary_key_never_raises(key):
     node = NodeDesc.from_key(key)
