@@ -152,7 +152,7 @@ class RedisStore(Store):
             StoreTimeoutError: the key did not appear in time.
         """
         check_key(key)
-        return self._block([key], None, lambda: self._client.redis.hget(self._hash, key), lambda value: value is not None)
+        return self._block([key], None, lambda: self._client.call("store get", lambda: self._client.redis.hget(self._hash, key)), lambda value: value is not None)
 
     def multi_get(self, keys: Sequence[str]) -> list[bytes]:
         """Return the values of ``keys`` in order (``HMGET``), blocking until all exist.
@@ -163,7 +163,7 @@ class RedisStore(Store):
         keys = [check_key(k) for k in keys]
         if not keys:
             return []
-        return self._block(keys, None, lambda: self._client.redis.hmget(self._hash, keys), lambda values: None not in values)
+        return self._block(keys, None, lambda: self._client.call("store multi_get", lambda: self._client.redis.hmget(self._hash, keys)), lambda values: None not in values)
 
     def wait(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> None:
         """Block until all ``keys`` exist.
@@ -212,5 +212,5 @@ class RedisStore(Store):
                         f"Timed out after {seconds:.3f} s waiting for keys {(missing or keys)[:10]} in the Redis store "
                         f"'{self._hash}' at {self._client.config.display}."
                     )
-                waiter.wait(remaining)
+                self._client.notifier.sleep(waiter, remaining)  # polls while pub/sub is down
 
