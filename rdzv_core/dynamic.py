@@ -846,12 +846,15 @@ class DynamicRendezvousHandler(RendezvousHandler):
         Raises:
             RendezvousTimeoutError: it could not be written in time. Backend errors propagate.
         """
-        with self._lock:
-            self._close()
+        self._close()
 
     def _close(self) -> None:
+        # Not under self._lock, which a pending next_rendezvous holds until its round completes
+        # or times out: closing runs on its own copy of the state (compare-and-set keeps it
+        # consistent), so it ends that join at once with RendezvousClosedError.
         deadline = time.monotonic() + self._settings.timeout.close.total_seconds()
-        self._executor.run(_close_op, deadline)
+        holder = _StateHolder(self._backend, self._settings, self._liveness, self._this_node.key, self._on_dead_nodes)
+        _OpExecutor(self._this_node, self._settings, holder, self._backend, self._liveness, self._emit).run(_close_op, deadline)
         self._emit("closed", f"The node '{self._this_node}' has closed the rendezvous '{self._settings.run_id}'.")
 
     def num_nodes_waiting(self) -> int:
@@ -883,8 +886,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
         """
         self._stop_heartbeats()
         try:
-            with self._lock:
-                self._close()
+            self._close()
             return True
         except RendezvousError as exc:
             logger.warning("The node '%s' has failed to shut down the rendezvous '%s': %s: %s", self._this_node, self._settings.run_id, type(exc).__name__, exc)

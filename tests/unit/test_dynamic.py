@@ -585,6 +585,21 @@ def test_close_wakes_nodes_waiting_for_a_round(cluster):
     assert isinstance(waiting.error, RendezvousClosedError)
 
 
+@pytest.mark.parametrize("method", ["set_closed", "shutdown"])
+def test_closing_from_another_thread_ends_the_pending_join_of_the_same_handler(cluster, method):
+    """The API contract: "pending and future joins fail with RendezvousClosedError" - also
+    the join this very handler runs in another thread (an agent's signal/shutdown path)."""
+    a = cluster.handler(2, 2)  # waits for a second node that never comes (join timeout: 15 s)
+    waiting = Call(a.next_rendezvous)
+    wait_until(lambda: a.node.key in cluster.state().participants, what="the node to join")
+    closing = Call(getattr(a, method))
+    closing.join(5)  # promptly, not after the join timeout
+    assert closing.error is None and closing.value in (None, True)
+    waiting.join(5)
+    assert isinstance(waiting.error, RendezvousClosedError)
+    assert cluster.state().closed
+
+
 def test_shutdown_closes_and_returns_true(cluster):
     a, b = cluster.handlers_of(2, 2, 2)
     results(rendezvous([a, b]))
