@@ -565,7 +565,7 @@ class Counters:
     __slots__ = (
         "get_state", "set_state", "set_failed", "set_none", "wait_calls", "wait_checks", "wakeups",
         "wait_timeouts", "keep_alive", "heartbeat_ages", "forget_node", "other", "bytes_written", "bytes_read",
-        "t_backend", "t_wait", "first_set_ok", "last_set_ok", "returned", "max_state_bytes", "extra",
+        "t_backend", "t_wait", "first_set_ok", "last_set_ok", "returned", "max_state_bytes", "extra", "first_call",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -575,6 +575,7 @@ class Counters:
         self.last_set_ok = None
         self.returned = False
         self.extra: dict[str, int] = {}  # calls of other backend methods (join queue, ...)
+        self.first_call: dict[str, float] = {}  # method -> time.monotonic() of its first call
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -676,6 +677,7 @@ def make_counting_backend(inner: Any, base: type | None = None, on_first_join: A
                 def other(*args: Any, **kwargs: Any) -> Any:
                     counters.other += 1
                     counters.extra[attr] = counters.extra.get(attr, 0) + 1
+                    counters.first_call.setdefault(attr, time.monotonic())
                     if attr == "enqueue_join":
                         _joined()  # joins through the queue (the head admits it)
                     return _timed_call(value, *args, **kwargs)

@@ -349,6 +349,12 @@ def _summarize(row: dict[str, Any], rows: list[tuple], n: int, t_go: float, t_re
             extra[k] = extra.get(k, 0) + v
     for k, v in sorted(extra.items()):
         ops[k] = round(v / n, 2)
+    firsts: dict[str, list[float]] = {}
+    for c in counters:
+        for k, t in (c.get("first_call") or {}).items():
+            firsts.setdefault(k, []).append(t - t_go)
+    if firsts:
+        row["first_call_s"] = {k: {"p50": round(statistics.median(v), 4), "max": round(max(v), 4), "nodes": len(v)} for k, v in sorted(firsts.items())}
     ops["max_set_state_per_node"] = max((c["set_state"] for c in counters), default=0)
     ops["max_failed_cas_per_node"] = max((c["set_failed"] for c in counters), default=0)
     ops["max_wakeups_per_node"] = max((c["wakeups"] for c in counters), default=0)
