@@ -37,6 +37,7 @@ from datetime import timedelta
 
 from rdzv_core.api import (
     RendezvousClosedError,
+    RendezvousConnectionError,
     RendezvousError,
     RendezvousGracefulExitError,
     RendezvousHandler,
@@ -401,7 +402,10 @@ class _StateHolder:
         if not self.synced or self.dirty:
             return True
         if isinstance(self._backend, ChangeNotifier):
-            return self._backend.wait_for_change(self.token, 0)
+            try:
+                return self._backend.wait_for_change(self.token, 0)
+            except RendezvousConnectionError:
+                return True  # only a hint: the read that follows retries for the full budget
         return True
 
 
@@ -652,8 +656,14 @@ class _OpExecutor:
         """Block until the state changes or something is due (never past ``deadline``)."""
         timeout = self._wake_after(deadline)
         if isinstance(self._backend, ChangeNotifier):
-            self._backend.wait_for_change(self._holder.token, timeout)
-            return
+            try:
+                self._backend.wait_for_change(self._holder.token, timeout)
+                return
+            except RendezvousConnectionError:
+                # A wait bounded by a short timeout has a short retry budget; it is only a
+                # hint. Poll instead: the next read retries for the backend's full budget, so
+                # a connection error surfaces only after that, not after a blip.
+                pass
         time.sleep(min(timeout, random.uniform(0.5, 1.0) * self._poll_interval))
         self._poll_interval = min(_POLL_MAX, self._poll_interval * 2)
 
