@@ -173,9 +173,9 @@ def percentile(values: list[float], q: float) -> float | None:
 def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[("" if c is None else str(c)) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = " | ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False))
     sep = "-|-".join("-" * w for w in widths)
-    body = [" | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    body = [" | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in cells]
     return "\n".join([line, sep, *body])
 
 

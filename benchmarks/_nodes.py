@@ -122,8 +122,8 @@ def make_rdzv_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters,
 
 
 def make_torch_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters, Any]:
-    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import RendezvousBackend as TorchBackend
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler, RendezvousTimeout
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import RendezvousBackend as TorchBackend
 
     run_id, n = spec["run_id"], spec["nodes"]
     host, _, port = spec["endpoint"].rpartition("://")[2].rpartition(":")

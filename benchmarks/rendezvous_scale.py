@@ -30,6 +30,7 @@ Output: tables on stdout, JSON in ``benchmarks/results/rendezvous_scale.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -138,6 +139,7 @@ def run_round(
                 kind, pid, payload = _get(q, deadline)
             except TimeoutError:
                 row["status"] = "dnf"
+                row["stuck_threads"] = _dump_stacks([pid for pid in ready if pid not in done])
                 abort.set()
                 grace = time.monotonic() + 30
                 while len(done) < nprocs:
@@ -298,6 +300,38 @@ def _frame_name(frame: str) -> str:
     return f"{name} [{file}]" if file else name
 
 
+def _dump_stacks(pids: list[int]) -> dict[str, Any] | None:
+    """Where the node threads of a did-not-finish row are: ``py-spy dump`` of each process,
+    counted by the innermost frame of rdzv code (and the innermost frame overall)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("py-spy")
+    if not exe or not pids:
+        return None
+    project: dict[str, int] = {}
+    innermost: dict[str, int] = {}
+    threads = 0
+    for pid in pids:
+        try:
+            text = subprocess.run([exe, "dump", "--json", "--pid", str(pid)], capture_output=True, text=True, timeout=120).stdout
+            dump = json.loads(text)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            continue
+        for thread in dump:
+            if not str(thread.get("thread_name") or "").startswith("node-"):
+                continue
+            threads += 1
+            frames = [f"{f['name']} ({f['short_filename']}:{f['line']})" for f in thread.get("frames", [])]
+            if frames:
+                innermost[frames[0]] = innermost.get(frames[0], 0) + 1
+            mine = next((f for f, raw in zip(frames, thread["frames"], strict=False) if "rdzv_" in raw["filename"]), None)
+            if mine:
+                project[mine] = project.get(mine, 0) + 1
+    top = lambda d: sorted(d.items(), key=lambda kv: -kv[1])[:12]  # noqa: E731
+    return {"node_threads": threads, "innermost_rdzv_frame": top(project), "innermost_frame": top(innermost)}
+
+
 def _get(q: Any, deadline: float) -> tuple[str, int, Any]:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
@@ -421,7 +455,7 @@ def _torch_state_metrics(n: int, repeats: int) -> dict[str, Any] | None:
     state = _RendezvousState()
     state.complete = True
     for i in range(n):
-        node = _NodeDesc("worker-{:05d}.cluster.example.internal".format(i), 10000 + i, 0)
+        node = _NodeDesc(f"worker-{i:05d}.cluster.example.internal", 10000 + i, 0)
         state.participants[node] = i
         state.last_heartbeats[node] = datetime.now(timezone.utc)
     data = pickle.dumps(state)
