@@ -527,6 +527,8 @@ class _OpExecutor:
                 lost += 1
                 if not holder.dirty:
                     self._backoff(lost, deadline)
+            if self._queued_at is not None and self._is_member(holder.state):
+                self._queued_at = None  # admitted: if removed later (declared dead), enqueue again
             action = op(_Context(self._key, holder.state, self._settings, self.keep_alive_due()), deadline)
             if action is _Action.FINISH:
                 if holder.dirty:
@@ -571,6 +573,10 @@ class _OpExecutor:
         elif action is _Action.MARK_RENDEZVOUS_CLOSED:
             state.closed = True
         self._holder.dirty = True
+
+    def _is_member(self, state: RendezvousState) -> bool:
+        key = self._key
+        return key in state.participants or key in state.wait_list or key in state.redundancy_list
 
     def _join_through_queue(self, queue: JoinQueue, deadline: float) -> None:
         """Enqueue this node; the head of the queue admits everyone queued (see module doc)."""
