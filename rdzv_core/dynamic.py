@@ -820,7 +820,10 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 self._executor.run(_exit_op, deadline)
                 self._executor.run(self._join_op_with_events(), deadline)
                 state = self._holder.state
-                rank, world_size = state.rank_of(self._this_node.key), len(state.participants)
+                # The size the round completed with: a participant removed since (declared
+                # dead) must not shrink it below this node's rank; num_nodes_waiting() now
+                # reports the missing node, so the agents re-rendezvous.
+                rank, world_size = state.rank_of(self._this_node.key), state.world_size or len(state.participants)
                 round_ = self._joined_round = state.round
         except RendezvousTimeoutError as exc:
             self._emit("timed_out", f"The node '{self._this_node}' timed out joining the rendezvous '{run_id}': {exc}", logging.WARNING)
