@@ -34,6 +34,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 from rdzv_core.api import (
     RendezvousClosedError,
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Configuration keys read by :func:`create_handler` (backends add their own).
 HANDLER_CONFIG_KEYS = frozenset(
@@ -356,17 +358,38 @@ class _StateHolder:
         self.synced = False
         self._dead: set[str] = set()
         self._next_sweep = 0.0
+        self._grace_until = 0.0
+
+    def note_outage(self) -> None:
+        """The backend was unreachable (or stalled) for this node, so probably for every node:
+        their keep-alives failed too. Declare no node dead until each had a full dead-node
+        timeout to keep alive again (a frozen server or a fail-over is not a dead node)."""
+        self._grace_until = time.monotonic() + self._settings.dead_after_s
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run one backend call; a connection error, or a call slower than a keep-alive
+        interval, counts as an outage (:meth:`note_outage`)."""
+        started = time.monotonic()
+        try:
+            result = fn()
+        except RendezvousConnectionError:
+            self.note_outage()
+            raise
+        if time.monotonic() - started > self._settings.interval_s:
+            self.note_outage()
+        return result
 
     def sync(self) -> bool | None:
         """Write the local state when dirty, else read; return ``has_set`` (``None`` on a read)."""
         has_set: bool | None
         if self.dirty:
-            response = self._backend.set_state(encode_state(self.state), self.token)
+            encoded, token = encode_state(self.state), self.token
+            response = self.call(lambda: self._backend.set_state(encoded, token))
             has_set = bool(response and response[2])
             current = None if response is None else (response[0], response[1])
         else:
             has_set = None
-            current = self._backend.get_state()
+            current = self.call(self._backend.get_state)
         if current is None:
             self.state, self.token = RendezvousState(run_id=self._settings.run_id), None
         else:
@@ -380,7 +403,7 @@ class _StateHolder:
 
     def _sanitize(self) -> None:
         now = time.monotonic()
-        if self._liveness.writes_state or now >= self._next_sweep:
+        if (self._liveness.writes_state or now >= self._next_sweep) and now >= self._grace_until:
             self._next_sweep = now + self._settings.interval_s
             found = [n for n in self._liveness.find_dead(self.state, self._node) if n not in self._dead]
             if found:
@@ -669,7 +692,7 @@ class _OpExecutor:
                 # A wait bounded by a short timeout has a short retry budget; it is only a
                 # hint. Poll instead: the next read retries for the backend's full budget, so
                 # a connection error surfaces only after that, not after a blip.
-                pass
+                self._holder.note_outage()
         time.sleep(min(timeout, random.uniform(0.5, 1.0) * self._poll_interval))
         self._poll_interval = min(_POLL_MAX, self._poll_interval * 2)
 
@@ -919,7 +942,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
             if self._liveness.writes_state:
                 self._executor.run(_keep_alive_op, deadline)
                 return
-            self._liveness.beat(self._this_node.key, self._holder.state)
+            self._holder.call(lambda: self._liveness.beat(self._this_node.key, self._holder.state))
             if self._holder.check_dead():
                 self._executor.run(_flush_op, deadline)
 
