@@ -82,7 +82,7 @@ def run_round(
     pyspy_dir: str | None = None,
 ) -> dict[str, Any]:
     """Run one round of ``n`` nodes of ``backend`` in ``procs`` processes; return a row."""
-    row: dict[str, Any] = {"backend": backend, "nodes": n, "mode": "last_join" if last_join else "burst", "status": "ok"}
+    row: dict[str, Any] = {"backend": backend, "nodes": n, "mode": "last_join" if last_join else "burst", "status": "ok", "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     server = make_server(N.SERVER_OF[backend])
     ctx = mp.get_context("spawn")
     children: list[Any] = []
@@ -506,7 +506,7 @@ def scale_table(rows: list[dict[str, Any]]) -> str:
 
 def last_join_table(rows: list[dict[str, Any]]) -> str:
     headers = ["backend", "N", "status", "last join -> all ranks ms", "all ranks s (incl. hold)"]
-    out = [[r["backend"], r["nodes"], r["status"], _f(None if r.get("last_join_latency_s") is None else r["last_join_latency_s"] * 1000, 1), _f(r.get("seconds"), 3)] for r in rows]
+    out = [[r["backend"], r["nodes"], r["status"] if r["status"] != "skipped" else "skipped (" + r["reason"] + ")", _f(None if r.get("last_join_latency_s") is None else r["last_join_latency_s"] * 1000, 1), _f(r.get("seconds"), 3)] for r in rows]
     return H.fmt_table(headers, out)
 
 
@@ -516,7 +516,7 @@ def idle_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         i = r.get("idle") or {}
         total = None if i.get("bytes_in_per_node_per_interval") is None else i["bytes_in_per_node_per_interval"] * r["nodes"]
-        out.append([r["backend"], r["nodes"], _f(i.get("interval_s"), 1), _f(i.get("requests_per_node_per_interval"), 2), _f(i.get("bytes_in_per_node_per_interval"), 1), _f(i.get("bytes_out_per_node_per_interval"), 1), _kb(total) if r["status"] == "ok" else r["status"]])
+        out.append([r["backend"], r["nodes"], _f(i.get("interval_s"), 1), _f(i.get("requests_per_node_per_interval"), 2), _f(i.get("bytes_in_per_node_per_interval"), 1), _f(i.get("bytes_out_per_node_per_interval"), 1), _kb(total) if r["status"] == "ok" else r["status"] + (" (" + r["reason"] + ")" if r.get("reason") else "")])
     return H.fmt_table(headers, out)
 
 
@@ -554,7 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pyspy", metavar="DIR", default=None, help="sample the node processes of every scale row with py-spy into DIR")
     ap.add_argument("--skip-scale", action="store_true", help="only the extra sections")
     ap.add_argument("--output", default=os.path.join(H.RESULTS, "rendezvous_scale.json"))
+    ap.add_argument("--render", metavar="JSON", help="only print the tables of an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            print_tables(json.load(f), args.render)
+        return 0
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     result: dict[str, Any] = {
@@ -598,8 +603,16 @@ def main(argv: list[str] | None = None) -> int:
                 save()
                 if row["status"] in ("dnf", "error"):
                     dnf_at = n
+    def failed_at(b: str, n: int) -> int | None:
+        """The smallest N <= n at which the scale run of ``b`` did not finish (or errored)."""
+        bad = [r["nodes"] for r in result["scale"] if r["backend"] == b and r["status"] in ("dnf", "error", "skipped") and r["nodes"] <= n]
+        return min(bad) if bad else None
+
     for b in available:
         for n in _ints(args.last_join_nodes):
+            if failed_at(b, n) is not None and not args.keep_going:
+                result["last_join"].append({"backend": b, "nodes": n, "status": "skipped", "reason": f"scale run did not finish at N={failed_at(b, n)}"})
+                continue
             log(f"last-join {b} N={n} ...")
             row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, last_join=True, client_sharing=args.client_sharing)
             log(f"  -> {row['status']} {row.get('last_join_latency_s')} s {row.get('error', '')}")
@@ -608,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     idle_backends = [b for b in args.idle_backends.split(",") if b in available]
     for b in idle_backends:
         for n in _ints(args.idle_nodes):
+            if failed_at(b, n) is not None and not args.keep_going:
+                result["idle"].append({"backend": b, "nodes": n, "status": "skipped", "reason": f"scale run did not finish at N={failed_at(b, n)}"})
+                continue
             log(f"idle {b} N={n} ...")
             row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, idle_intervals=args.idle_intervals, client_sharing=args.client_sharing)
             log(f"  -> {row['status']} {row.get('idle', {}).get('bytes_in_per_node_per_interval')} B/node/interval {row.get('error', '')}")
@@ -616,6 +632,11 @@ def main(argv: list[str] | None = None) -> int:
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save()
 
+    print_tables(result, args.output)
+    return 0
+
+
+def print_tables(result: dict[str, Any], path: str) -> None:
     if result["scale"]:
         print("\n## Rendezvous scale (burst: all N nodes start together)\n")
         print(scale_table([r for r in result["scale"] if r["status"] != "skipped"]))
@@ -633,8 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         print(state_table(result["state"]))
     if result["skipped"]:
         print("\nbackends skipped: " + "; ".join(f"{k}: {v}" for k, v in result["skipped"].items()))
-    print(f"\nJSON: {os.path.relpath(args.output)}")
-    return 0
+    print(f"\nJSON: {os.path.relpath(path)}")
 
 
 if __name__ == "__main__":

@@ -182,7 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=200, help="wake-up samples")
     ap.add_argument("--pause", type=float, default=0.02, help="seconds between the getter's announce and the set")
     ap.add_argument("--output", default=os.path.join(H.RESULTS, "store_ops.json"))
+    ap.add_argument("--render", metavar="JSON", help="only print the table of an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        import json
+
+        with open(args.render) as f:
+            print_table(json.load(f), args.render)
+        return 0
 
     result: dict[str, Any] = {
         "benchmark": "store_ops",
@@ -221,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     H.write_json(args.output, result)
 
+    print_table(result, args.output)
+    return 0
+
+
+def print_table(result: dict[str, Any], path: str) -> None:
     headers = ["store", "set ops/s", "get ops/s", "add ops/s", "compare_set ops/s", "set p50 ms", "wake p50 ms", "wake p99 ms", "wake max ms"]
     rows = []
     for r in result["stores"]:
@@ -233,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['store']}: {r.get('error')}")
     if result["skipped"]:
         print("\nskipped: " + "; ".join(f"{k}: {v}" for k, v in result["skipped"].items()))
-    print(f"\nJSON: {os.path.relpath(args.output)}")
-    return 0
+    print(f"\nJSON: {os.path.relpath(path)}")
 
 
 if __name__ == "__main__":
