@@ -2,6 +2,8 @@
 
 * :class:`RedisConfig` — what to connect to, parsed and validated from
   :class:`~rdzv_core.api.RendezvousParameters`. Its ``repr`` never shows the password.
+  With ``sentinel_master`` set, the endpoint lists Redis Sentinels and the client follows
+  the master they name, across fail-overs (see :meth:`RedisConfig.from_params`).
 * :class:`RedisClient` — one per process and (endpoint, credentials, db, TLS, timeouts):
   a bounded blocking connection pool, the registered Lua scripts, and one
   :class:`~rdzv_redis.notify.Notifier` (one pub/sub connection and listener thread).
@@ -20,9 +22,11 @@ redis-py is imported lazily (:func:`import_redis`), so ``import rdzv_redis`` wor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +41,9 @@ from rdzv_redis.notify import Notifier
 
 __all__ = [
     "DEFAULT_PORT",
+    "DEFAULT_SENTINEL_PORT",
     "PASSWORD_ENV",
+    "SENTINEL_PASSWORD_ENV",
     "REDIS_CONFIG_KEYS",
     "RedisConfig",
     "RedisClient",
@@ -48,8 +54,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_PORT = 6379
+#: Port of a sentinel address given without one.
+DEFAULT_SENTINEL_PORT = 26379
 #: Environment variable read for the password when neither the config nor the URL has one.
 PASSWORD_ENV = "RDZV_REDIS_PASSWORD"
+#: Environment variable read for the sentinels' own password (``sentinel_password``).
+SENTINEL_PASSWORD_ENV = "RDZV_REDIS_SENTINEL_PASSWORD"
 #: Configuration keys of the Redis plug-in (``--rdzv-conf`` / ``RendezvousParameters``).
 REDIS_CONFIG_KEYS = frozenset(
     {
@@ -65,10 +75,14 @@ REDIS_CONFIG_KEYS = frozenset(
         "retry_timeout",
         "max_connections",
         "key_ttl",
+        "sentinel_master",
+        "sentinel_password",
     }
 )
 #: First and largest back-off (seconds) between retries of a failed operation.
 RETRY_BACKOFF = (0.05, 1.0)
+#: Longest cause (characters) quoted in an error message.
+_MAX_CAUSE = 300
 
 
 def import_redis() -> ModuleType:
@@ -102,6 +116,12 @@ class RedisConfig:
         max_connections: Connections of the process-wide pool, pub/sub included (default 64).
         key_ttl: Seconds the keys of a run live after its last write or keep-alive
             (default 86400 = 24 h).
+        sentinels: Sentinel mode: the ``(host, port)`` of each sentinel (from the endpoint);
+            empty otherwise. ``host``/``port`` are then the first sentinel's.
+        sentinel_master: Sentinel mode: the name of the monitored master (config
+            ``sentinel_master``), or ``None``.
+        sentinel_password: The sentinels' own ``requirepass`` (config ``sentinel_password``,
+            else env ``RDZV_REDIS_SENTINEL_PASSWORD``), or ``None``. Never shown.
     """
 
     host: str
@@ -118,20 +138,44 @@ class RedisConfig:
     retry_timeout: float = 10.0
     max_connections: int = 64
     key_ttl: float = 86400.0
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_params(cls, params: RendezvousParameters) -> RedisConfig:
         """Parse ``params.endpoint`` (``host``, ``host:port``, ``redis://[user:password@]host:port/db``,
         ``rediss://...``) and the Redis keys of ``params.config``.
 
+        **Sentinel mode**: with config ``sentinel_master=<name>``, the endpoint is the
+        comma-separated list of the sentinels, ``host[:port]`` each (port 26379 by default),
+        e.g. ``s1:26379,s2:26379,s3:26379``. The client asks them for the master's address
+        and follows fail-overs; ``password``/``username``/``db``/``ssl*`` apply to the master
+        (and its replicas), ``sentinel_password`` to the sentinels. Credentials come from the
+        config or the environment, never from the endpoint.
+
         Raises:
             ValueError: a malformed endpoint or a bad value; the message names the key and
                 never contains the password.
         """
-        endpoint = parse_rendezvous_endpoint(params.endpoint, DEFAULT_PORT)
+        ssl_files = {k: _optional_str(params, k) for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
+        master = _optional_str(params, "sentinel_master")
+        if master is not None:
+            sentinels = _parse_sentinels(params.endpoint, master)
+            endpoint = Endpoint(*sentinels[0])
+            sentinel_password = _optional_str(params, "sentinel_password") or os.environ.get(SENTINEL_PASSWORD_ENV) or None
+        else:
+            if "sentinel_password" in params.config:
+                raise ValueError("The rendezvous configuration option 'sentinel_password' needs 'sentinel_master' (the name of the master the sentinels monitor).")
+            if "," in (params.endpoint or ""):
+                raise ValueError(
+                    "The Redis rendezvous endpoint lists several addresses: set the configuration option 'sentinel_master' "
+                    "to use them as Redis Sentinels, or give one 'host[:port]' or URL."
+                )
+            sentinels, sentinel_password = (), None
+            endpoint = parse_rendezvous_endpoint(params.endpoint, DEFAULT_PORT)
         if endpoint.scheme not in (None, "redis", "rediss"):
             raise ValueError(f"The Redis rendezvous endpoint '{endpoint}' must be 'host[:port]', 'redis://...' or 'rediss://...'.")
-        ssl_files = {k: _optional_str(params, k) for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
         tls = endpoint.scheme == "rediss" or bool(params.get_as_bool("ssl", False)) or any(ssl_files.values())
         return cls(
             host=endpoint.host,
@@ -140,6 +184,9 @@ class RedisConfig:
             username=_optional_str(params, "username") or endpoint.username,
             password=_optional_str(params, "password") or endpoint.password or os.environ.get(PASSWORD_ENV) or None,
             tls=tls,
+            sentinels=sentinels,
+            sentinel_master=master,
+            sentinel_password=sentinel_password,
             **ssl_files,
             socket_timeout=_positive(params, "socket_timeout", cls.socket_timeout),
             connect_timeout=_positive(params, "connect_timeout", cls.connect_timeout),
@@ -150,14 +197,42 @@ class RedisConfig:
 
     @property
     def display(self) -> str:
-        """``redis[s]://host:port/db`` — safe to log: no user name, no password."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
+        """``redis[s]://host:port/db``, in Sentinel mode
+        ``redis[s]+sentinel://s1:26379,s2:26379/master/db`` — safe to log: no user name, no
+        password."""
+        scheme = "rediss" if self.tls else "redis"
+        if self.sentinel_master:
+            where = ",".join(f"{_bracket(host)}:{port}" for host, port in self.sentinels)
+            return f"{scheme}+sentinel://{where}/{self.sentinel_master}/{self.db}"
+        return f"{scheme}://{_bracket(self.host)}:{self.port}/{self.db}"
 
     def connection_key(self) -> tuple[Any, ...]:
         """The identity under which clients are shared: every field but ``key_ttl``, plus the
         process id (a forked child must not share its parent's sockets or threads)."""
         return (os.getpid(), *dataclasses.astuple(dataclasses.replace(self, key_ttl=0.0)))
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _parse_sentinels(text: str | None, master: str) -> tuple[tuple[str, int], ...]:
+    """The sentinel addresses of a Sentinel-mode endpoint (``host[:port]`` separated by commas)."""
+    if not master.strip() or any(c.isspace() for c in master):
+        raise ValueError(f"The rendezvous configuration option 'sentinel_master' must be a master name without spaces (got {master!r}).")
+    parts = [part.strip() for part in (text or "").split(",") if part.strip()]
+    if not parts:
+        raise ValueError("With 'sentinel_master', the Redis rendezvous endpoint must list the sentinels: 'host[:port],host[:port],...'.")
+    sentinels: list[tuple[str, int]] = []
+    for part in parts:
+        if "://" in part or "@" in part:  # never quote it: it may hold a password
+            raise ValueError(
+                "With 'sentinel_master', the Redis rendezvous endpoint lists the sentinels as 'host[:port]' separated by commas "
+                "(no URL, no credentials: use the 'password', 'sentinel_password' and 'ssl' options)."
+            )
+        endpoint = parse_rendezvous_endpoint(part, DEFAULT_SENTINEL_PORT)
+        sentinels.append((endpoint.host, endpoint.port))
+    return tuple(dict.fromkeys(sentinels))
 
 
 def _optional_str(params: RendezvousParameters, key: str) -> str | None:
@@ -209,11 +284,14 @@ def _classify(redis: ModuleType, exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, auth_types) or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
         return _AUTH
+    if text.startswith("No master found") and " - auth:" in text and " - network:" not in text:
+        return _AUTH  # every sentinel refused our credentials
     if isinstance(exc, (errors.BusyLoadingError, errors.ReadOnlyError, errors.TryAgainError, errors.ClusterDownError)):
         return _REJECTED_BEFORE_RUN
     if isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError)):
-        # Failing to connect, or to get a pooled connection, means nothing was sent.
-        if "connecting to" in text or "No connection available" in text:
+        # Failing to connect, or to get a pooled connection, means nothing was sent; so do
+        # "no master" from the sentinels and a master demoted to a replica (READONLY).
+        if any(marker in text for marker in ("connecting to", "No connection available", "No master found", "previous master is now a slave")):
             return _REJECTED_BEFORE_RUN
         return _TRANSIENT
     if text.startswith("WRONGTYPE"):
@@ -241,7 +319,8 @@ class RedisClient:
         self.config = config
         self._redis_module = import_redis()
         self.errors = self._redis_module.exceptions
-        self.redis = self._redis_module.Redis(connection_pool=self._make_pool(config))
+        self._sentinel: Any = None
+        self.redis = self._make_redis(config)
         self.scripts = {name: self.redis.register_script(source) for name, source in ALL_SCRIPTS.items()}
         self.notifier = Notifier(
             lambda: self.redis.pubsub(ignore_subscribe_messages=False),
@@ -304,16 +383,46 @@ class RedisClient:
     def _shutdown(self) -> None:
         self._closed = True
         self.notifier.close()
-        try:
-            self.redis.connection_pool.disconnect()
-        except Exception:  # best effort: sockets may already be gone
-            logger.debug("Disconnecting from %s failed", self.config.display, exc_info=True)
+        pools = [self.redis.connection_pool]
+        if self._sentinel is not None:
+            pools += [sentinel.connection_pool for sentinel in self._sentinel.sentinels]
+        for pool in pools:
+            try:
+                pool.disconnect()
+            except Exception:  # best effort: sockets may already be gone
+                logger.debug("Disconnecting from %s failed", self.config.display, exc_info=True)
 
-    def _make_pool(self, config: RedisConfig) -> Any:
+    def _make_redis(self, config: RedisConfig) -> Any:
+        """The ``redis.Redis`` of ``config``: on a ``BlockingConnectionPool``, or in Sentinel
+        mode from ``Sentinel(...).master_for(...)`` on a blocking sentinel-managed pool (every
+        new connection, pub/sub included, asks the sentinels where the master is)."""
         redis = self._redis_module
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
+        if not config.sentinel_master:
+            return redis.Redis(connection_pool=redis.BlockingConnectionPool(**self._pool_kwargs(config)))
+        from redis.sentinel import Sentinel
 
+        sentinel_kwargs: dict[str, Any] = {
+            "password": config.sentinel_password,
+            "socket_timeout": config.socket_timeout,
+            "socket_connect_timeout": config.connect_timeout,
+            "retry": _no_retry(),
+        }
+        if config.tls:
+            sentinel_kwargs.update(ssl=True, ssl_ca_certs=config.ssl_ca_certs, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile)
+        self._sentinel = Sentinel(list(config.sentinels), sentinel_kwargs=sentinel_kwargs)
+        kwargs = self._pool_kwargs(config)
+        for key in ("host", "port"):
+            del kwargs[key]
+        if config.tls:
+            from redis.sentinel import SentinelManagedSSLConnection
+
+            kwargs["connection_class"] = SentinelManagedSSLConnection
+        else:
+            kwargs.pop("connection_class", None)
+        return self._sentinel.master_for(config.sentinel_master, connection_pool_class=_blocking_sentinel_pool(), **kwargs)
+
+    def _pool_kwargs(self, config: RedisConfig) -> dict[str, Any]:
+        redis = self._redis_module
         kwargs: dict[str, Any] = {
             "host": config.host,
             "port": config.port,
@@ -323,7 +432,7 @@ class RedisClient:
             "socket_timeout": config.socket_timeout,
             "socket_connect_timeout": config.connect_timeout,
             "socket_keepalive": True,
-            "retry": Retry(NoBackoff(), 0),  # retries are ours (call()), bounded and classified
+            "retry": _no_retry(),  # retries are ours (call()), bounded and classified
             "client_name": "rdzv",
         }
         if config.tls:
@@ -333,11 +442,8 @@ class RedisClient:
                 ssl_certfile=config.ssl_certfile,
                 ssl_keyfile=config.ssl_keyfile,
             )
-        return redis.BlockingConnectionPool(
-            max_connections=config.max_connections,
-            timeout=max(config.connect_timeout, config.socket_timeout),
-            **kwargs,
-        )
+        kwargs.update(max_connections=config.max_connections, timeout=max(config.connect_timeout, config.socket_timeout))
+        return kwargs
 
     # -- operations --------------------------------------------------------------------------
 
@@ -382,11 +488,18 @@ class RedisClient:
     def _translate(self, what: str, exc: BaseException, kind: str, attempts: int, elapsed: float) -> Exception:
         where = self.config.display
         cause = self._scrub(f"{type(exc).__name__}: {exc}")
+        if cause.startswith("MasterNotFoundError"):  # redis-py lists every sentinel connection
+            kinds = re.findall(r" - (\w+:\w+)", cause)
+            why = f"sentinel errors: {', '.join(kinds)}" if kinds else "the sentinels know no healthy master"
+            cause = f"MasterNotFoundError: no sentinel named a master for '{self.config.sentinel_master}' ({why})"
+        if len(cause) > _MAX_CAUSE:  # e.g. "no master found" lists every sentinel connection
+            cause = cause[:_MAX_CAUSE] + " ..."
         if kind == _AUTH:
             user = f" as user '{self.config.username}'" if self.config.username else ""
+            sentinel = f", and 'sentinel_password' or {SENTINEL_PASSWORD_ENV} for the sentinels" if self.config.sentinel_master else ""
             return RendezvousConnectionError(
                 f"Authentication to Redis at {where}{user} failed during {what} ({cause}); check the "
-                f"'username'/'password' configuration or {PASSWORD_ENV}."
+                f"'username'/'password' configuration or {PASSWORD_ENV}{sentinel}."
             )
         if kind == _WRONG_TYPE:
             return RendezvousStateError(f"The rendezvous data in Redis at {where} is corrupt: {what} found a key of the wrong type ({cause}).")
@@ -398,3 +511,23 @@ class RedisClient:
         """Remove the password from ``text`` (defence in depth: redis-py does not echo it)."""
         password = self.config.password
         return text.replace(password, "***") if password else text
+
+
+def _no_retry() -> Any:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 0)
+
+
+@functools.lru_cache(maxsize=1)
+def _blocking_sentinel_pool() -> type:
+    """A sentinel-managed connection pool that, like ``BlockingConnectionPool``, waits (up to
+    its ``timeout``) for a free connection instead of failing when all are in use."""
+    from redis import BlockingConnectionPool
+    from redis.sentinel import SentinelConnectionPool
+
+    class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
+        pass
+
+    return BlockingSentinelConnectionPool

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rdzv_core.utils import get_free_port
 
-__all__ = ["RedisServer", "find_redis_server"]
+__all__ = ["RedisServer", "RedisSentinel", "find_redis_server"]
 
 _RUNNING: weakref.WeakSet[RedisServer] = weakref.WeakSet()
 
@@ -55,6 +55,9 @@ class RedisServer:
             the server also serves TLS on :attr:`tls_port` (clients need no certificate unless
             ``tls_auth_clients``). The plain port stays open on 127.0.0.1 for health checks.
         tls_auth_clients: Require client certificates on the TLS port.
+        replica_of: ``"host:port"`` of a master to replicate (``replicaof``); the master's
+            password is taken to be ``password`` (``masterauth``), as in a replicated set
+            whose members share one password.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`; servers still running at
     interpreter exit are stopped.
@@ -79,8 +82,10 @@ class RedisServer:
         tls_key_file: str | None = None,
         tls_ca_cert_file: str | None = None,
         tls_auth_clients: bool = False,
+        replica_of: str | None = None,
     ) -> None:
         self._port = port
+        self._replica_of = replica_of
         self._tls_files = (tls_cert_file, tls_key_file, tls_ca_cert_file)
         self._tls_auth_clients = tls_auth_clients
         self._tls_port: int | None = None
@@ -210,6 +215,21 @@ class RedisServer:
     def _launch(self, binary: str) -> None:
         assert self._tmpdir is not None and self._port is not None
         config = Path(self._tmpdir) / "redis.conf"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(self._config_lines()) + "\n")
+        self._process = subprocess.Popen(
+            [binary, str(config), *self._extra_args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._wait_until_up()
+
+    def _config_lines(self) -> list[str]:
+        """The lines of the configuration file (written readable by the owner only)."""
+        assert self._tmpdir is not None
         lines = [
             f"port {self._port}",
             f"bind {self.host}",
@@ -221,18 +241,13 @@ class RedisServer:
         ]
         if self._password:
             lines.append(f'requirepass "{_quote(self._password)}"')
+        if self._replica_of:
+            host, _, port = self._replica_of.rpartition(":")
+            lines.append(f"replicaof {host} {int(port)}")
+            if self._password:
+                lines.append(f'masterauth "{_quote(self._password)}"')
         lines += self._tls_lines()
-        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
-        self._process = subprocess.Popen(
-            [binary, str(config), *self._extra_args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self._wait_until_up()
+        return lines
 
     def _tls_lines(self) -> list[str]:
         cert, key, ca = self._tls_files
@@ -294,6 +309,74 @@ class RedisServer:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+class RedisSentinel(RedisServer):
+    """A local ``redis-sentinel`` monitoring one master, for fail-over tests.
+
+    Args:
+        master: ``"host:port"`` of the master to monitor.
+        master_name: The name the sentinels know it by (``sentinel monitor <name>``).
+        quorum: Sentinels that must agree the master is down.
+        down_after: Seconds without a reply after which the master counts as down.
+        failover_timeout: Seconds a fail-over may take before another one is tried.
+        master_password: The master's ``requirepass`` (``sentinel auth-pass``), or ``None``.
+        password: This sentinel's own ``requirepass``, or ``None``.
+        port, binary, startup_timeout: As for :class:`RedisServer` (``binary`` defaults to
+            ``redis-sentinel``, else ``redis-server --sentinel``).
+
+    The configuration file stays writable by the sentinel, which records what it learns
+    (replicas, other sentinels, the new master after a fail-over) in it.
+    """
+
+    def __init__(
+        self,
+        master: str,
+        master_name: str = "mymaster",
+        *,
+        quorum: int = 2,
+        down_after: float = 1.0,
+        failover_timeout: float = 3.0,
+        master_password: str | None = None,
+        password: str | None = None,
+        port: int | None = None,
+        binary: str | None = None,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        sentinel_binary = binary or shutil.which("redis-sentinel")
+        extra = [] if sentinel_binary else ["--sentinel"]
+        super().__init__(port, password=password, extra_args=extra, binary=sentinel_binary, startup_timeout=startup_timeout)
+        self.master_name = master_name
+        self._master = master
+        self._quorum = quorum
+        self._down_after_ms = max(1, int(down_after * 1000))
+        self._failover_timeout_ms = max(1, int(failover_timeout * 1000))
+        self._master_password = master_password
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"RedisSentinel({self.endpoint if self._port else 'no port yet'}, {self.master_name}, {state})"
+
+    def _config_lines(self) -> list[str]:
+        assert self._tmpdir is not None
+        host, _, port = self._master.rpartition(":")
+        name = self.master_name
+        lines = [
+            f"port {self._port}",
+            f"bind {self.host}",
+            f'dir "{self._tmpdir}"',
+            "daemonize no",
+            f'logfile "{Path(self._tmpdir) / "redis.log"}"',
+            f"sentinel monitor {name} {host} {int(port)} {self._quorum}",
+            f"sentinel down-after-milliseconds {name} {self._down_after_ms}",
+            f"sentinel failover-timeout {name} {self._failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        if self._master_password:
+            lines.append(f'sentinel auth-pass {name} "{_quote(self._master_password)}"')
+        if self._password:  # sentinels talk to each other with the same password
+            lines += [f'requirepass "{_quote(self._password)}"', f'sentinel sentinel-pass "{_quote(self._password)}"']
+        return lines
 
 
 def _resp(*args: str) -> bytes:
