@@ -1,0 +1,188 @@
+"""Faults of the etcd server under real handlers (v2 and v3): a frozen server (SIGSTOP), a
+restart from the data directory while a job runs, a server that stays down for a while, and
+many runs on one server. Handlers come from the registry; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from rdzv_core.api import RendezvousConnectionError, RendezvousTimeoutError
+from rdzv_core.registry import get_rendezvous_handler
+from tests.fixtures_etcd import etcd_params
+
+pytestmark = pytest.mark.integration
+
+#: Every wait of these tests is bounded by this (seconds).
+BOUND = 30
+#: etcd's client retries transport failures for this long (``EtcdConfig.retry_window``).
+RETRY_WINDOW = 3.0
+
+
+@pytest.fixture(scope="module")
+def own_etcd():
+    """A private etcd (v2 enabled) that the tests of this module may freeze and restart; its
+    data dir is on tmpfs when there is one (etcd fsyncs every write: 100 handlers on a disk
+    take seconds)."""
+    from rdzv_etcd.server import EtcdServer
+
+    base = tempfile.mkdtemp(prefix="rdzv-etcd-rel-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        server = EtcdServer(enable_v2=True, data_dir=os.path.join(base, "data")).start()
+    except FileNotFoundError as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def make_handlers():
+    made = []
+
+    def make(server, api, run_id, n, min_nodes, max_nodes, **config):
+        params = etcd_params(server, api, run_id, min_nodes, max_nodes, local_addr="127.0.0.1", **config)
+        handlers = [get_rendezvous_handler(params) for _ in range(n)]
+        made.extend(handlers)
+        return handlers
+
+    yield make
+    for handler in made:
+        handler._stop_heartbeats()
+        handler.backend.close()
+
+
+def rendezvous(handlers, timeout=BOUND):
+    with ThreadPoolExecutor(max_workers=len(handlers)) as pool:
+        futures = [pool.submit(h.next_rendezvous) for h in handlers]
+        return [f.result(timeout=timeout) for f in futures]
+
+
+def assert_one_round(infos):
+    assert sorted(i.rank for i in infos) == list(range(len(infos)))
+    assert {i.world_size for i in infos} == {len(infos)}
+
+
+def timed(fn):
+    start = time.monotonic()
+    try:
+        outcome = fn()
+    except Exception as exc:  # the outcome is what the test looks at
+        outcome = exc
+    return time.monotonic() - start, outcome
+
+
+FAST = dict(read_timeout=0.5, join_timeout=BOUND, last_call_timeout=0.3, heartbeat_timeout=1, close_timeout=3)
+
+
+@pytest.mark.slow
+def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_etcd, make_handlers, etcd_api):
+    run_id = f"frozen-{uuid.uuid4().hex[:8]}"
+    handlers = make_handlers(own_etcd, etcd_api, run_id, 3, 3, 3, keep_alive_interval=0.3, keep_alive_max_attempt=2, **FAST)
+    other = make_handlers(own_etcd, etcd_api, run_id + "-other", 1, 1, 1, **FAST)[0]
+    infos = rendezvous(handlers)
+    assert_one_round(infos)
+    other.next_rendezvous()
+    store = infos[0].store
+    store.set_timeout(BOUND)
+    calls = {
+        "num_nodes_waiting": handlers[0].num_nodes_waiting,
+        "next_rendezvous": handlers[1].next_rendezvous,
+        "is_closed": handlers[2].is_closed,
+        "store.get": lambda: store.get("never-set"),
+        "store.set": lambda: store.set("k", b"v"),
+        "shutdown (other run)": other.shutdown,
+        "new handler": lambda: get_rendezvous_handler(etcd_params(own_etcd, etcd_api, "fresh", 1, 1, **FAST)),
+    }
+    results: dict[str, tuple[float, object]] = {}
+    pid = own_etcd._process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        threads = [threading.Thread(target=lambda n=name, f=fn: results.__setitem__(n, timed(f))) for name, fn in calls.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(BOUND)
+        assert not any(t.is_alive() for t in threads), "a call hangs on the frozen server"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    print(f"\n[measured] frozen etcd-{etcd_api} (read_timeout=0.5, retry window 3 s): " + ", ".join(f"{n} {s:.2f} s" for n, (s, _) in results.items()))
+    for name, (seconds, outcome) in results.items():
+        # retry window + a last request's timeout, twice (a keep-alive tick may hold the
+        # handler's lock for one budget), plus slack for a loaded machine
+        assert seconds < 2 * (RETRY_WINDOW + 0.5) + 3.0, f"{name} took {seconds:.2f} s"
+        if name == "shutdown (other run)":
+            assert outcome is False
+        else:
+            assert isinstance(outcome, (RendezvousConnectionError, RendezvousTimeoutError)), f"{name} -> {outcome!r}"
+    start = time.monotonic()
+    assert_one_round(rendezvous(handlers))
+    print(f"[measured] frozen etcd-{etcd_api}: new round {time.monotonic() - start:.2f} s after SIGCONT")
+
+
+@pytest.mark.slow
+def test_restart_mid_run_keeps_the_round(own_etcd, make_handlers, etcd_api):
+    """etcd restarted from its data dir keeps the state: after a connection error (only once
+    the retry window is spent) the round carries on, nobody is declared dead, the store kept."""
+    run_id = f"restart-{uuid.uuid4().hex[:8]}"
+    # dead after 1.2 s: the outage is longer, and must not get live nodes removed
+    handlers = make_handlers(own_etcd, etcd_api, run_id, 2, 2, 2, keep_alive_interval=0.4, keep_alive_max_attempt=3, **{**FAST, "read_timeout": 2})
+    infos = rendezvous(handlers)
+    assert_one_round(infos)
+    infos[0].store.set("kept", b"yes")
+    before = handlers[0].backend.get_state()
+
+    own_etcd.halt(kill=True)
+    try:
+        seconds, outcome = timed(handlers[0].num_nodes_waiting)
+        assert isinstance(outcome, RendezvousConnectionError), outcome
+        assert own_etcd.endpoint in str(outcome)
+        # not before the retry window (minus the last back-off), and at most two windows (a
+        # keep-alive tick may hold the handler's lock through its own) plus slack
+        assert RETRY_WINDOW - 1.0 <= seconds < 2 * (RETRY_WINDOW + 2.0) + 2.0, f"gave up after {seconds:.2f} s"
+    finally:
+        own_etcd.restart()
+
+    assert handlers[0].backend.get_state() == before  # the data dir kept the state
+    deadline = time.monotonic() + 2 * 1.2  # two dead-node timeouts: nobody is removed
+    while time.monotonic() < deadline:
+        assert [h.num_nodes_waiting() for h in handlers] == [0, 0]
+        time.sleep(0.1)
+    assert infos[1].store.get("kept") == b"yes"
+    assert handlers[1].backend.get_state()[1] == before[1]  # the round was not rewritten
+
+
+@pytest.mark.slow
+def test_fifty_concurrent_runs_never_see_each_other(own_etcd, make_handlers):
+    api = "v3"
+    runs = [f"iso-{i}-{uuid.uuid4().hex[:6]}" for i in range(50)]
+    groups = {run: make_handlers(own_etcd, api, run, 2, 2, 2, join_timeout=BOUND, last_call_timeout=0.3) for run in runs}
+    handlers = [h for group in groups.values() for h in group]
+    infos = dict(zip(handlers, rendezvous(handlers, timeout=90), strict=True))
+    for run, group in groups.items():
+        assert_one_round([infos[h] for h in group])
+        keys = {h.node.key for h in group}
+        assert all(set(h.state.participants) == keys and h.state.run_id == run for h in group)
+        next(infos[h] for h in group if infos[h].rank == 0).store.set("who", run)
+    for run, group in groups.items():
+        assert {infos[h].store.get("who") for h in group} == {run.encode()}
+    tokens = {run: group[0].backend.get_state()[1] for run, group in groups.items()}
+    closed = runs[0]
+    groups[closed][0].set_closed()
+    assert groups[closed][1].is_closed()
+    for run in runs[1:]:
+        group = groups[run]
+        assert not group[0].is_closed() and group[1].num_nodes_waiting() == 0
+        assert group[0].backend.get_state()[1] == tokens[run]
