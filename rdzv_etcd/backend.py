@@ -26,7 +26,7 @@ from typing import Any, Literal
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
 from rdzv_core.backend import RendezvousBackend, Token
 from rdzv_core.utils import warn_unknown_config
-from rdzv_etcd.client import DEFAULT_KEY_TTL, ETCD_CONFIG_KEYS, EtcdConfig, EtcdKV
+from rdzv_etcd.client import DEFAULT_KEY_TTL, ETCD_CONFIG_KEYS, EtcdConfig, EtcdKV, OutcomeUnknownError
 from rdzv_etcd.keys import DEFAULT_ROOT, RunKeys
 from rdzv_etcd.store import EtcdStore
 
@@ -130,7 +130,8 @@ class EtcdRendezvousBackend(RendezvousBackend):
 
         Returns:
             ``(state, token, has_set)`` after the call; ``None`` when the key vanished (expired
-            or deleted) while the caller held a token.
+            or deleted) while the caller held a token. When the connection broke after the
+            write was sent, the state is re-read and ``has_set`` is ``False``.
         """
         if token is None:
             version = None
@@ -139,7 +140,15 @@ class EtcdRendezvousBackend(RendezvousBackend):
             if version is None:  # a foreign token never matches
                 current = self.get_state()
                 return None if current is None else (*current, False)
-        applied, stored = self._kv.put_if(self._keys.state, _frame(state), version, ttl=self._key_ttl)
+        try:
+            applied, stored = self._kv.put_if(self._keys.state, _frame(state), version, ttl=self._key_ttl)
+        except OutcomeUnknownError:
+            # The connection broke mid-write (e.g. etcd crashed). Reporting "not set" with the
+            # current state is always safe for the handler: if the write did land, the state
+            # it reads back already shows it.
+            logger.info("The outcome of a state write to %s is unknown; re-reading the state.", self._kv.endpoint)
+            current = self.get_state()
+            return None if current is None else (*current, False)
         if stored is None:
             return None
         return _unframe(self._keys.state, stored.value), stored.version, applied
@@ -221,7 +230,10 @@ class EtcdRendezvousBackend(RendezvousBackend):
         """
         key = self._keys.join(node)
         for _ in range(3):  # the entry may be acked between a lost create and the read
-            _, stored = self._kv.put_if(key, node.encode("utf-8"), None, ttl=self._key_ttl)
+            try:
+                _, stored = self._kv.put_if(key, node.encode("utf-8"), None, ttl=self._key_ttl)
+            except OutcomeUnknownError:
+                continue  # a create-only write is safe to repeat
             if stored is not None:
                 return max(1, self._kv.count_prefix(self._keys.joins_prefix, max_version=stored.version))
         return 1  # acked three times in a row: this node was admitted meanwhile

@@ -37,6 +37,7 @@ __all__ = [
     "ETCD_CONFIG_KEYS",
     "EtcdConfig",
     "EtcdKV",
+    "OutcomeUnknownError",
     "Versioned",
     "Failure",
     "import_client",
@@ -94,6 +95,12 @@ class Versioned(NamedTuple):
 
     value: bytes
     version: int
+
+
+class OutcomeUnknownError(RendezvousConnectionError):
+    """A write that is not idempotent failed after it may have reached etcd (the connection
+    broke before the answer): it may or may not have been applied. Callers that can find out
+    by reading (the backend's compare-and-set) do so; others see a connection error."""
 
 
 class Failure(enum.Enum):
@@ -341,6 +348,9 @@ class EtcdKV(ABC):
             version: The version the caller read, or ``None`` for "only if absent".
             ttl: As for :meth:`put`.
 
+        Raises:
+            OutcomeUnknownError: the connection broke after the request was sent.
+
         Returns:
             ``(applied, stored)``: whether the write happened, and the key's value and version
             after the call (the caller's on success, the current one on failure, ``None`` when
@@ -450,16 +460,18 @@ class EtcdKV(ABC):
                 if kind is Failure.REFUSED:
                     raise self.connection_error(op, self._describe(exc)) from exc
                 self._fail_over(index)
-                retry = idempotent or kind is Failure.NOT_SENT
-                if not retry or time.monotonic() + delay > deadline:
+                if not idempotent and kind is Failure.MAYBE_SENT:
+                    raise self.connection_error(op, self._describe(exc), OutcomeUnknownError) from exc
+                if time.monotonic() + delay > deadline:
                     raise self.connection_error(op, self._describe(exc)) from exc
                 logger.debug("etcd %s at %s failed (%s); retrying in %.2f s", op, self.config.urls[index], exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    def connection_error(self, op: str, cause: str) -> RendezvousConnectionError:
+    def connection_error(self, op: str, cause: str, kind: type[RendezvousConnectionError] = RendezvousConnectionError) -> RendezvousConnectionError:
         """Build the error for a failed ``op``: endpoint and cause, with the password masked."""
         text = cause
         if self.config.password:
             text = text.replace(self.config.password, "***")
-        return RendezvousConnectionError(f"The etcd {self.api} request '{op}' to {self.endpoint} failed: {text}")
+        outcome = " (it may or may not have been applied)" if kind is OutcomeUnknownError else ""
+        return kind(f"The etcd {self.api} request '{op}' to {self.endpoint} failed{outcome}: {text}")

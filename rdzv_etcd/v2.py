@@ -120,7 +120,7 @@ class EtcdV2KV(EtcdKV):
             except self._etcd.EtcdKeyNotFound:
                 return False
 
-        return self._call("delete", op, idempotent=False)
+        return self._call("delete", op)  # idempotent; only the returned flag may be off
 
     def list_prefix(self, prefix: str) -> dict[str, Versioned]:
         """One recursive read of the directory ``prefix``."""

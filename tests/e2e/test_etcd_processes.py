@@ -29,10 +29,10 @@ from rdzv_core.api import RendezvousParameters
 from rdzv_core.registry import get_rendezvous_handler
 
 backend, endpoint, run_id = sys.argv[1:4]
-min_nodes, max_nodes, rounds = map(int, sys.argv[4:7])
+min_nodes, max_nodes, rounds, attempts = map(int, sys.argv[4:8])
 handler = get_rendezvous_handler(RendezvousParameters(
     backend, endpoint, run_id, min_nodes, max_nodes, read_timeout=10,
-    join_timeout=45, last_call_timeout=0.5, keep_alive_interval=0.2, keep_alive_max_attempt=3))
+    join_timeout=45, last_call_timeout=0.5, keep_alive_interval=0.2, keep_alive_max_attempt=attempts))
 print(json.dumps({"ready": True}), flush=True)
 for round_ in range(rounds):
     if round_:
@@ -62,9 +62,10 @@ def backend_name(request):
     return request.param
 
 
-def start_nodes(processes, count, backend, endpoint, run_id, min_nodes, max_nodes, rounds=1):
+def start_nodes(processes, count, backend, endpoint, run_id, min_nodes, max_nodes, rounds=1, attempts=3):
+    """Start ``count`` node processes (keep-alive every 0.2 s; dead after ``attempts`` misses)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    args = [backend, endpoint, run_id, str(min_nodes), str(max_nodes), str(rounds)]
+    args = [backend, endpoint, run_id, str(min_nodes), str(max_nodes), str(rounds), str(attempts)]
     new = [
         subprocess.Popen([sys.executable, "-c", NODE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for _ in range(count)
@@ -134,10 +135,12 @@ def test_etcd_crash_while_nodes_wait(backend_name, processes):
     server = start_etcd(enable_v2=True)
     try:
         run_id = unique_run_id()
-        waiting = start_nodes(processes, 2, backend_name, server.endpoint, run_id, 3, 3)
+        # Dead after 50 missed keep-alives (10 s): longer than the outage, so that the nodes
+        # do not declare each other dead because etcd was down.
+        waiting = start_nodes(processes, 2, backend_name, server.endpoint, run_id, 3, 3, attempts=50)
         wait_for_participants(server, backend_name, run_id, 2)
         server.restart(kill=True)  # the waiting nodes' watches break; they must resume
-        late = start_nodes(processes, 1, backend_name, server.endpoint, run_id, 3, 3)
+        late = start_nodes(processes, 1, backend_name, server.endpoint, run_id, 3, 3, attempts=50)
         results = [read_line(p) for p in [*waiting, *late]]
         assert sorted(r["rank"] for r in results) == [0, 1, 2]
     finally:

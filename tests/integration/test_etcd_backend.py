@@ -222,3 +222,20 @@ def test_join_queue_concurrent_places_are_distinct(make_etcd, etcd_api):
     assert sorted(places) == list(range(1, 9))
     order = backends[0].pending_joins()
     assert [order.index(f"node{i}") + 1 for i in range(8)] == places
+
+
+def test_state_write_with_unknown_outcome_is_resolved_by_reading(make_etcd, etcd_api, monkeypatch):
+    from rdzv_etcd.client import OutcomeUnknownError
+
+    backend, _ = make_etcd(etcd_api)
+    _, token, _ = backend.set_state(b"v1")
+    original = backend.kv.put_if
+
+    def applied_then_lost(*args, **kwargs):  # the write lands, the answer is lost
+        original(*args, **kwargs)
+        raise OutcomeUnknownError("connection reset after sending")
+
+    monkeypatch.setattr(backend.kv, "put_if", applied_then_lost)
+    state, new_token, has_set = backend.set_state(b"v2", token)
+    assert (state, has_set) == (b"v2", False) and new_token != token  # safe: the handler re-evaluates
+    assert backend.enqueue_join("n") == 1  # a create-only entry is simply written again

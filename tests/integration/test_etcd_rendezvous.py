@@ -16,6 +16,7 @@ import pytest
 
 from rdzv_core.api import RendezvousClosedError, RendezvousConnectionError
 from rdzv_core.registry import get_rendezvous_handler
+from rdzv_core.state import decode_state
 from rdzv_etcd.backend import EtcdRendezvousBackend
 from tests.fixtures_etcd import etcd_params, unique_run_id
 
@@ -28,14 +29,17 @@ BOUND = 30
 
 
 class MortalBackend(EtcdRendezvousBackend):
-    """A backend whose node can be 'killed': its keep-alives then fail like a lost network."""
+    """A backend whose node can be 'killed' (keep-alives fail like a lost network) or
+    'paused' (keep-alives silently do not happen, like a long GC pause)."""
 
     dead = False
+    paused = False
 
     def keep_alive(self, node: str, ttl: float) -> None:
         if self.dead:
             raise RendezvousConnectionError("simulated: this node is dead")
-        super().keep_alive(node, ttl)
+        if not self.paused:
+            super().keep_alive(node, ttl)
 
 
 @pytest.fixture
@@ -45,11 +49,11 @@ def make_handler(make_etcd, etcd_api):
     machines would."""
     handlers = []
 
-    def make(run_id, min_nodes=2, max_nodes=8, keep_alive_interval=5.0, attempts=3, last_call=0.3):
+    def make(run_id, min_nodes=2, max_nodes=8, keep_alive_interval=5.0, attempts=3, last_call=0.3, join=BOUND):
         backend, store = make_etcd(etcd_api, run_id)
         backend = MortalBackend(backend.kv, run_id, key_ttl=600)
         timeout = dynamic.RendezvousTimeout(
-            join=timedelta(seconds=BOUND),
+            join=timedelta(seconds=join),
             last_call=timedelta(seconds=last_call),
             close=timedelta(seconds=5),
             heartbeat=timedelta(seconds=2),
@@ -75,7 +79,10 @@ def rendezvous(handlers):
 
 
 def wait_until(predicate, backend, what):
-    """Block until ``predicate()`` holds, waking on every change of the run's state."""
+    """Block until ``predicate()`` holds, waking on every change of the run's state.
+
+    ``predicate`` must depend on the backend's state only (the read here happens before it
+    is evaluated, so a change between the two wakes the wait)."""
     deadline = time.monotonic() + BOUND
     while True:
         current = backend.get_state()
@@ -84,6 +91,12 @@ def wait_until(predicate, backend, what):
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"timed out waiting for {what}"
         backend.wait_for_change(None if current is None else current[1], remaining)
+
+
+def participants(backend):
+    """The participants in the run's state as stored in etcd (not a handler's cached copy)."""
+    current = backend.get_state()
+    return {} if current is None else decode_state(current[0], backend.keys.run_id).participants
 
 
 def test_eight_nodes_get_ranks_0_to_7(make_handler):
@@ -121,7 +134,7 @@ def test_scale_up_through_the_wait_list(make_handler):
 
 def test_a_node_whose_keep_alives_stop_is_removed(make_handler):
     run_id = unique_run_id()
-    handlers = [make_handler(run_id, min_nodes=2, max_nodes=3, keep_alive_interval=0.3, attempts=2) for _ in range(3)]
+    handlers = [make_handler(run_id, min_nodes=2, max_nodes=3, keep_alive_interval=0.5, attempts=2) for _ in range(3)]
     rendezvous(handlers)
     removed = threading.Event()
     survivors, victim = handlers[:2], handlers[2]
@@ -130,7 +143,7 @@ def test_a_node_whose_keep_alives_stop_is_removed(make_handler):
 
     victim.backend.dead = True  # its keep-alives fail from now on
     assert removed.wait(BOUND), "no survivor removed the dead node"
-    wait_until(lambda: victim.node.key not in survivors[0].state.participants, survivors[0].backend, "the dead node out of the state")
+    wait_until(lambda: victim.node.key not in participants(victim.backend), victim.backend, "the dead node out of the state")
     assert survivors[0].num_nodes_waiting() > 0  # the round lost a member: re-rendezvous
     assert victim.backend.heartbeat_ages([victim.node.key]) == [None]  # its record was dropped
 
@@ -165,3 +178,23 @@ def test_handlers_from_the_registry(etcd_server, etcd_api):
         for handler in handlers:
             handler.shutdown()
     assert handlers[0].is_closed()
+
+
+def test_a_node_removed_while_joining_joins_again(make_handler):
+    """A node admitted through the join queue, declared dead (a pause) before the round
+    completes, enqueues again when it resumes, and the round completes with it."""
+    run_id = unique_run_id()
+    first = [make_handler(run_id, min_nodes=3, max_nodes=3, keep_alive_interval=0.5, attempts=2, join=8) for _ in range(2)]
+    paused, watcher = first
+    removed = threading.Event()
+    watcher.add_event_listener(lambda event: event.name == "removed_dead_nodes" and removed.set())
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(h.next_rendezvous) for h in first]
+        wait_until(lambda: len(participants(watcher.backend)) == 2, watcher.backend, "two participants")
+        paused.backend.paused = True  # like a long GC pause: no keep-alives
+        assert removed.wait(BOUND), "the paused node was not removed"
+        paused.backend.paused = False
+        late = make_handler(run_id, min_nodes=3, max_nodes=3, keep_alive_interval=0.5, attempts=2, join=8)
+        futures.append(pool.submit(late.next_rendezvous))
+        infos = [f.result(timeout=BOUND) for f in futures]
+    assert sorted(i.rank for i in infos) == [0, 1, 2]
