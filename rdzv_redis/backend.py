@@ -322,9 +322,19 @@ class RedisRendezvousBackend(RendezvousBackend):
         return int(self._client.call("enqueue_join", lambda: script(keys=keys, args=[node, self._ttl_ms])))
 
     def pending_joins(self) -> list[str]:
-        """Return the queued nodes (str) in arrival order (``ZRANGE rdzv:{R}:joins 0 -1``)."""
+        """Return the queued nodes (str) in arrival order (``ZRANGE rdzv:{R}:joins 0 -1``).
+
+        Raises:
+            RendezvousStateError: an entry is not UTF-8 (rdzv did not write it).
+        """
         members = self._client.call("pending_joins", lambda: self._client.redis.zrange(self._keys.joins, 0, -1))
-        return [member.decode() for member in members]
+        try:
+            return [member.decode() for member in members]
+        except UnicodeDecodeError:
+            raise RendezvousStateError(
+                f"The join queue of run '{self._run_id}' in Redis at {self._client.config.display} (key '{self._keys.joins}') "
+                "holds an entry rdzv did not write (not UTF-8)."
+            ) from None
 
     def pending_join_count(self) -> int:
         """Return the length of the join queue (``ZCARD rdzv:{R}:joins``)."""
