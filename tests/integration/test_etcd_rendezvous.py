@@ -52,6 +52,7 @@ def make_handler(make_etcd, etcd_api):
     def make(run_id, min_nodes=2, max_nodes=8, keep_alive_interval=5.0, attempts=3, last_call=0.3, join=BOUND):
         backend, store = make_etcd(etcd_api, run_id)
         backend = MortalBackend(backend.kv, run_id, key_ttl=600)
+        store.set_timeout(BOUND)  # bootstrap (MASTER_ADDR) waits: bounded like everything here
         timeout = dynamic.RendezvousTimeout(
             join=timedelta(seconds=join),
             last_call=timedelta(seconds=last_call),
@@ -134,7 +135,7 @@ def test_scale_up_through_the_wait_list(make_handler):
 
 def test_a_node_whose_keep_alives_stop_is_removed(make_handler):
     run_id = unique_run_id()
-    handlers = [make_handler(run_id, min_nodes=2, max_nodes=3, keep_alive_interval=0.5, attempts=2) for _ in range(3)]
+    handlers = [make_handler(run_id, min_nodes=2, max_nodes=3, keep_alive_interval=0.5, attempts=4) for _ in range(3)]
     rendezvous(handlers)
     removed = threading.Event()
     survivors, victim = handlers[:2], handlers[2]
@@ -184,7 +185,7 @@ def test_a_node_removed_while_joining_joins_again(make_handler):
     """A node admitted through the join queue, declared dead (a pause) before the round
     completes, enqueues again when it resumes, and the round completes with it."""
     run_id = unique_run_id()
-    first = [make_handler(run_id, min_nodes=3, max_nodes=3, keep_alive_interval=0.5, attempts=2, join=8) for _ in range(2)]
+    first = [make_handler(run_id, min_nodes=3, max_nodes=3, keep_alive_interval=0.5, attempts=4, join=BOUND) for _ in range(2)]
     paused, watcher = first
     removed = threading.Event()
     watcher.add_event_listener(lambda event: event.name == "removed_dead_nodes" and removed.set())
@@ -194,7 +195,7 @@ def test_a_node_removed_while_joining_joins_again(make_handler):
         paused.backend.paused = True  # like a long GC pause: no keep-alives
         assert removed.wait(BOUND), "the paused node was not removed"
         paused.backend.paused = False
-        late = make_handler(run_id, min_nodes=3, max_nodes=3, keep_alive_interval=0.5, attempts=2, join=8)
+        late = make_handler(run_id, min_nodes=3, max_nodes=3, keep_alive_interval=0.5, attempts=4, join=BOUND)
         futures.append(pool.submit(late.next_rendezvous))
         infos = [f.result(timeout=BOUND) for f in futures]
     assert sorted(i.rank for i in infos) == [0, 1, 2]
