@@ -239,10 +239,20 @@ class EtcdRendezvousBackend(RendezvousBackend):
         return 1  # acked three times in a row: this node was admitted meanwhile
 
     def pending_joins(self) -> list[str]:
-        """The queued nodes in arrival order (one prefix read; the queue is not changed)."""
+        """The queued nodes in arrival order (one prefix read; the queue is not changed).
+
+        Raises:
+            RendezvousStateError: a key or value under ``<run>/joins/`` was not written by rdzv.
+        """
         entries = self._kv.list_prefix(self._keys.joins_prefix)
         ordered = sorted(entries.items(), key=lambda item: item[1].version)
-        return [self._keys.node_of_join(key) for key, _ in ordered]
+        nodes = []
+        for key, _ in ordered:
+            try:
+                nodes.append(self._keys.node_of_join(key))
+            except ValueError:
+                raise RendezvousStateError(f"The join queue holds a key rdzv did not write: {key!r:.200}.") from None
+        return nodes
 
     def pending_join_count(self) -> int:
         """The number of queued nodes (v3: counted by etcd; v2: a directory read)."""

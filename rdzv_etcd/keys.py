@@ -58,18 +58,21 @@ def unescape_segment(segment: str) -> str:
     """
     data = bytearray()
     index = 0
-    while index < len(segment):
-        char = segment[index]
-        if char == _ESCAPE:
-            try:
+    try:
+        while index < len(segment):
+            char = segment[index]
+            if char == _ESCAPE:
                 data.append(int(segment[index + 1 : index + 3], 16))
-            except ValueError:
-                raise ValueError(f"Malformed escaped etcd key segment {segment!r}.") from None
-            index += 3
-        else:
-            data.extend(char.encode("ascii"))
-            index += 1
-    return data.decode("utf-8")
+                index += 3
+            else:
+                data.extend(char.encode("ascii"))
+                index += 1
+        text = data.decode("utf-8")
+    except (ValueError, UnicodeError):
+        text = None
+    if text is None or escape_segment(text) != segment:  # only what escape_segment produces
+        raise ValueError(f"Malformed escaped etcd key segment {segment!r:.120}.")
+    return text
 
 
 @dataclass(frozen=True)

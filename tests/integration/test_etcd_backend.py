@@ -239,3 +239,12 @@ def test_state_write_with_unknown_outcome_is_resolved_by_reading(make_etcd, etcd
     state, new_token, has_set = backend.set_state(b"v2", token)
     assert (state, has_set) == (b"v2", False) and new_token != token  # safe: the handler re-evaluates
     assert backend.enqueue_join("n") == 1  # a create-only entry is simply written again
+
+
+def test_join_queue_garbage_is_a_state_error(make_etcd, etcd_server, etcd_api):
+    backend, _ = make_etcd(etcd_api)
+    backend.enqueue_join("good")
+    value = b"x" if etcd_api == "v3" else base64.b64encode(b"x")
+    raw_put(etcd_server, etcd_api, backend.keys.joins_prefix + "~ZZ%bad", value)
+    with pytest.raises(RendezvousStateError, match="join queue"):
+        backend.pending_joins()
