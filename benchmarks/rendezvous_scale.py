@@ -436,11 +436,48 @@ def state_metrics(sizes: list[int], repeats: int = 30) -> list[dict[str, Any]]:
                 t_hb.append(time.perf_counter() - t0)
             row[label]["with_heartbeats_bytes_per_node"] = round(len(data_hb) / n, 1)
             row[label]["with_heartbeats_decode_ms_median"] = round(statistics.median(t_hb) * 1000, 3)
+        row["dead_node_sweep_ms"] = _sweep_ms(n, repeats)
         torch_row = _torch_state_metrics(n, repeats)
         if torch_row:
             row["torch_pickle"] = torch_row
         out.append(row)
     return out
+
+
+def _sweep_ms(n: int, repeats: int) -> float | None:
+    """Median time of one dead-node sweep of the handler (``_TrackerLiveness.find_dead``, a
+    private class) over an N-node state, with a tracker that answers at once "all alive":
+    the client-side CPU each node spends per sweep, without any round trip."""
+    try:
+        from datetime import timedelta
+
+        from rdzv_core.dynamic import RendezvousSettings, RendezvousTimeout, _TrackerLiveness
+        from rdzv_core.state import NodeDesc, RendezvousState
+    except ImportError:
+        return None
+
+    class _AllAlive:
+        def keep_alive(self, node: str, ttl: float) -> None:
+            pass
+
+        def heartbeat_ages(self, nodes: list[str]) -> list[float | None]:
+            return [0.1] * len(nodes)
+
+        def forget_node(self, node: str) -> None:
+            pass
+
+    keys = [NodeDesc("127.0.0.1", 10000 + i // 1000, i).key for i in range(n)]
+    state = RendezvousState(run_id="bench", participants=dict.fromkeys(keys, 0))
+    try:
+        liveness = _TrackerLiveness(_AllAlive(), RendezvousSettings("bench", n, n, RendezvousTimeout(), timedelta(seconds=5), 3))
+        times = []
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            liveness.find_dead(state, keys[(i * 7919) % n])
+            times.append(time.perf_counter() - t0)
+    except Exception:
+        return None
+    return round(statistics.median(times) * 1000, 3)
 
 
 def _torch_state_metrics(n: int, repeats: int) -> dict[str, Any] | None:
@@ -521,11 +558,11 @@ def idle_table(rows: list[dict[str, Any]]) -> str:
 
 
 def state_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["N", "key len", "state B", "B/node", "decode ms", "encode ms", "B/node +hb", "decode ms +hb", "torch pickle B/node", "torch unpickle ms"]
+    headers = ["N", "key len", "state B", "B/node", "decode ms", "encode ms", "B/node +hb", "decode ms +hb", "sweep ms", "torch pickle B/node", "torch unpickle ms"]
     out = []
     for r in rows:
         f, t = r["fqdn"], r.get("torch_pickle") or {}
-        out.append([r["nodes"], f["key_len"], f["state_bytes"], f["bytes_per_node"], f["decode_ms_median"], f["encode_ms_median"], f["with_heartbeats_bytes_per_node"], f["with_heartbeats_decode_ms_median"], t.get("bytes_per_node", "-"), t.get("decode_ms_median", "-")])
+        out.append([r["nodes"], f["key_len"], f["state_bytes"], f["bytes_per_node"], f["decode_ms_median"], f["encode_ms_median"], f["with_heartbeats_bytes_per_node"], f["with_heartbeats_decode_ms_median"], r.get("dead_node_sweep_ms", "-"), t.get("bytes_per_node", "-"), t.get("decode_ms_median", "-")])
     return H.fmt_table(headers, out)
 
 
