@@ -859,6 +859,13 @@ class DynamicRendezvousHandler(RendezvousHandler):
             raise
         self._start_heartbeats()
         store = PrefixStore(f"rdzv.{run_id}.{round_}", self._store)
+        if rank != 0:
+            # Rank 0 publishes the bootstrap address right after the round completes. Wait for
+            # it within the join deadline (at least a heartbeat timeout), not the store's own
+            # timeout (300 s by default): a rank 0 that died or lost the backend must not hold
+            # the others here for minutes.
+            wait = max(deadline - time.monotonic(), self._settings.timeout.heartbeat.total_seconds())
+            store.wait([RendezvousStoreInfo.MASTER_ADDR_KEY, RendezvousStoreInfo.MASTER_PORT_KEY], min(wait, store.timeout.total_seconds()))
         self._bootstrap_store_info = RendezvousStoreInfo.build(rank, store, local_addr=self._this_node.addr)
         self._emit("completed", f"The node '{self._this_node}' has joined round {round_} of the rendezvous '{run_id}' as rank {rank} in a world of size {world_size}.", rank=rank, world_size=world_size)
         return RendezvousInfo(store, rank, world_size, self._bootstrap_store_info)
