@@ -225,3 +225,39 @@ def test_fifty_concurrent_runs_never_see_each_other(redis_server, make_handlers,
         assert not group[0].is_closed()
         assert group[1].num_nodes_waiting() == 0
         assert group[0].backend.get_state()[1] == tokens[run]  # not written by the close
+
+
+# -- a rank 0 that never publishes the bootstrap address ------------------------------------------
+
+
+def test_waiting_for_rank_0s_bootstrap_address_ends_by_the_join_deadline(redis_backend_factory, redis_run_id):
+    """Rank 0 loses the backend right after the round completes, before it publishes
+    MASTER_ADDR/MASTER_PORT: the other ranks give up by the join deadline, not after the
+    store's own timeout (300 s)."""
+    from datetime import timedelta
+
+    from rdzv_core.dynamic import DynamicRendezvousHandler, RendezvousTimeout
+
+    join = 3.0
+    handlers = []
+    for _ in range(2):
+        backend, store = redis_backend_factory(redis_run_id)
+
+        def failing_set(key, value, real_set=store.set):
+            if key.endswith("MASTER_ADDR"):
+                raise RendezvousConnectionError("simulated: rank 0 lost the backend")
+            real_set(key, value)
+
+        store.set = failing_set
+        timeout = RendezvousTimeout(join=timedelta(seconds=join), last_call=timedelta(seconds=0.2), heartbeat=timedelta(seconds=1))
+        handlers.append(DynamicRendezvousHandler.from_backend(redis_run_id, store, backend, 2, 2, local_addr="127.0.0.1", timeout=timeout))
+    try:
+        assert handlers[0]._store.timeout.total_seconds() >= 300
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outcomes = [f.result(timeout=BOUND) for f in [pool.submit(timed, h.next_rendezvous) for h in handlers]]
+        kinds = sorted(type(outcome).__name__ for _, outcome in outcomes)
+        assert kinds == ["RendezvousConnectionError", "StoreTimeoutError"], outcomes
+        assert max(seconds for seconds, _ in outcomes) < join + 3.0
+    finally:
+        for handler in handlers:
+            handler._stop_heartbeats()
