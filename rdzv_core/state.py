@@ -130,6 +130,8 @@ class _Header(msgspec.Struct):
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 _state_decoder = msgspec.msgpack.Decoder(RendezvousState)
+#: What msgspec raises on bad input: a str that is not UTF-8 gives a UnicodeDecodeError.
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 
 def encode_state(state: RendezvousState) -> bytes:
@@ -152,7 +154,7 @@ def decode_state(data: bytes, run_id: str) -> RendezvousState:
         raise RendezvousStateError(f"The rendezvous state of run '{run_id}' is {len(data)} bytes, more than the limit of {MAX_STATE_BYTES}.")
     try:
         header = _header_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except _DECODE_ERRORS as exc:
         raise RendezvousStateError(f"The rendezvous state of run '{run_id}' is not a valid rdzv state ({len(data)} bytes starting {data[:16]!r}): {exc}") from None
     if header.version > SCHEMA_VERSION:
         raise RendezvousStateError(f"The rendezvous state of run '{run_id}' has schema version {header.version}, newer than the supported version {SCHEMA_VERSION}; upgrade rdzv on this node.")
@@ -160,5 +162,5 @@ def decode_state(data: bytes, run_id: str) -> RendezvousState:
         raise RendezvousStateError(f"The rendezvous state belongs to run '{header.run_id}', not to run '{run_id}'.")
     try:
         return _state_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except _DECODE_ERRORS as exc:
         raise RendezvousStateError(f"The rendezvous state of run '{run_id}' is malformed: {exc}") from None
