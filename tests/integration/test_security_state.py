@@ -120,6 +120,7 @@ PAYLOADS = {
     "a JSON state": lambda run: json.dumps({"version": 1, "run_id": run}).encode(),
     "a pickled state dict": lambda run: pickle.dumps({"version": 1, "run_id": run}),
     "empty": lambda run: b"",
+    "a string that is not UTF-8": lambda run: b"\x82\xa7version\x01\xa6run_id\xa1\xff",
 }
 
 
