@@ -158,6 +158,9 @@ class RedisConfig:
             ValueError: a malformed endpoint or a bad value; the message names the key and
                 never contains the password.
         """
+        if any(value is None for value in params.config.values()):  # None means "the default"
+            given = {key: value for key, value in params.config.items() if value is not None}
+            params = RendezvousParameters(params.backend, params.endpoint, params.run_id, params.min_nodes, params.max_nodes, params.local_addr, **given)
         ssl_files = {k: _optional_str(params, k) for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
         master = _optional_str(params, "sentinel_master")
         if master is not None:
