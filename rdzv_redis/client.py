@@ -507,6 +507,12 @@ class RedisClient:
         if kind == _WRONG_TYPE:
             return RendezvousStateError(f"The rendezvous data in Redis at {where} is corrupt: {what} found a key of the wrong type ({cause}).")
         if kind == _OTHER:
+            if type(exc).__name__ in ("MovedError", "AskError"):  # a Redis Cluster node
+                cause += (
+                    " (a Redis Cluster node that does not serve this run's hash slot: rdzv's client does not follow"
+                    " cluster redirects; point the endpoint at the master serving the slot named above, or use a"
+                    " non-cluster Redis)"
+                )
             return RendezvousConnectionError(f"Redis at {where} refused {what}: {cause}")
         return RendezvousConnectionError(f"Redis at {where} is unreachable: {what} failed after {attempts} attempt(s) in {elapsed:.2f} s: {cause}")
 
