@@ -13,7 +13,7 @@ Public surface:
 """
 
 from rdzv_etcd.backend import EtcdRendezvousBackend, create_backend, create_kv
-from rdzv_etcd.client import ETCD_CONFIG_KEYS, EtcdConfig, EtcdKV, Versioned
+from rdzv_etcd.client import ETCD_CONFIG_KEYS, EtcdConfig, EtcdKV, OutcomeUnknownError, Versioned
 from rdzv_etcd.keys import RunKeys
 from rdzv_etcd.server import EtcdServer
 from rdzv_etcd.store import EtcdStore
@@ -25,6 +25,7 @@ __all__ = [
     "EtcdRendezvousBackend",
     "EtcdServer",
     "EtcdStore",
+    "OutcomeUnknownError",
     "RunKeys",
     "Versioned",
     "create_backend",
