@@ -186,3 +186,107 @@ def test_fifty_concurrent_runs_never_see_each_other(own_etcd, make_handlers):
         group = groups[run]
         assert not group[0].is_closed() and group[1].num_nodes_waiting() == 0
         assert group[0].backend.get_state()[1] == tokens[run]
+
+
+# -- a 3-member cluster ----------------------------------------------------------------------------
+
+
+class EtcdCluster:
+    """Three etcd members on loopback (data on tmpfs when there is one, fast elections)."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        from rdzv_core.utils import get_free_port
+        from rdzv_etcd.server import find_etcd_binary
+
+        binary = find_etcd_binary()
+        self.base = tempfile.mkdtemp(prefix="rdzv-etcd-cluster-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        self.ports = [(get_free_port(), get_free_port()) for _ in range(3)]
+        peers = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(self.ports))
+        self.processes = []
+        for i, (client, peer) in enumerate(self.ports):
+            command = [
+                binary, "--name", f"m{i}", "--data-dir", os.path.join(self.base, f"m{i}"), "--enable-v2",
+                "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-cluster", peers, "--initial-cluster-state", "new", "--heartbeat-interval", "50", "--election-timeout", "500",
+                "--logger", "zap", "--log-level", "error",
+            ]  # fmt: skip
+            self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+
+    @property
+    def endpoint(self) -> str:
+        """All members, comma-separated: the form the README documents."""
+        return ",".join(f"127.0.0.1:{client}" for client, _ in self.ports)
+
+    def _get(self, index: int, path: str):
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[index][0]}{path}", timeout=1) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + BOUND
+        while True:
+            try:
+                if all(self._get(i, "/health")["health"] == "true" for i in range(3)):
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the etcd cluster never became healthy"
+            time.sleep(0.1)
+
+    def leader(self) -> int:
+        return next(i for i in range(3) if self._get(i, "/v2/stats/self")["state"] == "StateLeader")
+
+    def kill(self, index: int) -> None:
+        self.processes[index].kill()
+        self.processes[index].wait(10)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def etcd_cluster():
+    try:
+        cluster = EtcdCluster()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        cluster.wait_healthy()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.slow
+def test_three_member_cluster_survives_losing_its_leader(etcd_cluster, make_handlers, etcd_api):
+    """Endpoint = all members: the leader is killed while two nodes wait; the client fails over
+    to the others, the watches resume there, and the round completes with nobody removed."""
+    run_id = f"cluster-{uuid.uuid4().hex[:8]}"
+    # Dead after 4 s: longer than an election (0.5 s here) plus a request stuck on a member
+    # meanwhile (read_timeout), as the keep-alive settings must be in production too.
+    handlers = make_handlers(etcd_cluster, etcd_api, run_id, 3, 3, 3, read_timeout=1, join_timeout=BOUND, last_call_timeout=0.3, keep_alive_interval=1.0, keep_alive_max_attempt=4)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        waiting = [pool.submit(h.next_rendezvous) for h in handlers[:2]]
+        deadline = time.monotonic() + BOUND
+        while not all(len(h.state.participants) == 2 for h in handlers[:2]):
+            assert time.monotonic() < deadline, "the first two nodes never joined"
+            time.sleep(0.05)
+        leader = etcd_cluster.leader()
+        killed_at = time.monotonic()
+        etcd_cluster.kill(leader)
+        late = pool.submit(handlers[2].next_rendezvous)
+        infos = [f.result(timeout=BOUND) for f in [*waiting, late]]
+    print(f"\n[measured] etcd-{etcd_api} 3-member cluster, leader (member {leader}) killed: round completed after {time.monotonic() - killed_at:.2f} s")
+    assert_one_round(infos)
+    infos[0].store.set("k", b"v")
+    assert infos[2].store.get("k") == b"v"
+    assert [h.num_nodes_waiting() for h in handlers] == [0, 0, 0]
