@@ -171,9 +171,8 @@ class EtcdConfig:
         params = RendezvousParameters("etcd", endpoint or "", "config", 1, 1, **dict(config or {}))
         endpoints, scheme, url_user, url_password = _parse_endpoints(endpoint)
         protocol = _parse_protocol(params.get("protocol"), scheme)
-        read_timeout = params.get_as_float("read_timeout", DEFAULT_READ_TIMEOUT)
-        key_ttl = params.get_as_int("key_ttl", DEFAULT_KEY_TTL)
-        assert read_timeout is not None and key_ttl is not None
+        read_timeout = params.get_as_float("read_timeout")  # None (absent or given as None): default
+        key_ttl = params.get_as_int("key_ttl")
         return cls(
             endpoints=endpoints,
             protocol=protocol,
@@ -182,8 +181,8 @@ class EtcdConfig:
             key=_optional_str(params, "key"),
             username=_optional_str(params, "username") or url_user or os.environ.get(USERNAME_ENV) or None,
             password=_optional_str(params, "password") or url_password or os.environ.get(PASSWORD_ENV) or None,
-            read_timeout=read_timeout,
-            key_ttl=key_ttl,
+            read_timeout=DEFAULT_READ_TIMEOUT if read_timeout is None else read_timeout,
+            key_ttl=DEFAULT_KEY_TTL if key_ttl is None else key_ttl,
         )
 
     @property

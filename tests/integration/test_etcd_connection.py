@@ -74,6 +74,11 @@ def test_endpoint_forms():
         EtcdConfig.from_endpoint("https://etcd:4000", {"protocol": "http"})
 
 
+def test_options_given_as_none_take_their_defaults():
+    config = EtcdConfig.from_endpoint("etcd", {key: None for key in ("protocol", "cacert", "cert", "key", "read_timeout", "key_ttl")})
+    assert (config.protocol, config.read_timeout, config.key_ttl, config.cacert) == ("http", 60.0, 7200, None)
+
+
 def test_credentials_from_the_environment(monkeypatch):
     monkeypatch.setenv("RDZV_ETCD_USERNAME", "env-user")
     monkeypatch.setenv("RDZV_ETCD_PASSWORD", SECRET)
