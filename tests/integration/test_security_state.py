@@ -191,17 +191,7 @@ def test_status_cli_refuses_a_planted_pickle(target, tmp_path):
 # -- garbage next to the state -----------------------------------------------------------------
 
 
-def test_garbage_in_the_join_queue_is_a_state_error_or_ignored(target, request):
-    if target.name == "etcd-v3":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=ValueError,
-                reason="etcd bug (rdzv_etcd, not fixed here): a key under <run>/joins/ that escape_segment() "
-                "did not produce makes EtcdRendezvousBackend.pending_joins() raise a bare ValueError from "
-                "unescape_segment() out of next_rendezvous(), instead of RendezvousStateError (or skipping it)",
-            )
-        )
+def test_garbage_in_the_join_queue_is_a_state_error_or_ignored(target):
     """A join-queue entry rdzv did not write must not crash the node admitting the queue."""
     if target.name == "redis":
         target.raw_redis.zadd(target.backend.keys.joins, {b"\xff\xfe\x00 not utf-8": 1})

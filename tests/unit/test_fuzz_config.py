@@ -165,7 +165,7 @@ def test_redis_config_raises_only_value_error_and_never_shows_the_password(endpo
 
 etcd_options = st.dictionaries(
     st.sampled_from(["protocol", "username", "password", "read_timeout", "key_ttl", "cacert", "cert", "key"]),
-    any_value.filter(lambda v: v is not None),  # None: see the xfail test below
+    any_value,
     max_size=4,
 )
 
@@ -187,22 +187,13 @@ def test_etcd_config_raises_only_value_error_and_never_shows_the_password(endpoi
     assert SECRET not in repr(config) and SECRET not in config.describe()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="etcd bug (rdzv_etcd/client.py, not fixed here): EtcdConfig.from_endpoint asserts that "
-    "get_as_float('read_timeout')/get_as_int('key_ttl') are not None, so an option given as None "
-    "(RendezvousParameters(..., read_timeout=None)) is a bare AssertionError (or passes silently "
-    "under python -O) instead of the default or a ValueError naming the key",
-)
 @pytest.mark.parametrize("key", ["read_timeout", "key_ttl"])
 def test_etcd_option_given_as_none(key):
-    from rdzv_etcd.client import EtcdConfig
+    """(Found by this fuzzing: was a bare AssertionError; fixed in rdzv_etcd.)"""
+    from rdzv_etcd.client import DEFAULT_KEY_TTL, DEFAULT_READ_TIMEOUT, EtcdConfig
 
-    try:
-        EtcdConfig.from_endpoint("h", {key: None})
-    except ValueError as exc:
-        assert key in str(exc)
+    config = EtcdConfig.from_endpoint("h", {key: None})
+    assert (config.read_timeout, config.key_ttl) == (DEFAULT_READ_TIMEOUT, DEFAULT_KEY_TTL)
 
 
 # -- the state codec on mutations of valid states -------------------------------------------------------
