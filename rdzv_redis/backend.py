@@ -69,12 +69,19 @@ class _RunShared:
         self._known: tuple[bytes, str] | None = None
 
     def learn(self, current: tuple[bytes, str] | None) -> None:
-        """Remember ``(state, token)`` just read or written, unless an older version than the
-        one known; ``None`` (no state) forgets."""
+        """Remember ``(state, token)`` just read from or written to the server; ``None`` (no
+        state) forgets.
+
+        The server's answer always wins, even when its version is lower than the one known:
+        versions start again at 1 when Redis lost its data (a restart without persistence, a
+        fail-over to a replica that lagged, the key expired), and keeping the higher,
+        pre-loss version would answer every later compare-and-set locally as stale, with the
+        lost state, forever. A read overtaken by a write may store an older version for a
+        moment: that costs one round trip (:meth:`newer_than` then proves nothing), never a
+        wrong answer.
+        """
         with self._lock:
-            known = self._known
-            if current is None or known is None or _version(current[1]) >= _version(known[1]):
-                self._known = current
+            self._known = current
 
     def newer_than(self, token: str | None) -> tuple[bytes, str] | None:
         """The known ``(state, token)`` when it proves ``token`` stale: a state exists and
