@@ -127,7 +127,7 @@ class RedisRendezvousBackend(RendezvousBackend):
         self._ttl_ms = int(1000 * (client.config.key_ttl if key_ttl is None else key_ttl))
         self._closed = False
         self._shared: _RunShared = client.shared(("run", run_id), _RunShared)
-        self._keep_alive_sent: dict[str, float] = {}
+        self._keep_alive_sent: dict[str, tuple[float, int]] = {}
         client.notifier.track(self._keys.state_channel)
 
     def __repr__(self) -> str:
@@ -282,16 +282,20 @@ class RedisRendezvousBackend(RendezvousBackend):
         ``rdzv:{R}:alive:until``, prunes a few lapsed records, refreshes key expiry).
 
         A keep-alive of the same node less than ``min(0.5, ttl / 20)`` seconds after the
-        previous one through this object is skipped: the record is that fresh already.
+        previous one through this object is skipped: the record is that fresh already —
+        unless the pub/sub listener lost or regained its connection in between (its epoch
+        changed): the server may have restarted and lost the record, and a node without one
+        is declared dead by the others.
         """
-        now = time.monotonic()
-        if now - self._keep_alive_sent.get(node, float("-inf")) < min(_KEEP_ALIVE_DEDUP, ttl / 20):
+        now, epoch = time.monotonic(), self._client.notifier.epoch
+        sent_at, sent_epoch = self._keep_alive_sent.get(node, (float("-inf"), epoch))
+        if epoch == sent_epoch and now - sent_at < min(_KEEP_ALIVE_DEDUP, ttl / 20):
             return
         script = self._client.scripts["keep_alive"]
         args = [node, max(1, int(ttl * 1_000_000)), self._ttl_ms]
         keys = [self._keys.alive, self._keys.alive_until, self._keys.state, self._keys.store]
         self._client.call("keep_alive", lambda: script(keys=keys, args=args))
-        self._keep_alive_sent[node] = now
+        self._keep_alive_sent[node] = (now, epoch)
 
     def heartbeat_ages(self, nodes: Sequence[str]) -> list[float | None]:
         """Return per node the seconds (float) since its last keep-alive, or ``None`` when it

@@ -138,10 +138,17 @@ class Notifier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._subscribed = threading.Event()
-        #: Counts subscriptions; messages of one epoch were received without a gap.
+        #: Counts subscriptions and their losses; messages of one epoch were received without
+        #: a gap, and the server was not restarted within one (its connection would break).
         self._epoch = 0
         #: Tracked channel -> [reference count, epoch of the last message, its payload].
         self._tracked: dict[bytes, list[Any]] = {}
+
+    @property
+    def epoch(self) -> int:
+        """Changes whenever the listener subscribes or loses its subscription (a reconnect, a
+        server restart or fail-over): what the server held before may be gone."""
+        return self._epoch
 
     @property
     def subscribed(self) -> bool:
@@ -284,6 +291,8 @@ class Notifier:
             was_subscribed = self._subscribed.is_set()
             self._subscribed.clear()
             if was_subscribed:
+                with self._lock:
+                    self._epoch += 1
                 self._wake_all()
             try:
                 pubsub.close()
