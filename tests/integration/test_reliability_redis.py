@@ -261,3 +261,31 @@ def test_waiting_for_rank_0s_bootstrap_address_ends_by_the_join_deadline(redis_b
     finally:
         for handler in handlers:
             handler._stop_heartbeats()
+
+
+# -- what a process remembers must not outlive the server's data -----------------------------------
+
+
+def test_a_state_recreated_after_data_loss_is_writable_by_a_process_that_knew_a_newer_one(own_redis_server):
+    """Redis lost its data (restart without persistence); another process recreated the state,
+    whose versions start at 1 again. A process that had seen version 5 must take the server's
+    word: its compare-and-sets reach the server instead of being refused locally as stale
+    with the lost state, forever."""
+    server = own_redis_server()
+    ours, our_store = create_backend(RendezvousParameters("redis", server.endpoint, "loss", 1, 1, retry_timeout=5))
+    theirs, their_store = create_backend(RendezvousParameters("redis", server.endpoint, "loss", 1, 1, retry_timeout=5, socket_timeout=9))
+    try:
+        assert theirs._client is not ours._client  # another client: as another process
+        _, token, _ = ours.set_state(b"v1")
+        for i in range(2, 6):
+            _, token, _ = ours.set_state(b"v%d" % i, token)
+        assert token.startswith("5-")
+        server.restart()  # everything is gone
+        _, new_token, has_set = theirs.set_state(b"recreated")
+        assert has_set and new_token.startswith("1-")
+        assert ours.get_state() == (b"recreated", new_token)
+        state, token, has_set = ours.set_state(b"ours", new_token)
+        assert has_set and state == b"ours" and theirs.get_state() == (b"ours", token)
+    finally:
+        for thing in (ours, our_store, theirs, their_store):
+            thing.close()
