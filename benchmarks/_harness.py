@@ -131,9 +131,9 @@ def machine_description() -> dict[str, Any]:
             from importlib.metadata import version
 
             dist = {"etcd": "python-etcd"}.get(mod, mod)
-            versions[mod] = version(dist)
+            versions[dist] = version(dist)
         except Exception:
-            versions[mod] = None
+            versions[{"etcd": "python-etcd"}.get(mod, mod)] = None
     load = os.getloadavg()
     return {
         "cpu": cpu,

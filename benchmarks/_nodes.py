@@ -195,6 +195,31 @@ def requests_sent() -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# benchmark-only experiments: monkeypatches that model a proposed change of rdzv_core, so that
+# its effect can be measured before anyone edits the library
+
+
+def _delay_first_beat() -> None:
+    """The keep-alive thread waits a jittered 0.5-1 interval before its first tick, instead of
+    beating and sweeping for dead nodes at once when the round completes."""
+    import random
+
+    from rdzv_core.dynamic import DynamicRendezvousHandler, logger
+
+    def _heartbeat_loop(self: Any, stop: Any) -> None:
+        while not stop.wait(self._settings.interval_s * random.uniform(0.5, 1.0)):
+            try:
+                self._keep_alive_tick()
+            except Exception as exc:
+                logger.warning("keep-alive failed: %s", exc)
+
+    DynamicRendezvousHandler._heartbeat_loop = _heartbeat_loop  # type: ignore[method-assign]
+
+
+EXPERIMENTS = {"delay-first-beat": _delay_first_beat}
+
+
+# ----------------------------------------------------------------------------------------------
 # the node process
 
 
@@ -221,6 +246,10 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
 
         logging.basicConfig(level=logging.ERROR)
         threading.stack_size(512 * 1024)
+        if spec.get("switch_interval"):
+            import sys
+
+            sys.setswitchinterval(spec["switch_interval"])
         os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "0")
         held_back = spec.get("held_back")  # index of a node that joins only on last_go
         join_lock = threading.Lock()
@@ -235,6 +264,8 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
             import torch.distributed.elastic.rendezvous.dynamic_rendezvous  # noqa: F401
         else:
             import rdzv_core.dynamic  # noqa: F401
+        for name in spec.get("experiments") or ():
+            EXPERIMENTS[name]()
         counted = install_request_counter(spec["backend"])
         if counted and reqs is not None:
 

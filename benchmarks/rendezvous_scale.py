@@ -80,6 +80,8 @@ def run_round(
     client_sharing: str = "process",
     settle: float = 1.0,
     pyspy_dir: str | None = None,
+    switch_interval: float | None = None,
+    experiments: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run one round of ``n`` nodes of ``backend`` in ``procs`` processes; return a row."""
     row: dict[str, Any] = {"backend": backend, "nodes": n, "mode": "last_join" if last_join else "burst", "status": "ok", "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
@@ -101,7 +103,11 @@ def run_round(
             "keep_alive_interval": keep_alive_interval,
             "held_back": n - 1 if last_join else None,
             "client_sharing": client_sharing,
+            "switch_interval": switch_interval,
+            "experiments": experiments or [],
         }
+        if experiments:
+            row["experiments"] = experiments
         q = ctx.Queue()
         go, abort, stop, last_go = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
         joined = ctx.Value("i", 0)
@@ -584,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-going", action="store_true", help="run larger N of a backend after a DNF")
     ap.add_argument("--client-sharing", choices=("process", "node"), default="process", help="redis: share the client per process (library default) or one per node")
     ap.add_argument("--last-join-nodes", default="8,64,256", help="N for the held-back last-join latency runs ('' = none)")
+    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval() in the node processes (GIL hand-over; Python's default 0.005 s)")
+    ap.add_argument("--experiment", action="append", default=[], choices=sorted(N.EXPERIMENTS), help="benchmark-only monkeypatch modelling a proposed rdzv_core change (see _nodes.py)")
+    ap.add_argument("--repeat", type=int, default=1, help="repetitions of each last-join row")
     ap.add_argument("--idle-nodes", default="64,1024", help="N for the idle keep-alive runs ('' = none)")
     ap.add_argument("--idle-backends", default="redis,etcd-v3,torch-c10d")
     ap.add_argument("--idle-intervals", type=int, default=3)
@@ -634,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
                     result["scale"].append({"backend": b, "nodes": n, "status": "skipped", "reason": f"did not finish at N={dnf_at}"})
                     continue
                 log(f"scale {b} N={n} ...")
-                row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, client_sharing=args.client_sharing, pyspy_dir=args.pyspy)
+                row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, client_sharing=args.client_sharing, pyspy_dir=args.pyspy, switch_interval=args.switch_interval, experiments=args.experiment)
                 log(f"  -> {row['status']} {row.get('seconds')} s {row.get('error', '')}")
                 result["scale"].append(row)
                 save()
@@ -650,11 +659,12 @@ def main(argv: list[str] | None = None) -> int:
             if failed_at(b, n) is not None and not args.keep_going:
                 result["last_join"].append({"backend": b, "nodes": n, "status": "skipped", "reason": f"scale run did not finish at N={failed_at(b, n)}"})
                 continue
-            log(f"last-join {b} N={n} ...")
-            row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, last_join=True, client_sharing=args.client_sharing)
-            log(f"  -> {row['status']} {row.get('last_join_latency_s')} s {row.get('error', '')}")
-            result["last_join"].append(row)
-            save()
+            for rep in range(args.repeat):
+                log(f"last-join {b} N={n} ({rep + 1}/{args.repeat}) ...")
+                row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, last_join=True, client_sharing=args.client_sharing, switch_interval=args.switch_interval, experiments=args.experiment)
+                log(f"  -> {row['status']} {row.get('last_join_latency_s')} s {row.get('error', '')}")
+                result["last_join"].append(row)
+                save()
     idle_backends = [b for b in args.idle_backends.split(",") if b in available]
     for b in idle_backends:
         for n in _ints(args.idle_nodes):
@@ -662,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["idle"].append({"backend": b, "nodes": n, "status": "skipped", "reason": f"scale run did not finish at N={failed_at(b, n)}"})
                 continue
             log(f"idle {b} N={n} ...")
-            row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, idle_intervals=args.idle_intervals, client_sharing=args.client_sharing)
+            row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, idle_intervals=args.idle_intervals, client_sharing=args.client_sharing, switch_interval=args.switch_interval, experiments=args.experiment)
             log(f"  -> {row['status']} {row.get('idle', {}).get('bytes_in_per_node_per_interval')} B/node/interval {row.get('error', '')}")
             result["idle"].append(row)
             save()
