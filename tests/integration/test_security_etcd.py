@@ -139,7 +139,7 @@ def test_least_privilege_user_runs_a_full_rendezvous(auth_etcd, etcd_api, handle
         assert info.store.get("k") == b"v"
         assert handler.shutdown() and handler.is_closed()
         return
-    group = handlers(params("v3", auth_etcd.endpoint, "auth-v3", 2, 3, username="rdzv", password=PASSWORD, keep_alive_interval=0.2, keep_alive_max_attempt=2), 3)
+    group = handlers(params("v3", auth_etcd.endpoint, "auth-v3", 2, 3, username="rdzv", password=PASSWORD, keep_alive_interval=0.3, keep_alive_max_attempt=4), 3)
     full_life(group)
 
 
@@ -180,7 +180,7 @@ def tls_etcd(tmp_path_factory):
 
 def test_tls_client_certificates_full_rendezvous(tls_etcd, etcd_api, handlers):
     server, pki = tls_etcd
-    tls = dict(cacert=pki["ca"], cert=pki["client_cert"], key=pki["client_key"], keep_alive_interval=0.2, keep_alive_max_attempt=2)
+    tls = dict(cacert=pki["ca"], cert=pki["client_cert"], key=pki["client_key"], keep_alive_interval=0.3, keep_alive_max_attempt=4)
     full_life(handlers(params(etcd_api, server.url, f"tls-{etcd_api}", 2, 3, **tls), 3))
     status = cli("status", "--backend", f"etcd-{etcd_api}", "--endpoint", server.url, "--run-id", f"tls-{etcd_api}", "--json", "--rdzv-conf", f"cacert={pki['ca']},cert={pki['client_cert']},key={pki['client_key']}")
     assert status.returncode == 0 and json.loads(status.stdout)["closed"] is True, status.stderr

@@ -185,7 +185,7 @@ def test_password_protected_rendezvous_and_wrong_password(own_redis_server, hand
 def test_acl_user_with_the_documented_rules_runs_everything(acl_server, handlers):
     endpoint = acl_server.endpoint
     acl_server.admin.execute_command("ACL", "LOG", "RESET")
-    group = handlers.make(params(endpoint, "acl-run", n=3, min_nodes=2, username="rdzv", password=PASSWORD, keep_alive_interval=0.2, keep_alive_max_attempt=2), 3)
+    group = handlers.make(params(endpoint, "acl-run", n=3, min_nodes=2, username="rdzv", password=PASSWORD, keep_alive_interval=0.3, keep_alive_max_attempt=4), 3)
     infos = rendezvous(group)
     store_round_trip(infos[1])
     group[2]._stop_heartbeats()  # dead-node removal, a second round, close: every code path
@@ -292,8 +292,8 @@ def test_secrets_never_in_logs_exceptions_or_status(own_redis_server, handlers, 
     texts: list[str] = []
     # a full rendezvous: password in the URL for one node, in the config for the others
     url = f"redis://:{secret}@{server.endpoint}/0"
-    group = handlers.make(params(url, "secret-run", n=3, min_nodes=2, keep_alive_interval=0.2, keep_alive_max_attempt=2), 1)
-    group += handlers.make(params(server.endpoint, "secret-run", n=3, min_nodes=2, password=secret, keep_alive_interval=0.2, keep_alive_max_attempt=2), 2)
+    group = handlers.make(params(url, "secret-run", n=3, min_nodes=2, keep_alive_interval=0.3, keep_alive_max_attempt=4), 1)
+    group += handlers.make(params(server.endpoint, "secret-run", n=3, min_nodes=2, password=secret, keep_alive_interval=0.3, keep_alive_max_attempt=4), 2)
     infos = rendezvous(group)
     store_round_trip(infos[0])
     texts += [repr(h) + repr(h.backend) + repr(h._store) + repr(i) + str(h.backend._client.config) for h, i in zip(group, infos, strict=True)]
