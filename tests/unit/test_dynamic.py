@@ -172,9 +172,9 @@ class Cluster:
         return [self.handler(min_nodes, max_nodes, **kwargs) for _ in range(count)]
 
     def state(self) -> RendezvousState:
+        """The stored state; before the first write, the initial state (as the handler sees it)."""
         current = self.raw_backend.get_state()
-        assert current is not None
-        return decode_state(current[0], self.run_id)
+        return RendezvousState(run_id=self.run_id) if current is None else decode_state(current[0], self.run_id)
 
     def write_state(self, state: RendezvousState) -> None:
         current = self.raw_backend.get_state()
