@@ -25,13 +25,15 @@ compare-and-set. What differs from torch:
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import logging
 import random
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
@@ -85,6 +87,8 @@ _BACKOFF_CAP = 0.25
 #: _GATHER_MAX) before admitting it; a queued node not admitted within _FALLBACK (+ jitter)
 #: admits the queue itself (the head may have died).
 _SETTLE, _GATHER_MAX, _FALLBACK = 0.02, 0.25, 1.0
+#: ... plus this much per node ahead of it in the queue.
+_FALLBACK_PER_NODE = 0.002
 
 
 class RendezvousTimeout:
@@ -299,19 +303,29 @@ class _TrackerLiveness(_Liveness):
     def __init__(self, tracker: LivenessTracker, settings: RendezvousSettings) -> None:
         self._tracker = tracker
         self._settings = settings
+        self._ring_of: RendezvousState | None = None
+        self._ring: list[str] = []
 
     def beat(self, node: str, state: RendezvousState) -> None:
         self._tracker.keep_alive(node, self._settings.dead_after_s)
 
+    def _predecessors(self, state: RendezvousState, me: str) -> Iterator[str]:
+        """The other nodes of ``state`` in ring order (sorted keys), walking back from ``me``.
+
+        The sorted ring is kept per state object, so a sweep costs O(log N) plus the nodes
+        it actually asks about.
+        """
+        if self._ring_of is not state:
+            self._ring_of, self._ring = state, sorted(set(state.members()))
+        ring = self._ring
+        start = bisect.bisect_left(ring, me)
+        others = len(ring) - (1 if start < len(ring) and ring[start] == me else 0)
+        return (ring[(start - k) % len(ring)] for k in range(1, others + 1))
+
     def find_dead(self, state: RendezvousState, me: str) -> list[str]:
-        ring = sorted(set(state.members()) | {me})
-        if len(ring) < 2:
-            return []
-        start = ring.index(me)
-        predecessors = [ring[(start - i) % len(ring)] for i in range(1, len(ring))]
+        predecessors = self._predecessors(state, me)
         dead: list[str] = []
-        for i in range(0, len(predecessors), self._BATCH):
-            batch = predecessors[i : i + self._BATCH]
+        while batch := list(itertools.islice(predecessors, self._BATCH)):
             ages = self._tracker.heartbeat_ages(batch)
             for node, age in zip(batch, ages, strict=True):
                 if age is not None and age <= self._settings.dead_after_s:
@@ -527,6 +541,7 @@ class _OpExecutor:
         self._poll_interval = _POLL_MIN
         self._queue = backend if isinstance(backend, JoinQueue) else None
         self._queued_at: float | None = None
+        self._fallback = _FALLBACK
 
     def keep_alive_due(self) -> bool:
         if self._last_beat_wall is not None and self._holder.state.last_heartbeats.get(self._key, float("-inf")) < self._last_beat_wall:
@@ -607,12 +622,15 @@ class _OpExecutor:
             self._beat()
             position = queue.enqueue_join(self._key)
             self._queued_at = time.monotonic()
+            # Admitting a long queue takes a while: the further back, the longer to wait
+            # before taking over from a head that may have died.
+            self._fallback = _FALLBACK * random.uniform(1.0, 2.0) + position * _FALLBACK_PER_NODE
             if position == 1:
                 self._gather(queue, deadline)
                 self._admit_queue(queue, deadline)
                 return
         waited = time.monotonic() - self._queued_at
-        fallback = _FALLBACK * random.uniform(1.0, 2.0)
+        fallback = self._fallback
         if waited >= fallback:
             self._admit_queue(queue, deadline)
             self._queued_at = time.monotonic()
@@ -954,13 +972,16 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 self._executor.run(_flush_op, deadline)
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
-        # Beat at once: the join's last keep-alive may already be an interval old.
-        while not stop.is_set():
+        # The first tick comes after half an interval (jittered): the join's last keep-alive is
+        # at most an interval old, so a node is never silent for more than 1.5 intervals, and
+        # the N keep-alives and sweeps of a large round do not all hit the moment it completes.
+        delay = self._settings.interval_s * random.uniform(0.4, 0.6)
+        while not stop.wait(delay):
             try:
                 self._keep_alive_tick()
             except Exception as exc:
                 logger.warning("The keep-alive of node '%s' in the rendezvous '%s' failed: %s: %s", self._this_node, self._settings.run_id, type(exc).__name__, exc)
-            stop.wait(self._settings.interval_s)
+            delay = self._settings.interval_s
 
     def _start_heartbeats(self) -> None:
         self._stop_heartbeats()
