@@ -86,7 +86,7 @@ _BACKOFF_CAP = 0.25
 #: Join queue: the head waits until the queue has not grown for _SETTLE seconds (at most
 #: _GATHER_MAX) before admitting it; a queued node not admitted within _FALLBACK (+ jitter)
 #: admits the queue itself (the head may have died).
-_SETTLE, _GATHER_MAX, _FALLBACK = 0.02, 0.25, 1.0
+_SETTLE, _GATHER_MAX, _FALLBACK = 0.05, 1.0, 1.0
 #: ... plus this much per node ahead of it in the queue.
 _FALLBACK_PER_NODE = 0.002
 
@@ -624,7 +624,7 @@ class _OpExecutor:
             self._queued_at = time.monotonic()
             # Admitting a long queue takes a while: the further back, the longer to wait
             # before taking over from a head that may have died.
-            self._fallback = _FALLBACK * random.uniform(1.0, 2.0) + position * _FALLBACK_PER_NODE
+            self._fallback = _GATHER_MAX + _FALLBACK * random.uniform(1.0, 2.0) + position * _FALLBACK_PER_NODE
             if position == 1:
                 self._gather(queue, deadline)
                 self._admit_queue(queue, deadline)
