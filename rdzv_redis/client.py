@@ -193,9 +193,9 @@ class RedisConfig:
             **ssl_files,
             socket_timeout=_positive(params, "socket_timeout", cls.socket_timeout),
             connect_timeout=_positive(params, "connect_timeout", cls.connect_timeout),
-            retry_timeout=float(params.get_as_float("retry_timeout", cls.retry_timeout, minimum=0.0)),
+            retry_timeout=_seconds(params, "retry_timeout", cls.retry_timeout, 0.0),
             max_connections=_int_at_least(params, "max_connections", cls.max_connections, 2),
-            key_ttl=float(params.get_as_float("key_ttl", cls.key_ttl, minimum=1.0)),
+            key_ttl=_seconds(params, "key_ttl", cls.key_ttl, 1.0),
         )
 
     @property
@@ -247,15 +247,21 @@ def _optional_str(params: RendezvousParameters, key: str) -> str | None:
     return value
 
 
+def _seconds(params: RendezvousParameters, key: str, default: float, minimum: float) -> float:
+    value = params.get_as_float(key, default, minimum=minimum)
+    return default if value is None else value
+
+
 def _positive(params: RendezvousParameters, key: str, default: float) -> float:
-    value = float(params.get_as_float(key, default, minimum=0.0))
+    value = _seconds(params, key, default, 0.0)
     if value <= 0:
         raise ValueError(f"The rendezvous configuration option '{key}' must be > 0 seconds (got {value!r}).")
     return value
 
 
 def _int_at_least(params: RendezvousParameters, key: str, default: int, minimum: int) -> int:
-    value = int(params.get_as_int(key, default))
+    value = params.get_as_int(key, default)
+    value = default if value is None else value
     if value < minimum:
         raise ValueError(f"The rendezvous configuration option '{key}' must be >= {minimum} (got {value}).")
     return value
