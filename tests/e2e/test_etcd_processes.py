@@ -3,16 +3,14 @@ registry: ranks, a node killed with SIGKILL, and an etcd crash while nodes wait.
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 
+from tests.e2e.node_processes import read_line
 from tests.fixtures_etcd import start_etcd, unique_run_id
 
 pytestmark = pytest.mark.e2e
@@ -45,16 +43,6 @@ for round_ in range(rounds):
 """
 
 
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
 
 
 @pytest.fixture(params=["etcd-v2", "etcd-v3"])
@@ -76,17 +64,6 @@ def start_nodes(processes, count, backend, endpoint, run_id, min_nodes, max_node
     return new
 
 
-def read_line(proc, timeout=BOUND):
-    """The next stdout line of ``proc`` as JSON, waiting at most ``timeout`` seconds."""
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        line = lines.get(timeout=timeout)
-    except queue.Empty:
-        pytest.fail(f"node {proc.pid} printed nothing within {timeout} s")
-    if not line:
-        pytest.fail(f"node {proc.pid} exited: {proc.wait(5)}; stderr:\n{proc.stderr.read()[-3000:]}")
-    return json.loads(line)
 
 
 def wait_for_participants(server, backend_name, run_id, count):

@@ -10,17 +10,16 @@ it. Detection must come no sooner than the victim's last keep-alive allows, and 
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
 import pytest
+
+from tests.e2e.node_processes import read_line
 
 pytestmark = pytest.mark.e2e
 
@@ -52,28 +51,8 @@ print(json.dumps({"rank": info.rank, "world_size": info.world_size}), flush=True
 """
 
 
-def read_line(proc, timeout=BOUND):
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        line = lines.get(timeout=timeout)
-    except queue.Empty:
-        pytest.fail(f"node {proc.pid} printed nothing within {timeout} s")
-    if not line:
-        pytest.fail(f"node {proc.pid} exited: {proc.wait(5)}; stderr:\n{proc.stderr.read()[-3000:]}")
-    return json.loads(line)
 
 
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
 
 
 @pytest.fixture(params=["redis", "etcd-v3", "etcd-v2"])

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
+
+from tests.e2e.node_processes import read_line
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("rdzv_core.dynamic")
@@ -47,29 +46,8 @@ def start_nodes(count, endpoint, run_id, min_nodes, max_nodes, rounds=1):
     ]
 
 
-def read_line(proc, timeout=BOUND):
-    """The next stdout line of ``proc`` as JSON, waiting at most ``timeout`` seconds."""
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        line = lines.get(timeout=timeout)
-    except queue.Empty:
-        pytest.fail(f"node {proc.pid} printed nothing within {timeout} s")
-    if not line:
-        pytest.fail(f"node {proc.pid} exited: {proc.wait(5)}; stderr:\n{proc.stderr.read()[-3000:]}")
-    return json.loads(line)
 
 
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
 
 
 def test_three_processes_get_ranks_0_1_2(redis_server, redis_run_id, processes):
