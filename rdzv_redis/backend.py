@@ -28,6 +28,7 @@ a waiting node costs no round trip per change.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import threading
@@ -306,7 +307,7 @@ class RedisRendezvousBackend(RendezvousBackend):
         keys = [self._keys.alive, self._keys.alive_until]
         for i in range(0, len(nodes), _NODES_PER_CALL):
             chunk = nodes[i : i + _NODES_PER_CALL]
-            reply = self._client.call("heartbeat_ages", lambda chunk=chunk: script(keys=keys, args=chunk))
+            reply = self._client.call("heartbeat_ages", functools.partial(script, keys=keys, args=chunk))
             ages.extend(None if age is None else int(age) / 1_000_000 for age in reply)
         return ages
 
@@ -357,7 +358,7 @@ class RedisRendezvousBackend(RendezvousBackend):
         nodes = list(nodes)
         for i in range(0, len(nodes), _NODES_PER_CALL):
             chunk = nodes[i : i + _NODES_PER_CALL]
-            self._client.call("ack_joins", lambda chunk=chunk: self._client.redis.zrem(self._keys.joins, *chunk))
+            self._client.call("ack_joins", functools.partial(self._client.redis.zrem, self._keys.joins, *chunk))
 
     # -- helpers ------------------------------------------------------------------------------
 
