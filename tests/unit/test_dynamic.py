@@ -51,6 +51,7 @@ from rdzv_core.registry import get_rendezvous_handler
 from rdzv_core.state import NodeDesc, RendezvousState, decode_state, encode_state
 from rdzv_core.store import HashStore, PrefixStore
 from rdzv_core.store_backend import StoreRendezvousBackend
+from tests.backends import StateOnlyBackend
 
 pytestmark = pytest.mark.unit
 
@@ -67,21 +68,6 @@ FAST_DEATH = {"interval": 0.1, "attempts": 4}
 # Helpers
 
 
-class StateOnlyBackend(RendezvousBackend):
-    """Only torch's plain contract: no change notification, no liveness tracker (polling path)."""
-
-    def __init__(self, inner: RendezvousBackend) -> None:
-        self._inner = inner
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    def get_state(self):
-        return self._inner.get_state()
-
-    def set_state(self, state, token=None):
-        return self._inner.set_state(state, token)
 
 
 class FlakyBackend(StateOnlyBackend):

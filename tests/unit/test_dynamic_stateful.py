@@ -46,6 +46,7 @@ from rdzv_core.dynamic import (
 from rdzv_core.state import NodeDesc, decode_state
 from rdzv_core.store import HashStore
 from rdzv_core.store_backend import StoreRendezvousBackend
+from tests.backends import StateOnlyBackend
 
 pytestmark = pytest.mark.unit
 
@@ -76,21 +77,6 @@ class FakeClock:
         self.mono += seconds
 
 
-class StateOnlyBackend(RendezvousBackend):
-    """Only the plain backend contract: keep-alives go into the shared state."""
-
-    def __init__(self, inner: RendezvousBackend) -> None:
-        self._inner = inner
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    def get_state(self):
-        return self._inner.get_state()
-
-    def set_state(self, state, token=None):
-        return self._inner.set_state(state, token)
 
 
 @dataclass
