@@ -19,6 +19,7 @@ import pytest
 from rdzv_core.api import RendezvousConnectionError, RendezvousTimeoutError
 from rdzv_core.registry import get_rendezvous_handler
 from tests.fixtures_etcd import etcd_params
+from tests.integration.rounds import assert_one_round, rendezvous, timed
 
 pytestmark = pytest.mark.integration
 
@@ -64,24 +65,10 @@ def make_handlers():
         handler.backend.close()
 
 
-def rendezvous(handlers, timeout=BOUND):
-    with ThreadPoolExecutor(max_workers=len(handlers)) as pool:
-        futures = [pool.submit(h.next_rendezvous) for h in handlers]
-        return [f.result(timeout=timeout) for f in futures]
 
 
-def assert_one_round(infos):
-    assert sorted(i.rank for i in infos) == list(range(len(infos)))
-    assert {i.world_size for i in infos} == {len(infos)}
 
 
-def timed(fn):
-    start = time.monotonic()
-    try:
-        outcome = fn()
-    except Exception as exc:  # the outcome is what the test looks at
-        outcome = exc
-    return time.monotonic() - start, outcome
 
 
 FAST = dict(read_timeout=0.5, join_timeout=BOUND, last_call_timeout=0.3, heartbeat_timeout=1, close_timeout=3)

@@ -19,6 +19,7 @@ import pytest
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters, RendezvousTimeoutError
 from rdzv_core.registry import get_rendezvous_handler
 from rdzv_redis import create_backend
+from tests.integration.rounds import assert_one_round, rendezvous, timed
 
 pytestmark = pytest.mark.integration
 
@@ -46,26 +47,10 @@ def make_handlers():
         handler._store.close()
 
 
-def rendezvous(handlers, timeout=BOUND):
-    """next_rendezvous on all handlers at once; their infos, in order."""
-    with ThreadPoolExecutor(max_workers=len(handlers)) as pool:
-        futures = [pool.submit(h.next_rendezvous) for h in handlers]
-        return [f.result(timeout=timeout) for f in futures]
 
 
-def assert_one_round(infos):
-    assert sorted(i.rank for i in infos) == list(range(len(infos)))
-    assert {i.world_size for i in infos} == {len(infos)}
 
 
-def timed(fn):
-    """Run ``fn``; return (seconds, result or exception)."""
-    start = time.monotonic()
-    try:
-        outcome = fn()
-    except Exception as exc:  # the outcome is what the test looks at
-        outcome = exc
-    return time.monotonic() - start, outcome
 
 
 def wait_until(predicate, what, timeout=BOUND):
