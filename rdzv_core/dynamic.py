@@ -423,7 +423,7 @@ class _StateHolder:
             if found:
                 self._dead.update(found)
                 self._on_dead(found)
-        present = [n for n in self._dead if n in self.state.participants or n in self.state.wait_list or n in self.state.redundancy_list or n in self.state.last_heartbeats]
+        present = [n for n in self._dead if self.state.has_member(n) or n in self.state.last_heartbeats]
         if present:
             _remove_nodes(self.state, present, self._settings)
             self.dirty = True
@@ -565,7 +565,7 @@ class _OpExecutor:
                 lost += 1
                 if not holder.dirty:
                     self._backoff(lost, deadline)
-            if self._queued_at is not None and self._is_member(holder.state):
+            if self._queued_at is not None and holder.state.has_member(self._key):
                 self._queued_at = None  # admitted: if removed later (declared dead), enqueue again
             action = op(_Context(self._key, holder.state, self._settings, self.keep_alive_due()), deadline)
             if action is _Action.FINISH:
@@ -582,7 +582,7 @@ class _OpExecutor:
                 if not holder.dirty:
                     self._wait(deadline)
                 continue
-            if action in _ADMISSIONS and self._queue is not None and not holder.dirty and self._key not in holder.state.members():
+            if action in _ADMISSIONS and self._queue is not None and not holder.dirty and not holder.state.has_member(self._key):
                 self._join_through_queue(self._queue, deadline)
                 continue
             self._apply(action)
@@ -611,10 +611,6 @@ class _OpExecutor:
         elif action is _Action.MARK_RENDEZVOUS_CLOSED:
             state.closed = True
         self._holder.dirty = True
-
-    def _is_member(self, state: RendezvousState) -> bool:
-        key = self._key
-        return key in state.participants or key in state.wait_list or key in state.redundancy_list
 
     def _join_through_queue(self, queue: JoinQueue, deadline: float) -> None:
         """Enqueue this node; the head of the queue admits everyone queued (see module doc)."""

@@ -119,6 +119,10 @@ class RendezvousState(msgspec.Struct, kw_only=True):
         """Return every node the state knows of (participants, wait and redundancy lists)."""
         return [*self.participants, *self.wait_list, *self.redundancy_list]
 
+    def has_member(self, node: str) -> bool:
+        """Return whether ``node`` is a participant or on the wait or redundancy list."""
+        return node in self.participants or node in self.wait_list or node in self.redundancy_list
+
 
 class _Header(msgspec.Struct):
     """The fields read before the full decode, to report versions and runs clearly."""
