@@ -10,15 +10,33 @@ implements one of the small protocols below, the handler uses it:
 * :class:`JoinQueue` — joining nodes announce themselves in a queue, and one node admits
   the whole queue with a single compare-and-set, so a burst of N joins costs O(N) small
   requests and a handful of state writes instead of O(N^2) lost compare-and-sets.
+* :class:`AtomicMembership` — the server itself applies joins, leaves, keep-alives, the
+  completion of a round and the dead-node sweep, each as one atomic, commutative operation
+  on per-node records (Redis Lua over per-run sets). A node then never reads nor writes the
+  whole state: each call answers with the node's :class:`Standing` (O(1) bytes), so a round
+  of N nodes costs O(1) requests and bytes per node. The handler prefers this capability
+  over all the others; :mod:`rdzv_core.rounds` is its reference implementation.
 """
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Token", "RendezvousBackend", "ChangeNotifier", "LivenessTracker", "JoinQueue"]
+__all__ = [
+    "Token",
+    "RendezvousBackend",
+    "ChangeNotifier",
+    "LivenessTracker",
+    "JoinQueue",
+    "Role",
+    "RoundSpec",
+    "Standing",
+    "AtomicMembership",
+]
 
 #: A fencing token: opaque to the handler, compared only by the backend.
 Token = Any
@@ -121,4 +139,143 @@ class JoinQueue(Protocol):
 
     def ack_joins(self, nodes: Sequence[str]) -> None:
         """Remove ``nodes`` from the queue (they were admitted into the state)."""
+        ...
+
+
+class Role(str, enum.Enum):
+    """Where a node stands in the rendezvous (:attr:`Standing.role`)."""
+
+    #: In no list: never joined, left, declared dead, or the server lost the state.
+    NONE = "none"
+    #: A participant of the current round.
+    PARTICIPANT = "participant"
+    #: In the wait list: the round is complete and has room; the node joins the next round.
+    WAITING = "waiting"
+    #: In the redundancy list: the round is full (``max_nodes``); the node waits for room.
+    REDUNDANT = "redundant"
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What the server needs to apply a membership operation.
+
+    Attributes:
+        min_nodes: Minimum participants of a round (int >= 1).
+        max_nodes: Maximum participants of a round (int >= min_nodes).
+        last_call: Seconds (float) the round stays open for more nodes once ``min_nodes``
+            joined.
+        dead_after: Seconds (float) a keep-alive record stays valid; a node whose record
+            lapsed is removed by the next sweep.
+    """
+
+    min_nodes: int
+    max_nodes: int
+    last_call: float
+    dead_after: float
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One node's view of the rendezvous, as the server answered it (O(1) bytes).
+
+    Attributes:
+        incarnation: Random id (str) of the run's membership record; a new one means the
+            server lost the record and started over. ``""`` when no record exists.
+        version: Counter (int) of the transitions a waiting node must react to: a new round,
+            completion, close, the last call starting or stopping, the wait list or the set
+            of missing participants becoming non-empty. Joins that change none of these do
+            not bump it, so a round of N joins announces O(1) changes.
+        round: The current round (int, from 0).
+        complete: Whether the current round completed.
+        closed: Whether the rendezvous is closed.
+        role: This node's :class:`Role`.
+        rank: This node's rank (int) when it is a participant of the complete round, else
+            ``None``. Ranks are fixed at completion, in the sorted order of the node keys.
+        world_size: The number of participants the round completed with (0 while open).
+        participants: Current number of participants (int).
+        waiting: Length of the wait list (int).
+        redundant: Length of the redundancy list (int).
+        deadline_in: Seconds (float) until the last call ends, by the server's clock, or
+            ``None`` while fewer than ``min_nodes`` joined (or the round is complete).
+        left_redundancy: Whether this very call moved the node out of the redundancy list
+            (its join deadline starts again, as in torch).
+    """
+
+    incarnation: str
+    version: int
+    round: int
+    complete: bool
+    closed: bool
+    role: Role
+    rank: int | None
+    world_size: int
+    participants: int
+    waiting: int
+    redundant: int
+    deadline_in: float | None
+    left_redundancy: bool = False
+
+    @property
+    def missing(self) -> int:
+        """Participants of a complete round that were removed since it completed."""
+        return max(0, self.world_size - self.participants) if self.complete else 0
+
+    @property
+    def change_id(self) -> tuple[str, int]:
+        """``(incarnation, version)``: what :meth:`AtomicMembership.wait_for_round_change`
+        compares."""
+        return self.incarnation, self.version
+
+
+@runtime_checkable
+class AtomicMembership(Protocol):
+    """A backend whose server applies each membership operation atomically.
+
+    Every method is one request (a Lua script on Redis) and answers with the calling node's
+    :class:`Standing`; the exact semantics are those of :mod:`rdzv_core.rounds` (the
+    reference implementation, which backends mirror and a shared contract suite checks).
+    All methods may raise :class:`~rdzv_core.api.RendezvousConnectionError`.
+    """
+
+    def join_round(self, node: str, spec: RoundSpec) -> Standing:
+        """Record a keep-alive of ``node`` and admit it: as a participant while the round is
+        open (completing it at ``max_nodes``, starting the last call at ``min_nodes``), else
+        to the wait list while the round has room, else to the redundancy list. A node
+        already placed keeps its place; a wait-listed node of a round that has since been
+        re-opened becomes a participant; a redundant node moves on when room appeared.
+        Creates the membership record (a new incarnation) when none exists."""
+        ...
+
+    def leave_round(self, node: str, spec: RoundSpec) -> Standing:
+        """Remove ``node`` from every list (its keep-alive record stays). When the last
+        participant of a complete round leaves, the next round opens."""
+        ...
+
+    def complete_round(self, node: str, spec: RoundSpec, round_: int) -> Standing:
+        """Complete round ``round_`` when it is still the open round, holds at least
+        ``min_nodes`` participants and its last call ended (idempotent)."""
+        ...
+
+    def keep_alive_round(self, node: str, spec: RoundSpec, sweep: bool) -> tuple[Standing, list[str]]:
+        """Record a keep-alive of ``node``; when ``sweep``, also remove every other node whose
+        keep-alive record lapsed (bounded per call) and return them."""
+        ...
+
+    def round_standing(self, node: str) -> Standing:
+        """Return the standing of ``node`` (read-only)."""
+        ...
+
+    def close_rendezvous(self, node: str) -> Standing:
+        """Mark the rendezvous closed (idempotent)."""
+        ...
+
+    def wait_for_round_change(self, seen: tuple[str, int] | None, timeout: float) -> bool:
+        """Block until the record's :attr:`Standing.change_id` differs from ``seen`` or
+        ``timeout`` seconds pass. ``True`` when a change was seen (a spurious ``True`` is
+        allowed), ``False`` on timeout; ``timeout == 0`` only checks."""
+        ...
+
+    def membership_state(self) -> Any:
+        """Return the whole membership as a :class:`~rdzv_core.state.RendezvousState`, or
+        ``None`` without a record. O(N) bytes: for ``rdzv status``, never on a node's path."""
         ...
