@@ -36,6 +36,9 @@ from rdzv_core.dynamic import (
     RendezvousEvent,
     RendezvousSettings,
     RendezvousTimeout,
+    create_handler,
+)
+from rdzv_core.dynamic.ops import (
     _Action,
     _add_participant,
     _close_op,
@@ -45,7 +48,6 @@ from rdzv_core.dynamic import (
     _mark_complete,
     _missing_participants,
     _remove_nodes,
-    create_handler,
 )
 from rdzv_core.registry import get_rendezvous_handler
 from rdzv_core.state import NodeDesc, RendezvousState, decode_state, encode_state
@@ -868,7 +870,7 @@ def _settings(min_nodes: int = 2, max_nodes: int = 3) -> RendezvousSettings:
 
 
 def _decide(state: RendezvousState, node: str = "me", *, deadline_in: float = 60, keep_alive_due: bool = False, settings: RendezvousSettings | None = None):
-    ctx = _Context(node, state, settings or _settings(), keep_alive_due)
+    ctx = _Context(node, state, settings or _settings(), keep_alive_due, time.monotonic(), time.time())
     return _join_op(ctx, time.monotonic() + deadline_in)
 
 
@@ -906,22 +908,22 @@ def test_exit_and_close_ops():
     s = _settings()
     future, past = time.monotonic() + 60, time.monotonic() - 1
     member = RendezvousState(run_id=RUN, participants={"me": 0})
-    assert _exit_op(_Context("me", member, s, False), future) is _Action.REMOVE_FROM_PARTICIPANTS
-    assert _exit_op(_Context("me", member, s, False), past) is _Action.ERROR_TIMEOUT
-    assert _exit_op(_Context("me", RendezvousState(run_id=RUN), s, False), past) is _Action.FINISH
-    assert _close_op(_Context("me", RendezvousState(run_id=RUN), s, False), future) is _Action.MARK_RENDEZVOUS_CLOSED
-    assert _close_op(_Context("me", RendezvousState(run_id=RUN), s, False), past) is _Action.ERROR_TIMEOUT
-    assert _close_op(_Context("me", RendezvousState(run_id=RUN, closed=True), s, False), past) is _Action.FINISH
+    assert _exit_op(_Context("me", member, s, False, time.monotonic(), time.time()), future) is _Action.REMOVE_FROM_PARTICIPANTS
+    assert _exit_op(_Context("me", member, s, False, time.monotonic(), time.time()), past) is _Action.ERROR_TIMEOUT
+    assert _exit_op(_Context("me", RendezvousState(run_id=RUN), s, False, time.monotonic(), time.time()), past) is _Action.FINISH
+    assert _close_op(_Context("me", RendezvousState(run_id=RUN), s, False, time.monotonic(), time.time()), future) is _Action.MARK_RENDEZVOUS_CLOSED
+    assert _close_op(_Context("me", RendezvousState(run_id=RUN), s, False, time.monotonic(), time.time()), past) is _Action.ERROR_TIMEOUT
+    assert _close_op(_Context("me", RendezvousState(run_id=RUN, closed=True), s, False, time.monotonic(), time.time()), past) is _Action.FINISH
 
 
 def test_add_participant_last_call_and_completion():
     s = _settings(2, 3)
     state = RendezvousState(run_id=RUN, wait_list=["b"])
-    _add_participant(state, "c", s)
+    _add_participant(state, "c", s, time.time())
     assert state.deadline is None and not state.complete
-    _add_participant(state, "b", s)
+    _add_participant(state, "b", s, time.time())
     assert state.wait_list == [] and state.deadline is not None and state.deadline > time.time()
-    _add_participant(state, "a", s)
+    _add_participant(state, "a", s, time.time())
     assert state.complete and state.deadline is None and state.world_size == 3
     assert state.participants == {"a": 0, "b": 1, "c": 2}
 

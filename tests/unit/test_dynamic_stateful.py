@@ -26,22 +26,18 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from rdzv_core import dynamic, store_backend
+from rdzv_core import store_backend
 from rdzv_core.backend import RendezvousBackend
-from rdzv_core.dynamic import (
-    RendezvousSettings,
-    RendezvousTimeout,
+from rdzv_core.dynamic import Clock, RendezvousSettings, RendezvousTimeout
+from rdzv_core.dynamic.executor import _OpExecutor, _StateHolder
+from rdzv_core.dynamic.liveness import _StateLiveness, _TrackerLiveness
+from rdzv_core.dynamic.ops import (
     _Action,
     _close_op,
-    _Context,
     _exit_op,
     _join_op,
     _keep_alive_op,
     _missing_participants,
-    _OpExecutor,
-    _StateHolder,
-    _StateLiveness,
-    _TrackerLiveness,
 )
 from rdzv_core.state import NodeDesc, decode_state
 from rdzv_core.store import HashStore
@@ -56,8 +52,8 @@ MIN_NODES, MAX_NODES = 2, 3
 ERRORS = {_Action.ERROR_CLOSED, _Action.ERROR_TIMEOUT, _Action.ERROR_GRACEFUL_EXIT}
 
 
-class FakeClock:
-    """Wall clock and monotonic clock that move only when told to."""
+class FakeClock(Clock):
+    """Wall clock and monotonic clock that move only when told to; jitter is the midpoint."""
 
     def __init__(self) -> None:
         self.wall = 1_700_000_000.0
@@ -71,6 +67,9 @@ class FakeClock:
 
     def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
+
+    def uniform(self, low: float, high: float) -> float:
+        return (low + high) / 2
 
     def advance(self, seconds: float) -> None:
         self.wall += seconds
@@ -96,9 +95,8 @@ class RendezvousMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         fake_time = types.SimpleNamespace(time=self.clock.time, monotonic=self.clock.monotonic, sleep=self.clock.sleep)
-        self._saved = (dynamic.time, store_backend.time)
-        dynamic.time = fake_time
-        store_backend.time = fake_time
+        self._saved = store_backend.time
+        store_backend.time = fake_time  # the tracker's records (the "server" clock)
         self.settings = RendezvousSettings(
             RUN,
             MIN_NODES,
@@ -116,20 +114,20 @@ class RendezvousMachine(RuleBasedStateMachine):
         self.completions: dict[int, dict[str, tuple[int, int]]] = {}
 
     def teardown(self) -> None:
-        dynamic.time, store_backend.time = self._saved
+        store_backend.time = self._saved
 
     def _make_node(self, i: int) -> Node:
         inner = StoreRendezvousBackend(self.store, RUN)
         backend: RendezvousBackend = inner if self.kind == "tracker" else StateOnlyBackend(inner)
-        liveness = _TrackerLiveness(inner, self.settings) if self.kind == "tracker" else _StateLiveness(self.settings)
+        liveness = _TrackerLiveness(inner, self.settings) if self.kind == "tracker" else _StateLiveness(self.settings, self.clock)
         desc = NodeDesc("node", 1, i)
 
         def on_dead(nodes: list[str]) -> None:
             for node in nodes:
                 liveness.forget(node)
 
-        holder = _StateHolder(backend, self.settings, liveness, desc.key, on_dead)
-        executor = _OpExecutor(desc, self.settings, holder, backend, liveness, lambda *args, **kwargs: None)
+        holder = _StateHolder(backend, self.settings, liveness, desc.key, on_dead, self.clock)
+        executor = _OpExecutor(desc, self.settings, holder, backend, liveness, lambda *args, **kwargs: None, self.clock)
         return Node(desc.key, holder, executor, liveness)
 
     # -- one iteration of _OpExecutor.run ---------------------------------------------------
@@ -142,7 +140,7 @@ class RendezvousMachine(RuleBasedStateMachine):
     def _step(self, node: Node, op) -> _Action:
         holder = node.holder
         self._sync(node)  # read, or write pending dead-node removals
-        action = op(_Context(node.key, holder.state, self.settings, node.executor.keep_alive_due()), node.deadline)
+        action = op(node.executor.context(), node.deadline)
         if action in ERRORS:
             return action
         if action in (_Action.FINISH, _Action.SYNC):
