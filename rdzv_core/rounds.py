@@ -101,9 +101,15 @@ def standing(rec: RoundRecord | None, node: str, now: float, left_redundancy: bo
 
 
 def _mark_complete(rec: RoundRecord) -> None:
+    """Complete the round: fix the ranks, and drop the wait list. Its entries predate the
+    round (joins of an open round make participants), so they were told the round opened and
+    did not come: dead, or slow. Kept, they would make the members re-form again and again
+    until swept; a slow one that is alive finds itself in no list at its next keep-alive and
+    joins the wait list again."""
     rec.complete, rec.deadline = True, None
     rec.participants = {node: rank for rank, node in enumerate(sorted(rec.participants))}
     rec.world_size = len(rec.participants)
+    rec.wait_list.clear()
 
 
 def _add_participant(rec: RoundRecord, node: str, spec: RoundSpec, now: float) -> None:

@@ -26,7 +26,7 @@ from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBacke
 from rdzv_core.dynamic.clock import SYSTEM_CLOCK, Clock
 from rdzv_core.dynamic.executor import _OpExecutor, _StateHolder
 from rdzv_core.dynamic.liveness import _Liveness, _StateLiveness, _TrackerLiveness
-from rdzv_core.dynamic.membership import MembershipExecutor
+from rdzv_core.dynamic.membership import Joined, MembershipExecutor
 from rdzv_core.dynamic.ops import (
     _Action,
     _close_op,
@@ -264,12 +264,8 @@ class DynamicRendezvousHandler(RendezvousHandler):
     def _join(self, deadline: float) -> tuple[int, int, int]:
         """Leave the current round and join the next; return ``(rank, world_size, round)``."""
         if self._membership is not None:
-            ex = self._membership
-            if ex.standing is not None and ex.standing.role is not Role.NONE:
-                ex.leave()
-            joined = ex.run(deadline)
-            self._joined_at = (joined.standing.incarnation, joined.round)
-            return joined.rank, joined.world_size, joined.round
+            self._leave_for_next_round(self._membership)
+            return self._record_join(self._membership.run(deadline))
         self._executor.run(_exit_op, deadline)
         self._executor.run(self._join_op_with_events(), deadline)
         state = self._holder.state
@@ -277,6 +273,17 @@ class DynamicRendezvousHandler(RendezvousHandler):
         # not shrink it below this node's rank; num_nodes_waiting() now reports the missing
         # node, so the agents re-rendezvous.
         return state.rank_of(self._this_node.key), state.world_size or len(state.participants), state.round
+
+    def _leave_for_next_round(self, ex: MembershipExecutor) -> None:
+        """Leave the lists this node is in (torch's exit operation before a join)."""
+        if ex.standing is not None and ex.standing.role is not Role.NONE:
+            ex.leave()
+
+    def _record_join(self, joined: Joined) -> tuple[int, int, int]:
+        """Remember the round this node joined; return ``(rank, world_size, round)``."""
+        self._joined_at = (joined.standing.incarnation, joined.round)
+        self._joined_round = joined.round
+        return joined.rank, joined.world_size, joined.round
 
     def _join_op_with_events(self) -> _Op:
         announced: set[str] = set()
