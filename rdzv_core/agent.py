@@ -449,8 +449,8 @@ class ElasticAgent:
         with self._interruptible_section():
             info = self.handler.next_rendezvous()
         seconds = time.monotonic() - t0
-        state = getattr(self.handler, "state", None)
-        round_ = int(getattr(state, "round", len(self._rounds) + 1))
+        standing = getattr(self.handler, "standing", None)
+        round_ = int(getattr(standing, "round", len(self._rounds) + 1))
         record = RoundRecord(round_, info.rank, info.world_size, round(seconds, 4), time.time())
         self._rounds.append(record)
         logger.info("Round %d: rank %d of %d (rendezvous took %.2f s).", round_, info.rank, info.world_size, seconds)
@@ -535,11 +535,11 @@ class ElasticAgent:
         return EXIT_RENDEZVOUS, f"The rendezvous backend stayed unreachable for {BACKEND_GRACE:g} s; the program was stopped.", outcome
 
     def _closed_hint(self, ticks: int) -> bool:
-        """Whether the rendezvous was closed, from the state the handler last read (free) or,
+        """Whether the rendezvous was closed, from the standing the handler last saw (free) or,
         for other handlers, ``is_closed()`` every 10th tick."""
-        state = getattr(self.handler, "state", None)
-        if state is not None:
-            return bool(getattr(state, "closed", False))
+        standing = getattr(self.handler, "standing", None)
+        if standing is not None:
+            return bool(getattr(standing, "closed", False))
         return ticks % 10 == 0 and self.handler.is_closed()
 
     def _monitor(self, worker: WorkerProcess) -> tuple[str, int | None]:
@@ -574,12 +574,12 @@ class ElasticAgent:
     def _round_broken(self, round_: int | None) -> bool:
         """Whether a participant of our round is gone (or the round moved on)."""
         waiting = self.handler.num_nodes_waiting()
-        state = getattr(self.handler, "state", None)
-        if state is None:
+        standing = getattr(self.handler, "standing", None)
+        if standing is None:
             return waiting > 0
-        if round_ is not None and state.round != round_:
+        if round_ is not None and standing.round != round_:
             return True
-        return bool(state.complete) and len(state.participants) < state.world_size
+        return bool(standing.complete) and standing.missing > 0
 
     def _exit_barrier(self, info: RendezvousInfo) -> str:
         """Report success in the round's store and wait for every rank.
@@ -589,8 +589,8 @@ class ElasticAgent:
             ``timeout``.
         """
         store = info.store
-        state = getattr(self.handler, "state", None)
-        round_ = getattr(state, "round", None)
+        standing = getattr(self.handler, "standing", None)
+        round_ = getattr(standing, "round", None)
         deadline = time.monotonic() + self.config.exit_barrier_timeout
         last_ok = time.monotonic()
         reported = False

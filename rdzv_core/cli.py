@@ -524,8 +524,7 @@ def close(ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_con
     """
     _configure(ctx, "WARNING")
     from rdzv_core.registry import get_rendezvous_handler
-    from rdzv_core.state import decode_state
-    from rdzv_core.status import safe_endpoint
+    from rdzv_core.status import read_state, safe_endpoint
 
     params = _params(backend, endpoint, run_id, rdzv_conf)
     try:
@@ -533,10 +532,10 @@ def close(ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_con
         backend_obj = getattr(handler, "backend", None)
         try:
             if backend_obj is not None:
-                current = backend_obj.get_state()
+                current = read_state(backend_obj, run_id)
                 if current is None:
                     raise CliError(f"The run '{run_id}' has no rendezvous state at {backend} {safe_endpoint(endpoint) or '(default endpoint)'}: nothing to close.", EXIT_FAILURE)
-                if decode_state(current[0], run_id).closed:
+                if current.closed:
                     click.echo(f"The rendezvous '{run_id}' was already closed.")
                     ctx.exit(0)
             handler.set_closed()

@@ -1,8 +1,9 @@
 """Read-only views of a rendezvous: open a backend without joining, and describe its state.
 
 ``rdzv status`` and ``rdzv close`` build on these. Nothing here joins a rendezvous: the state
-is read through the backend (``RendezvousBackend.get_state``) and decoded with
-:func:`rdzv_core.state.decode_state`; heartbeat ages come from the backend's
+is the membership record of a backend with :class:`~rdzv_core.backend.AtomicMembership`, else
+the blob read through ``RendezvousBackend.get_state`` and decoded with
+:func:`rdzv_core.state.decode_state` (:func:`read_state`); heartbeat ages come from the backend's
 :class:`~rdzv_core.backend.LivenessTracker` when it has one, else from the keep-alive times
 kept in the state.
 
@@ -23,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from rdzv_core.api import RendezvousParameters
-from rdzv_core.backend import LivenessTracker, RendezvousBackend
+from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBackend
 from rdzv_core.registry import ENTRY_POINT_GROUP, get_rendezvous_handler
 from rdzv_core.state import NodeDesc, RendezvousState, decode_state
 from rdzv_core.store import Store
@@ -204,6 +205,24 @@ def _heartbeat_ages(backend: RendezvousBackend, state: RendezvousState, nodes: S
     return [max(0.0, now - state.last_heartbeats[n]) if n in state.last_heartbeats else None for n in nodes]
 
 
+def read_state(backend: RendezvousBackend, run_id: str) -> RendezvousState | None:
+    """The whole state of run ``run_id``, or ``None`` when it has none.
+
+    With :class:`~rdzv_core.backend.AtomicMembership` the membership record is read
+    (``membership_state``: what handlers join through); otherwise the state blob
+    (``get_state``, decoded with the schema).
+
+    Raises:
+        RendezvousConnectionError: the backend is unreachable.
+        RendezvousStateError: the stored state is corrupt or of another run.
+    """
+    if isinstance(backend, AtomicMembership):
+        state: RendezvousState | None = backend.membership_state()
+        return state
+    current = backend.get_state()
+    return None if current is None else decode_state(current[0], run_id)
+
+
 def read_status(backend: RendezvousBackend, run_id: str, *, backend_name: str | None = None, endpoint: str = "") -> RendezvousStatus:
     """Read and describe the rendezvous state of ``run_id`` from ``backend`` (read-only).
 
@@ -221,10 +240,9 @@ def read_status(backend: RendezvousBackend, run_id: str, *, backend_name: str | 
         RendezvousStateError: the stored state is corrupt or of another run.
     """
     status = RendezvousStatus(run_id=run_id, backend=backend_name or backend.name, endpoint=safe_endpoint(endpoint))
-    current = backend.get_state()
-    if current is None:
+    state = read_state(backend, run_id)
+    if state is None:
         return status
-    state = decode_state(current[0], run_id)
     status.exists = True
     status.round = state.round
     status.complete = state.complete
