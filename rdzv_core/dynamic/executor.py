@@ -185,6 +185,7 @@ class _OpExecutor:
         self._queue = backend if isinstance(backend, JoinQueue) else None
         self._queued_at: float | None = None
         self._queued_with: Token | None = None
+        self._checked_at = float("-inf")
         self._fallback = _FALLBACK
 
     def context(self) -> _Context:
@@ -265,32 +266,36 @@ class _OpExecutor:
         self._holder.dirty = True
 
     def _join_through_queue(self, queue: JoinQueue, deadline: float) -> None:
-        """Enqueue this node; the head of the queue admits everyone queued (see module doc)."""
-        if self._queued_at is None:
+        """Enqueue this node; the head of the queue admits everyone queued (see module doc).
+
+        A queued node re-checks its own place every keep-alive interval, and at once when the
+        state vanished: enqueuing again is idempotent and O(1), and puts back an entry the
+        server lost (a node that then finds itself at the head admits the queue). A node not
+        admitted within its fallback time admits the queue itself (the head may have died).
+        """
+        now = self._clock.monotonic()
+        vanished = self._queued_with is not None and self._holder.token is None
+        if self._queued_at is None or vanished or now - self._checked_at >= self._settings.interval_s:
+            first = self._queued_at is None or vanished
             self._beat()
             position = queue.enqueue_join(self._key)
-            self._queued_at = self._clock.monotonic()
-            self._queued_with = self._holder.token  # a state that later vanishes took the queue along
-            # Admitting a long queue takes a while: the further back, the longer to wait
-            # before taking over from a head that may have died.
-            self._fallback = _GATHER_MAX + _FALLBACK * self._clock.uniform(1.0, 2.0) + position * _FALLBACK_PER_NODE
+            self._checked_at = now
+            if first:
+                self._queued_at = now
+                self._queued_with = self._holder.token  # a state that later vanishes took the queue along
+                # Admitting a long queue takes a while: the further back, the longer to wait
+                # before taking over from a head that may have died.
+                self._fallback = _GATHER_MAX + _FALLBACK * self._clock.uniform(1.0, 2.0) + position * _FALLBACK_PER_NODE
             if position == 1:
                 self._gather(queue, deadline)
                 self._admit_queue(queue, deadline)
                 return
-        waited = self._clock.monotonic() - self._queued_at
-        fallback = self._fallback
-        vanished = self._queued_with is not None and self._holder.token is None
-        if vanished or waited >= min(fallback, self._settings.interval_s):
-            # Re-check this node's own standing: its queue entry may be gone (the server lost
-            # its data, or the queue expired). Enqueuing again is idempotent and O(1), and puts
-            # it back at once; a node that finds itself at the head admits the queue.
-            self._queued_at = None
-            self._join_through_queue(queue, deadline)
-            if self._queued_at is not None and waited >= fallback:
-                self._admit_queue(queue, deadline)  # the head may have died: take over
+        assert self._queued_at is not None
+        if now - self._queued_at >= self._fallback:
+            self._admit_queue(queue, deadline)
+            self._queued_at = self._clock.monotonic()
             return
-        self._wait(min(deadline, self._clock.monotonic() + min(fallback, self._settings.interval_s) - waited))
+        self._wait(min(deadline, self._queued_at + self._fallback, self._checked_at + self._settings.interval_s))
 
     def _gather(self, queue: JoinQueue, deadline: float) -> None:
         """Let a burst of joins gather: return once the queue stopped growing for _SETTLE
