@@ -164,7 +164,9 @@ class EtcdRendezvousBackend(RendezvousBackend):
         """Block until the state's version differs from ``token`` or ``timeout`` seconds pass.
 
         With a token: a watch on the state key from ``token + 1`` (etcd replays changes made
-        since the token, so none is missed; a lost history counts as a change). Without one:
+        since the token, so none is missed; a compacted/cleared history is re-read and the
+        watch resumes if the state is unchanged; a server that lost its data, i.e. whose
+        revision is below the token, counts as a change). Without one:
         read, and watch from the read's revision + 1 if there is no state. ``timeout == 0``
         only reads.
 

@@ -19,6 +19,7 @@ import enum
 import importlib
 import logging
 import os
+import random
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -39,7 +40,10 @@ __all__ = [
     "EtcdKV",
     "OutcomeUnknownError",
     "Versioned",
+    "WatchBackoff",
     "Failure",
+    "WatchCursor",
+    "WatchOutcome",
     "import_client",
 ]
 
@@ -55,6 +59,8 @@ DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_KEY_TTL = 7200
 #: Seconds during which transport failures are retried (with back-off, across endpoints).
 DEFAULT_RETRY_WINDOW = 3.0
+#: Back-off between attempts (requests and watches): the first pause, doubling up to the cap.
+BACKOFF_FIRST, BACKOFF_CAP = 0.05, 1.0
 
 #: The configuration keys of the etcd backends (``--rdzv-conf``).
 ETCD_CONFIG_KEYS = frozenset(
@@ -82,6 +88,58 @@ def import_client(module: str) -> ModuleType:
             f"The rdzv etcd plug-in needs the '{dist}' package, which cannot be imported "
             f"({exc}). Install it with: {_INSTALL_HINT}"
         ) from exc
+
+
+def jittered(delay: float) -> float:
+    """``delay`` with jitter: uniform in ``[delay / 2, delay]`` (clients that failed together
+    do not all come back at the same instant)."""
+    return delay * random.uniform(0.5, 1.0)
+
+
+class WatchBackoff:
+    """Pauses between watches of a key that ended without delivering an event.
+
+    A watch can end at once, over and over: a cancelled or compacted watch, an error message,
+    a stream the server (or a proxy) closes right away, a server that lost its data. Each such
+    end is :meth:`failed`; the next watch of the key first :meth:`pause`s, for 50 ms doubling
+    to 1 s with jitter, never past the caller's deadline. A watch that delivers an event or
+    runs to its timeout (a healthy stream) is :meth:`succeeded` and clears the streak, and so
+    does a streak older than ``memory`` seconds. Thread-safe; one per adapter, keyed by key,
+    so the caller's own loop (re-read, watch again) is slowed down too, not only the retries
+    inside one watch.
+    """
+
+    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP, memory: float = 10.0) -> None:
+        self.first, self.cap, self.memory = first, cap, memory
+        self._streaks: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, key: str) -> None:
+        """A watch of ``key`` ended without an event."""
+        now = time.monotonic()
+        with self._lock:
+            count, last = self._streaks.get(key, (0, now))
+            self._streaks[key] = (1 if now - last > self.memory else count + 1, now)
+
+    def succeeded(self, key: str) -> None:
+        """A watch of ``key`` delivered an event or timed out normally."""
+        with self._lock:
+            self._streaks.pop(key, None)
+
+    def delay(self, key: str) -> float:
+        """Seconds the next watch of ``key`` should wait (before jitter); 0 without a streak."""
+        now = time.monotonic()
+        with self._lock:
+            count, last = self._streaks.get(key, (0, now))
+        if count == 0 or now - last > self.memory:
+            return 0.0
+        return min(self.cap, self.first * 2 ** (count - 1))
+
+    def pause(self, key: str, deadline: float) -> None:
+        """Sleep the jittered :meth:`delay` of ``key``, but not past ``deadline`` (monotonic)."""
+        delay = self.delay(key)
+        if delay > 0:
+            time.sleep(max(0.0, min(jittered(delay), deadline - time.monotonic())))
 
 
 class Versioned(NamedTuple):
@@ -113,6 +171,32 @@ class Failure(enum.Enum):
     MAYBE_SENT = "maybe sent"
     #: etcd answered and refused (authentication, permission, request too large): no retry.
     REFUSED = "refused"
+
+
+class WatchOutcome(enum.Enum):
+    """How one watch attempt ended (see :meth:`EtcdKV._watch_loop`)."""
+
+    #: An event on the key: the watch answers ``True``.
+    EVENT = "event"
+    #: The caller's timeout passed on a healthy stream: ``False``.
+    TIMEOUT = "timeout"
+    #: The re-read before an attempt found the key changed since the start (or absent): ``True``.
+    CHANGED = "changed"
+    #: The server's revision is below the start (or it is another cluster): it lost its
+    #: data. ``True``, so that the caller re-reads; the revision is never watched again.
+    LOST = "lost"
+    #: Ended without an event but the history may be fine (cancelled, compacted, v2's cleared
+    #: index): back off, re-read, resume from the read's revision + 1.
+    RESUME = "resume"
+
+
+@dataclass
+class WatchCursor:
+    """Where a watch stands: the revision it watches from, and whether the key must be
+    re-read before the next attempt (after any attempt that ended without an event)."""
+
+    start: int
+    recheck: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,6 +379,8 @@ class EtcdKV(ABC):
         self._clients: list[Any] = [None] * len(config.endpoints)
         self._current = 0
         self._lock = threading.Lock()
+        #: Pauses between watches that end without an event (per key, across calls).
+        self.watch_backoff = WatchBackoff()
 
     @property
     def backend_name(self) -> str:
@@ -383,13 +469,19 @@ class EtcdKV(ABC):
         at once (etcd replays its history), so a read followed by a watch from the read's
         revision + 1 never misses a change.
 
-        Transport failures are retried for up to ``timeout`` (at least ``retry_window``)
-        from the same ``start_revision``, so a watch survives an etcd restart without
-        missing a change.
+        Transport failures are retried for up to ``timeout`` (at least ``retry_window``),
+        so a watch survives an etcd restart without missing a change. A watch that ends
+        without an event (transport failure, cancelled or compacted watch, a stream closed at
+        once, v2's cleared event index) is retried only after a jittered back-off
+        (:class:`WatchBackoff`) and after re-reading ``key``: changed since
+        ``start_revision`` (or absent) -> ``True``; unchanged -> the watch resumes from the
+        read's revision + 1, which etcd still has. A server whose revision is below
+        ``start_revision - 1`` (or, v3, that reports another cluster id) lost its data: that
+        is reported as a change too, never watched from the impossible revision again.
 
         Returns:
-            ``True`` on a change (also when etcd no longer has the history back to
-            ``start_revision``: the caller re-reads), ``False`` on timeout.
+            ``True`` on a change (also a possible one: a lost history or lost data; the
+            caller re-reads), ``False`` on timeout.
         """
 
     def close(self) -> None:
@@ -439,7 +531,8 @@ class EtcdKV(ABC):
         (or until the ``time.monotonic()`` deadline ``retry_until``, if later: a watch keeps
         trying for as long as its caller is willing to wait, e.g. across an etcd restart).
 
-        Each failure moves to the next endpoint; back-off doubles from 50 ms to 1 s. A failure
+        Each failure moves to the next endpoint; back-off doubles from 50 ms to 1 s (each
+        pause jittered down to half of it, see :func:`jittered`). A failure
         that may have reached etcd (:attr:`Failure.MAYBE_SENT`) is retried only when
         ``idempotent``; a refusal (:attr:`Failure.REFUSED`) never.
 
@@ -447,7 +540,7 @@ class EtcdKV(ABC):
             RendezvousConnectionError: still failing; names ``op``, the endpoints and the cause.
         """
         deadline = max(time.monotonic() + self.config.retry_window, retry_until or 0.0)
-        delay = 0.05
+        delay = BACKOFF_FIRST
         while True:
             index, client = self._client()
             try:
@@ -464,8 +557,46 @@ class EtcdKV(ABC):
                 if time.monotonic() + delay > deadline:
                     raise self.connection_error(op, self._describe(exc)) from exc
                 logger.debug("etcd %s at %s failed (%s); retrying in %.2f s", op, self.config.urls[index], exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                time.sleep(jittered(delay))
+                delay = min(delay * 2, BACKOFF_CAP)
+
+    def _watch_loop(self, key: str, start_revision: int, timeout: float, attempt: Callable[[Any, WatchCursor, float], WatchOutcome]) -> bool:
+        """The :meth:`watch` of both adapters: ``attempt(client, cursor, deadline)`` re-reads
+        ``key`` when ``cursor.recheck`` (moving ``cursor.start`` to the read's revision + 1, or
+        answering CHANGED/LOST), sets ``cursor.recheck`` and watches once.
+
+        Transport failures (and streams that end at once) are retried inside one
+        :meth:`_call` (jittered back-off, fail-over), each retry re-reading first; RESUME
+        comes back here and is retried after :attr:`watch_backoff`'s pause. Every end without
+        an event counts in :attr:`watch_backoff`, so a caller that watches again at once
+        (re-read, watch) is slowed down as well.
+        """
+        deadline = time.monotonic() + timeout
+        cursor = WatchCursor(max(1, start_revision))
+        backoff = self.watch_backoff
+        while True:
+            backoff.pause(key, deadline)
+            if time.monotonic() >= deadline:
+                return False
+            try:
+                outcome = self._call("watch", lambda client: attempt(client, cursor, deadline), retry_until=deadline)
+            except RendezvousConnectionError:
+                backoff.failed(key)
+                raise
+            if outcome in (WatchOutcome.EVENT, WatchOutcome.TIMEOUT):
+                backoff.succeeded(key)
+                return outcome is WatchOutcome.EVENT
+            backoff.failed(key)
+            if outcome is WatchOutcome.LOST:
+                logger.warning(
+                    "etcd at %s does not have revision %d any more (it lost its data or is another cluster); "
+                    "reporting a change so that the state is read again.", self.endpoint, cursor.start - 1,
+                )
+                return True
+            if outcome is WatchOutcome.CHANGED:
+                return True
+            cursor.recheck = True
+            logger.debug("The etcd watch of %r ended without an event; re-reading and watching again.", key)
 
     def connection_error(self, op: str, cause: str, kind: type[RendezvousConnectionError] = RendezvousConnectionError) -> RendezvousConnectionError:
         """Build the error for a failed ``op``: endpoint and cause, with the password masked."""

@@ -7,7 +7,8 @@ stores bytes base64-encoded), every write gets a cluster-wide ``modifiedIndex``,
 * TTLs are per key (``?ttl=<seconds>``), rewritten by every write;
 * a watch is a long poll ``GET ?wait=true&waitIndex=<index>`` answered by the first event on
   the key at or after ``index`` (etcd keeps the last 1000 events; an older index is
-  "cleared", which :meth:`EtcdV2KV.watch` reports as a possible change).
+  "cleared": :meth:`EtcdV2KV.watch` then re-reads the key and, if it is unchanged, polls
+  from the current index + 1).
 
 etcd 3.4/3.5 serve v2 only with ``--enable-v2``; etcd 3.6 removed it: prefer ``etcd-v3``.
 """
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
-from rdzv_etcd.client import EtcdConfig, EtcdKV, Failure, Versioned, import_client
+from rdzv_etcd.client import EtcdConfig, EtcdKV, Failure, Versioned, WatchCursor, WatchOutcome, import_client
 
 if TYPE_CHECKING:
     from rdzv_etcd.backend import EtcdRendezvousBackend
@@ -132,23 +133,40 @@ class EtcdV2KV(EtcdKV):
         return sum(1 for _, version in leaves if max_version is None or version <= max_version)
 
     def watch(self, key: str, start_revision: int, timeout: float) -> bool:
-        """Long-poll ``GET <key>?wait=true&waitIndex=<start_revision>``, bounded by ``timeout``."""
-        deadline = time.monotonic() + timeout
+        """Long-poll ``GET <key>?wait=true&waitIndex=<start_revision>``, bounded by ``timeout``.
+
+        ``401 EventIndexCleared`` (etcd keeps only the last 1000 events: the key has not
+        changed for longer) re-reads the key and polls from the read's ``X-Etcd-Index`` + 1
+        when it is unchanged, after a back-off; so does any poll that failed. A re-read that
+        shows an index below ``start_revision - 1`` means etcd lost its data: a change."""
+        return self._watch_loop(key, start_revision, timeout, lambda client, cursor, deadline: self._watch_attempt(client, key, cursor, deadline))
+
+    def _watch_attempt(self, client: Any, key: str, cursor: WatchCursor, deadline: float) -> WatchOutcome:
         etcd = self._etcd
-
-        def op(client: Any) -> bool:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
+        if cursor.recheck:
             try:
-                client.read(key, wait=True, waitIndex=max(1, start_revision), timeout=max(remaining, _MIN_WATCH_TIMEOUT))
-                return True
-            except etcd.EtcdWatchTimedOut:
-                return False
-            except etcd.EtcdEventIndexCleared:
-                return True  # the history is gone: the caller re-reads
-
-        return self._call("watch", op, retry_until=deadline)
+                result = client.read(key)
+            except etcd.EtcdKeyNotFound:
+                return WatchOutcome.CHANGED
+            if getattr(result, "dir", False) or int(result.modifiedIndex) >= cursor.start:
+                return WatchOutcome.CHANGED
+            index = int(result.etcd_index)
+            if index < cursor.start - 1:
+                return WatchOutcome.LOST
+            cursor.start, cursor.recheck = index + 1, False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return WatchOutcome.TIMEOUT
+        cursor.recheck = True  # a poll that fails: re-read before the next
+        try:
+            client.read(key, wait=True, waitIndex=cursor.start, timeout=max(remaining, _MIN_WATCH_TIMEOUT))
+            outcome = WatchOutcome.EVENT
+        except etcd.EtcdWatchTimedOut:
+            outcome = WatchOutcome.TIMEOUT
+        except etcd.EtcdEventIndexCleared:
+            return WatchOutcome.RESUME
+        cursor.recheck = False
+        return outcome
 
     # -- adapter plumbing -----------------------------------------------------------------
 

@@ -17,6 +17,10 @@ base64 in JSON, 64-bit integers are JSON strings.
   cancelled/compacted watch (it would hang), and has no deadline. :meth:`EtcdV3KV.watch`
   reads the newline-delimited stream with the socket's read timeout set to the time left,
   answers on the first event, and closes the stream (which cancels the watch server-side).
+  A watch that ends without an event (cancelled, compacted, closed at once, etcd
+  unavailable) is retried after a jittered back-off and a re-read of the key, from the read's
+  revision + 1; a server whose revision is below the watched one lost its data, which is
+  answered as a change (see :meth:`rdzv_etcd.client.EtcdKV.watch`).
 * **Authentication**: with ``username``/``password`` a token from ``/v3/auth/authenticate``
   is sent as the ``Authorization`` header and renewed when etcd reports it invalid.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
 import threading
 import time
@@ -34,13 +39,15 @@ from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
-from rdzv_etcd.client import EtcdConfig, EtcdKV, Failure, Versioned, import_client
+from rdzv_etcd.client import EtcdConfig, EtcdKV, Failure, Versioned, WatchCursor, WatchOutcome, import_client
 
 if TYPE_CHECKING:
     from rdzv_etcd.backend import EtcdRendezvousBackend
     from rdzv_etcd.store import EtcdStore
 
 __all__ = ["EtcdV3KV", "create_backend"]
+
+logger = logging.getLogger(__name__)
 
 #: etcd's default ``--max-txn-ops``: multi-key reads and writes are batched by this.
 MAX_TXN_OPS = 128
@@ -70,7 +77,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 class _WatchEnded(Exception):
-    """The watch stream closed without an event (server restart, proxy timeout)."""
+    """The watch stream closed without an event (server restart, proxy timeout) or reported a
+    server-side failure: retried (after a back-off, re-reading the key first)."""
 
 
 class _LeaseCache:
@@ -118,6 +126,9 @@ class EtcdV3KV(EtcdKV):
         self._urllib3 = import_client("urllib3")
         self._leases = _LeaseCache()
         self._auth_lock = threading.Lock()
+        self._cluster_lock = threading.Lock()
+        self._cluster_id: str | None = None
+        self._cluster_epoch = 0
 
     # -- EtcdKV ---------------------------------------------------------------------------
 
@@ -220,19 +231,42 @@ class EtcdV3KV(EtcdKV):
         return self._call("count", op)
 
     def watch(self, key: str, start_revision: int, timeout: float) -> bool:
-        """Stream ``POST /v3/watch`` from ``start_revision``; ``True`` on the first event or
-        on cancellation (compacted history), ``False`` after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        request = {"create_request": {"key": _b64(key), "start_revision": str(max(1, start_revision))}}
+        """Stream ``POST /v3/watch`` from ``start_revision``; ``True`` on the first event (or
+        a lost history / lost data, see :meth:`EtcdKV.watch`), ``False`` after ``timeout``
+        seconds.
 
-        def op(client: Any) -> bool:
+        The ``created`` answer's header tells the server's revision: below
+        ``start_revision - 1`` means the server lost its data (wiped and restarted: a watch
+        from a future revision would wait for changes that were already made). A cancelled
+        or compacted watch re-reads the key and resumes from the read's revision + 1."""
+        epoch = self._cluster_epoch
+        return self._watch_loop(key, start_revision, timeout, lambda client, cursor, deadline: self._watch_attempt(client, key, cursor, deadline, epoch))
+
+    def _watch_attempt(self, client: Any, key: str, cursor: WatchCursor, deadline: float, epoch: int) -> WatchOutcome:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return WatchOutcome.TIMEOUT
+        if cursor.recheck:
+            response = self._post(client, "kv/range", {"key": _b64(key)})
+            if self._cluster_epoch != epoch:
+                return WatchOutcome.LOST
+            current = self._kvs(response).get(key)
+            revision = int(response["header"]["revision"])
+            if current is None or current.version >= cursor.start:
+                return WatchOutcome.CHANGED
+            if revision < cursor.start - 1:
+                return WatchOutcome.LOST
+            cursor.start, cursor.recheck = revision + 1, False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return False
-            self._ensure_token(client)
-            return self._watch_stream(client, request, remaining)
-
-        return self._call("watch", op, retry_until=deadline)
+                return WatchOutcome.TIMEOUT
+        cursor.recheck = True  # whatever ends this attempt without an event: re-read first
+        self._ensure_token(client)
+        request = {"create_request": {"key": _b64(key), "start_revision": str(cursor.start)}}
+        outcome = self._watch_stream(client, request, remaining, cursor.start, epoch)
+        if outcome in (WatchOutcome.EVENT, WatchOutcome.TIMEOUT):
+            cursor.recheck = False
+        return outcome
 
     # -- requests -------------------------------------------------------------------------
 
@@ -242,36 +276,74 @@ class EtcdV3KV(EtcdKV):
         Renews the auth token once when etcd reports it invalid (tokens expire)."""
         self._ensure_token(client)
         try:
-            return dict(client.post(client.get_url(path), json=payload, **self._tls_kwargs()))
+            response = dict(client.post(client.get_url(path), json=payload, **self._tls_kwargs()))
         except self._exceptions.Etcd3Exception as exc:
             if self.config.username and not reauthenticated and _is_invalid_token(exc):
                 self._authenticate(client)
                 return self._post(client, path, payload, reauthenticated=True)
             raise
+        self._note_cluster(response.get("header") or {})
+        return response
 
-    def _watch_stream(self, client: Any, request: dict[str, Any], remaining: float) -> bool:
+    def _watch_stream(self, client: Any, request: dict[str, Any], remaining: float, start: int, epoch: int) -> WatchOutcome:
+        """One watch stream: EVENT, TIMEOUT, LOST (the ``created`` header shows a revision
+        below ``start - 1`` or another cluster), RESUME (cancelled/compacted). Raises
+        :class:`_WatchEnded` (retried) when the stream closes without an event or reports a
+        server-side failure (5xx, etcd unavailable)."""
         requests = self._requests
         try:
             response = client.session.post(
                 client.get_url("watch"), json=request, stream=True, timeout=(self.config.connect_timeout, remaining), **self._tls_kwargs()
             )
         except requests.exceptions.ReadTimeout:
-            return False
+            return WatchOutcome.TIMEOUT
         with closing(response):
+            if response.status_code != 200 and _is_passing(response.status_code, response.text):
+                raise _WatchEnded(f"the watch failed with HTTP {response.status_code}: {response.text[:200]}")
             if response.status_code != 200:
                 raise self._exceptions.Etcd3Exception(response.text, response.reason)
             try:
                 for message in _json_lines(response):
                     if "error" in message:
-                        raise self._exceptions.Etcd3Exception(json.dumps(message["error"]), "watch failed")
+                        error = message["error"]
+                        if isinstance(error, dict) and _is_passing(0, error):
+                            raise _WatchEnded(f"the watch failed: {json.dumps(error)[:200]}")
+                        raise self._exceptions.Etcd3Exception(json.dumps(error), "watch failed")
                     result = message.get("result", {})
-                    if result.get("events") or result.get("canceled"):
-                        return True
+                    header = result.get("header", {})
+                    self._note_cluster(header)
+                    if result.get("events"):
+                        return WatchOutcome.EVENT
+                    if result.get("canceled"):
+                        logger.debug(
+                            "The etcd watch from revision %d was cancelled (compact_revision=%s, reason=%r).",
+                            start, result.get("compact_revision"), result.get("cancel_reason"),
+                        )
+                        return WatchOutcome.RESUME
+                    if self._cluster_epoch != epoch:
+                        return WatchOutcome.LOST
+                    if result.get("created") and "revision" in header and int(header["revision"]) < start - 1:
+                        return WatchOutcome.LOST
             except requests.exceptions.RequestException as exc:
                 if _is_read_timeout(exc, requests, self._urllib3):
-                    return False
+                    return WatchOutcome.TIMEOUT
                 raise
         raise _WatchEnded("the watch stream ended without an event")
+
+    def _note_cluster(self, header: dict[str, Any]) -> None:
+        """Remember the cluster id of an answer; a different one than before (the endpoints
+        now reach another cluster, e.g. one rebuilt from scratch) starts a new epoch, which
+        running watches report as lost data. Member ids are not compared: several members
+        behind one address (a load balancer) are one cluster."""
+        cluster = header.get("cluster_id")
+        if not cluster:
+            return
+        with self._cluster_lock:
+            if cluster != self._cluster_id:
+                if self._cluster_id is not None:
+                    logger.warning("etcd at %s now answers as cluster %s (was %s).", self.endpoint, cluster, self._cluster_id)
+                    self._cluster_epoch += 1
+                self._cluster_id = cluster
 
     def _with_lease(self, client: Any, ttl: float | None, send: Callable[[dict[str, str]], dict[str, Any]]) -> dict[str, Any]:
         """Run ``send(lease_fields)`` with a lease of ``ttl`` seconds (none if ``None``);
@@ -395,6 +467,32 @@ def _failure_of_transport(exc: BaseException | None, requests: Any, urllib3: Any
         if isinstance(arg, not_sent) or isinstance(getattr(arg, "reason", None), not_sent):
             return Failure.NOT_SENT
     return Failure.MAYBE_SENT
+
+
+#: gRPC codes of a watch that the server ended but may serve again: CANCELLED (the gateway's
+#: connection is closing: etcd shuts down), DEADLINE_EXCEEDED, ABORTED, UNAVAILABLE (no
+#: leader yet, transport closing). Others (permission, authentication, bad request) refuse.
+_PASSING_GRPC_CODES = frozenset({1, 4, 10, 14})
+
+
+def _is_passing(status: int, error: Any) -> bool:
+    """Whether a watch answer (HTTP ``status``; an ``error`` message, or a body holding one)
+    is a passing server failure worth retrying rather than a refusal."""
+    if status >= 500 or status == 408:
+        return True
+    if isinstance(error, str):
+        try:
+            error = json.loads(error)
+        except ValueError:
+            return False
+        error = error.get("error", error) if isinstance(error, dict) else error
+    if not isinstance(error, dict):
+        return False
+    try:
+        code = int(error.get("grpc_code", error.get("code", 0)) or 0)
+        return code in _PASSING_GRPC_CODES or int(error.get("http_code", 0) or 0) >= 500
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_invalid_token(exc: Any) -> bool:
