@@ -146,6 +146,12 @@ def _bump(rec: RoundRecord, before: tuple[int, bool, bool, bool, bool, bool]) ->
     return False
 
 
+def _reply(rec: RoundRecord, node: str, now: float, before: tuple[int, bool, bool, bool, bool, bool], left_redundancy: bool = False) -> tuple[Standing, bool]:
+    """Bump the version if the summary changed, then answer ``(standing, announce)``."""
+    announce = _bump(rec, before)
+    return standing(rec, node, now, left_redundancy), announce
+
+
 def join(rec: RoundRecord, node: str, spec: RoundSpec, now: float) -> tuple[Standing, bool]:
     """Keep-alive + admission of ``node`` (:meth:`AtomicMembership.join_round`).
 
@@ -162,10 +168,10 @@ def join(rec: RoundRecord, node: str, spec: RoundSpec, now: float) -> tuple[Stan
         del rec.redundancy[node]
         left_redundancy = True
     if node in rec.participants:
-        return standing(rec, node, now), _bump(rec, before)
+        return _reply(rec, node, now, before)
     if node in rec.wait_list:
         if rec.complete and len(rec.participants) < spec.max_nodes:
-            return standing(rec, node, now), _bump(rec, before)
+            return _reply(rec, node, now, before)
         del rec.wait_list[node]  # re-opened: join it; or full: move to the redundancy list
     if not rec.complete:
         _add_participant(rec, node, spec, now)
@@ -173,14 +179,14 @@ def join(rec: RoundRecord, node: str, spec: RoundSpec, now: float) -> tuple[Stan
         _append(rec.wait_list, rec, node)
     else:
         _append(rec.redundancy, rec, node)
-    return standing(rec, node, now, left_redundancy), _bump(rec, before)
+    return _reply(rec, node, now, before, left_redundancy)
 
 
 def leave(rec: RoundRecord, node: str, spec: RoundSpec, now: float) -> tuple[Standing, bool]:
     """Remove ``node`` from every list (:meth:`AtomicMembership.leave_round`)."""
     before = summary(rec)
     _remove(rec, node, spec)
-    return standing(rec, node, now), _bump(rec, before)
+    return _reply(rec, node, now, before)
 
 
 def complete(rec: RoundRecord, node: str, spec: RoundSpec, round_: int, now: float) -> tuple[Standing, bool]:
@@ -195,7 +201,7 @@ def complete(rec: RoundRecord, node: str, spec: RoundSpec, round_: int, now: flo
         and len(rec.participants) >= spec.min_nodes
     ):
         _mark_complete(rec)
-    return standing(rec, node, now), _bump(rec, before)
+    return _reply(rec, node, now, before)
 
 
 def keep_alive(rec: RoundRecord, node: str, spec: RoundSpec, sweep: bool, now: float) -> tuple[Standing, list[str], bool]:
@@ -211,14 +217,15 @@ def keep_alive(rec: RoundRecord, node: str, spec: RoundSpec, sweep: bool, now: f
             if other in rec.participants or other in rec.wait_list or other in rec.redundancy:
                 _remove(rec, other, spec)
                 removed.append(other)
-    return standing(rec, node, now), removed, _bump(rec, before)
+    announce = _bump(rec, before)
+    return standing(rec, node, now), removed, announce
 
 
 def close(rec: RoundRecord, node: str, now: float) -> tuple[Standing, bool]:
     """Mark the rendezvous closed (:meth:`AtomicMembership.close_rendezvous`)."""
     before = summary(rec)
     rec.closed = True
-    return standing(rec, node, now), _bump(rec, before)
+    return _reply(rec, node, now, before)
 
 
 def to_state(rec: RoundRecord, run_id: str) -> RendezvousState:

@@ -18,12 +18,14 @@ reported as applied (``has_set=True``) rather than lost.
 Every write refreshes the expiry (``key_ttl``) of all keys of the run; keep-alives do too, so a
 run in training keeps its keys while an abandoned one disappears.
 
-Scale: the node objects of one run in one process (a benchmark runs thousands of nodes as
-threads) share one client (connection pool + one pub/sub listener) and a ``_RunShared``:
-concurrent ``get_state`` calls share one ``GET`` (:mod:`rdzv_redis.coalesce`), compare-and-sets
-go one at a time and a token already known to be stale is answered locally, and
-``wait_for_change`` judges most changes from the token carried by the notification itself, so
-a waiting node costs no round trip per change.
+* ``rdzv:{R}:round`` (HASH) and ``rdzv:{R}:round:participants`` / ``:wait`` / ``:redundant``
+  (ZSETs) — the membership that handlers join through (:class:`~rdzv_core.backend.AtomicMembership`):
+  ``scripts/round.lua`` applies each operation atomically (spec: :mod:`rdzv_core.rounds`) and
+  answers with the caller's standing, so a node costs O(1) requests and bytes per round.
+
+The state blob (``get_state`` / ``set_state``) is torch's ``RendezvousBackend`` contract; rdzv's
+own handler uses the membership. Every call is the node's own: nothing is shared, coalesced or
+answered locally across the node objects of a process.
 """
 
 from __future__ import annotations
@@ -31,15 +33,14 @@ from __future__ import annotations
 import functools
 import re
 import secrets
-import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
-from rdzv_core.backend import RendezvousBackend, Token
+from rdzv_core.backend import RendezvousBackend, Role, RoundSpec, Standing, Token
+from rdzv_core.state import RendezvousState
 from rdzv_redis.client import REDIS_CONFIG_KEYS, RedisClient, RedisConfig
-from rdzv_redis.coalesce import SingleFlight
 from rdzv_redis.keys import RunKeys
 
 if TYPE_CHECKING:
@@ -56,44 +57,6 @@ _HEADER_MAX = 64
 _NODES_PER_CALL = 512
 #: Upper bound (seconds) of the window in which a repeated keep-alive is skipped.
 _KEEP_ALIVE_DEDUP = 0.5
-
-
-class _RunShared:
-    """What the node objects of one run share within one process (``RedisClient.shared``):
-    coalesced reads, a write lock, and the newest ``(state, token)`` seen."""
-
-    def __init__(self) -> None:
-        self.state_reads = SingleFlight()
-        self.token_reads = SingleFlight()
-        self.write_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._known: tuple[bytes, str] | None = None
-
-    def learn(self, current: tuple[bytes, str] | None) -> None:
-        """Remember ``(state, token)`` just read from or written to the server; ``None`` (no
-        state) forgets.
-
-        The server's answer always wins, even when its version is lower than the one known:
-        versions start again at 1 when Redis lost its data (a restart without persistence, a
-        fail-over to a replica that lagged, the key expired), and keeping the higher,
-        pre-loss version would answer every later compare-and-set locally as stale, with the
-        lost state, forever. A read overtaken by a write may store an older version for a
-        moment: that costs one round trip (:meth:`newer_than` then proves nothing), never a
-        wrong answer.
-        """
-        with self._lock:
-            self._known = current
-
-    def newer_than(self, token: str | None) -> tuple[bytes, str] | None:
-        """The known ``(state, token)`` when it proves ``token`` stale: a state exists and
-        ``token`` is ``None``, or the known version is higher. ``None`` otherwise."""
-        with self._lock:
-            known = self._known
-        if known is None:
-            return None
-        if token is None or _version(known[1]) > _version(token):
-            return known
-        return None
 
 
 class _Unreadable:
@@ -127,9 +90,9 @@ class RedisRendezvousBackend(RendezvousBackend):
         self._keys = RunKeys(run_id)
         self._ttl_ms = int(1000 * (client.config.key_ttl if key_ttl is None else key_ttl))
         self._closed = False
-        self._shared: _RunShared = client.shared(("run", run_id), _RunShared)
         self._keep_alive_sent: dict[str, tuple[float, int]] = {}
         client.notifier.track(self._keys.state_channel)
+        client.notifier.track(self._keys.round_channel)
 
     def __repr__(self) -> str:
         return f"RedisRendezvousBackend(run_id={self._run_id!r}, redis={self._client.config.display!r})"
@@ -152,17 +115,11 @@ class RedisRendezvousBackend(RendezvousBackend):
     def get_state(self) -> tuple[bytes, Token] | None:
         """Return ``(state bytes, token str)``, or ``None`` when the run has no state (``GET``).
 
-        Concurrent calls of the node objects of this run in this process share one ``GET``
-        that started after each of them was called (so a read never misses a write that
-        completed before it).
-
         Raises:
             RendezvousStateError: the state key holds something this backend did not write.
         """
-        raw = self._shared.state_reads.run(self._get_raw_state)
-        current = None if raw is None else self._decode(raw)
-        self._shared.learn(current)
-        return current
+        raw = self._get_raw_state()
+        return None if raw is None else self._decode(raw)
 
     def _get_raw_state(self) -> bytes | None:
         return self._client.call("get_state", lambda: self._client.redis.get(self._keys.state))  # type: ignore[no-any-return]
@@ -180,10 +137,6 @@ class RedisRendezvousBackend(RendezvousBackend):
             ``(state, token, has_set)`` after the call; ``None`` when a token was given but no
             state exists (the caller re-reads).
 
-        The node objects of one run in one process write one at a time; a caller whose
-        token is older than a state this process has already seen is answered at once with
-        that state (``has_set=False``), without a round trip.
-
         Raises:
             RendezvousStateError: the stored state is corrupt.
         """
@@ -191,13 +144,7 @@ class RedisRendezvousBackend(RendezvousBackend):
         if token is not None and not (isinstance(token, str) and _TOKEN_RE.match(token)):
             current = self.get_state()
             return None if current is None else (current[0], current[1], False)
-        with self._shared.write_lock:  # one compare-and-set of this run per process at a time
-            known = self._shared.newer_than(token)
-            if known is not None:  # the caller's token is stale: no need to ask the server
-                return known[0], known[1], False
-            result = self._compare_and_set(state, token)
-            self._shared.learn(None if result is None else (result[0], result[1]))
-            return result
+        return self._compare_and_set(state, token)
 
     def _compare_and_set(self, state: bytes, token: str | None) -> tuple[bytes, str, bool] | None:
         nonce = secrets.token_hex(8)  # the same for a retry of this call (see set_state.lua)
@@ -216,6 +163,7 @@ class RedisRendezvousBackend(RendezvousBackend):
         if not self._closed:
             self._closed = True
             self._client.notifier.untrack(self._keys.state_channel)
+            self._client.notifier.untrack(self._keys.round_channel)
             self._client.release()
 
     # -- ChangeNotifier -----------------------------------------------------------------------
@@ -228,7 +176,7 @@ class RedisRendezvousBackend(RendezvousBackend):
         ``rdzv:{R}:state:changed``, whose messages carry the new token) *before* anything is
         checked, so no change is missed. The first check uses the newest token the listener
         has seen when it knows one, and otherwise reads the token from the server
-        (``GETRANGE`` of the value's header, shared by concurrent callers). ``timeout == 0``
+        (``GETRANGE`` of the value's header). ``timeout == 0``
         always reads the server.
 
         Returns:
@@ -266,7 +214,7 @@ class RedisRendezvousBackend(RendezvousBackend):
                 deadline=deadline,
             )
 
-        head = self._shared.token_reads.run(read)
+        head = read()
         if not head:
             return None
         header, newline, _ = head.partition(b"\n")
@@ -360,6 +308,135 @@ class RedisRendezvousBackend(RendezvousBackend):
             chunk = nodes[i : i + _NODES_PER_CALL]
             self._client.call("ack_joins", functools.partial(self._client.redis.zrem, self._keys.joins, *chunk))
 
+    # -- AtomicMembership ---------------------------------------------------------------------
+
+    def _round(self, op: str, node: str, spec: RoundSpec | None = None, extra: str = "") -> list[Any]:
+        """Run ``op`` of ``scripts/round.lua`` (one ``EVALSHA``); return its raw reply.
+
+        Raises:
+            RendezvousStateError: the round hash holds something rdzv did not write.
+        """
+        spec = spec or RoundSpec(1, 1, 0.0, 0.0)
+        args = [
+            op, node, spec.min_nodes, spec.max_nodes, int(spec.last_call * 1_000_000), int(spec.dead_after * 1_000_000),
+            self._ttl_ms, self._keys.round_channel, secrets.token_hex(8), extra,
+        ]  # fmt: skip
+        script = self._client.scripts["round"]
+        reply = self._client.call(f"round {op}", lambda: script(keys=self._keys.round_keys(), args=args))
+        if reply and reply[0] == b"corrupt":
+            raise RendezvousStateError(
+                f"The membership of run '{self._run_id}' in Redis at {self._client.config.display} (key '{self._keys.round}') "
+                f"is corrupt or was not written by rdzv: field {reply[1].decode(errors='replace')!r} is not a number."
+            )
+        return reply  # type: ignore[no-any-return]
+
+    def _standing(self, reply: list[Any]) -> Standing:
+        inc, ver, round_, complete, closed, role, rank, world, participants, waiting, redundant, deadline_in, left = reply[:13]
+        return Standing(
+            inc.decode(), int(ver), int(round_), bool(complete), bool(closed), Role(role.decode()), None if rank < 0 else int(rank),
+            int(world), int(participants), int(waiting), int(redundant), None if deadline_in < 0 else deadline_in / 1_000_000, bool(left),
+        )  # fmt: skip
+
+    def join_round(self, node: str, spec: RoundSpec) -> Standing:
+        """Keep-alive and admission of ``node`` (``round.lua`` op ``join``; see
+        :meth:`AtomicMembership.join_round <rdzv_core.backend.AtomicMembership.join_round>`)."""
+        return self._standing(self._round("join", node, spec))
+
+    def leave_round(self, node: str, spec: RoundSpec) -> Standing:
+        """Remove ``node`` from every list (``round.lua`` op ``leave``)."""
+        return self._standing(self._round("leave", node, spec))
+
+    def complete_round(self, node: str, spec: RoundSpec, round_: int) -> Standing:
+        """Complete round ``round_`` once its last call ended (``round.lua`` op ``complete``)."""
+        return self._standing(self._round("complete", node, spec, str(round_)))
+
+    def keep_alive_round(self, node: str, spec: RoundSpec, sweep: bool) -> tuple[Standing, list[str]]:
+        """Keep-alive of ``node`` (server ``TIME``) and, when ``sweep``, removal of at most
+        1,000 nodes whose records lapsed (``ZRANGEBYSCORE rdzv:{R}:alive:until``; ``round.lua``
+        op ``keep_alive``). Returns the standing and the removed node keys (str)."""
+        reply = self._round("keep_alive", node, spec, "1" if sweep else "0")
+        return self._standing(reply), [who.decode(errors="replace") for who in reply[13:]]
+
+    def round_standing(self, node: str) -> Standing:
+        """The standing of ``node`` (``round.lua`` op ``standing``: read-only)."""
+        return self._standing(self._round("standing", node))
+
+    def close_rendezvous(self, node: str) -> Standing:
+        """Mark the rendezvous closed (``round.lua`` op ``close``; idempotent)."""
+        return self._standing(self._round("close", node))
+
+    def wait_for_round_change(self, seen: tuple[str, int] | None, timeout: float) -> bool:
+        """Block until the membership's ``(incarnation, version)`` differs from ``seen`` or
+        ``timeout`` seconds pass (channel ``rdzv:{R}:round:changed``).
+
+        A waiter is registered before anything is checked. The check trusts the newest
+        announcement the pub/sub listener received in its current subscription (no round
+        trip: an agent may ask often); without one it reads ``HMGET rdzv:{R}:round inc ver``.
+
+        Returns:
+            ``True`` on a change (spurious ``True`` allowed), ``False`` after ``timeout``.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        notifier, channel = self._client.notifier, self._keys.round_channel
+        with notifier.waiter(channel) as waiter:
+            verdict = _round_differs(notifier.latest(channel), seen)
+            if verdict is None:
+                verdict = self._read_round_id(deadline) != (seen or ("", 0))
+            while not verdict:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not notifier.sleep(waiter, remaining):
+                    return False
+                waiter.clear()
+                announced = None if waiter.resync else waiter.last_payload
+                waiter.resync = False
+                verdict = _round_differs(announced, seen)
+                if verdict is None:
+                    verdict = self._read_round_id(deadline) != (seen or ("", 0))
+            return True
+
+    def _read_round_id(self, deadline: float) -> tuple[str, int]:
+        inc, ver = self._client.call("round id", lambda: self._client.redis.hmget(self._keys.round, "inc", "ver"), deadline=deadline)
+        if inc is None:
+            return "", 0
+        try:
+            return inc.decode(), int(ver)
+        except (TypeError, ValueError):
+            return "?", -1  # corrupt: differs from everything; the next operation reports it
+
+    def membership_state(self) -> RendezvousState | None:
+        """The whole membership as a :class:`RendezvousState` (``MULTI``: ``HGETALL`` and three
+        ``ZRANGE``; O(N) bytes, for ``rdzv status``), or ``None`` without a record."""
+
+        def read() -> list[Any]:
+            pipe = self._client.redis.pipeline(transaction=True)
+            pipe.hgetall(self._keys.round)
+            pipe.zrange(self._keys.participants, 0, -1, withscores=True)
+            pipe.zrange(self._keys.wait_list, 0, -1)
+            pipe.zrange(self._keys.redundancy_list, 0, -1)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        fields, participants, waiting, redundant = self._client.call("membership_state", read)
+        if not fields:
+            return None
+        try:
+            deadline = fields.get(b"deadline")
+            return RendezvousState(
+                run_id=self._run_id,
+                round=int(fields[b"round"]),
+                complete=fields[b"complete"] == b"1",
+                closed=fields[b"closed"] == b"1",
+                world_size=int(fields[b"world"]),
+                deadline=None if deadline is None else int(deadline) / 1_000_000,
+                participants={node.decode(): int(score) for node, score in participants},
+                wait_list=[node.decode() for node in waiting],
+                redundancy_list=[node.decode() for node in redundant],
+            )
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            raise RendezvousStateError(
+                f"The membership of run '{self._run_id}' in Redis at {self._client.config.display} (key '{self._keys.round}') "
+                f"is corrupt or was not written by rdzv: {type(exc).__name__}: {exc}."
+            ) from None
+
     # -- helpers ------------------------------------------------------------------------------
 
     def _decode(self, raw: bytes) -> tuple[bytes, str]:
@@ -376,6 +453,18 @@ class RedisRendezvousBackend(RendezvousBackend):
                 f"(key '{self._keys.state}') is corrupt or was not written by rdzv: it starts with {raw[:24]!r}."
             )
         return state, token
+
+
+def _round_differs(announced: bytes | None, seen: tuple[str, int] | None) -> bool | None:
+    """Compare an announced ``b"<inc>:<ver>"`` with ``seen``: ``True`` (changed), ``False``
+    (the same, or older than what the caller already saw), ``None`` (cannot tell: ask)."""
+    if announced is None:
+        return None
+    inc, _, ver = announced.decode("ascii", "replace").partition(":")
+    if not ver.isdigit():
+        return None
+    seen_inc, seen_ver = seen or ("", 0)
+    return inc != seen_inc or int(ver) > seen_ver
 
 
 def _version(token: str) -> int:
@@ -399,11 +488,13 @@ def _differs(announced: bytes | None, token: Token | None) -> bool | None:
     return True if _version(text) > _version(token) else None
 
 
-def create_backend(params: RendezvousParameters) -> tuple[RedisRendezvousBackend, RedisStore]:
+def create_backend(params: RendezvousParameters, *, shared: bool = True) -> tuple[RedisRendezvousBackend, RedisStore]:
     """Create the backend and the store of ``params.run_id`` on the Redis of ``params``.
 
     Both share the process-wide client of the configuration (see :class:`RedisConfig` for the
-    endpoint forms and keys); close both to release it. Configuration keys that are neither
+    endpoint forms and keys); close both to release it. With ``shared=False`` they share a
+    client of their own instead (one node = one client, as a benchmark's simulated node
+    needs: its own pool and pub/sub connection). Configuration keys that are neither
     Redis keys nor handler keys (``rdzv_core.dynamic.HANDLER_CONFIG_KEYS``) are logged as
     unknown.
 
@@ -418,10 +509,10 @@ def create_backend(params: RendezvousParameters) -> tuple[RedisRendezvousBackend
 
     config = RedisConfig.from_params(params)
     warn_unknown_config(params.config, REDIS_CONFIG_KEYS | _handler_config_keys(), "redis")
-    client = RedisClient.acquire(config)
+    client = RedisClient.acquire(config) if shared else RedisClient.create(config)
     backend = RedisRendezvousBackend(client, params.run_id)
-    client2 = RedisClient.acquire(config)  # the store holds its own reference
-    return backend, RedisStore(client2, params.run_id)
+    client.retain()  # the store holds its own reference
+    return backend, RedisStore(client, params.run_id)
 
 
 def _handler_config_keys() -> frozenset[str]:

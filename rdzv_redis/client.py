@@ -339,21 +339,9 @@ class RedisClient:
         )
         self._refs = 0
         self._closed = False
-        self._shared: dict[Any, Any] = {}
-        self._shared_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisClient({self.config.display}, refs={self._refs})"
-
-    # -- sharing -----------------------------------------------------------------------------
-
-    def shared(self, key: Any, factory: Callable[[], T]) -> T:
-        """Return the object stored under ``key`` for all users of this client, creating it
-        with ``factory()`` on first use (e.g. one read coalescer per run and process)."""
-        with self._shared_lock:
-            if key not in self._shared:
-                self._shared[key] = factory()
-            return self._shared[key]  # type: ignore[no-any-return]
 
     @classmethod
     def acquire(cls, config: RedisConfig) -> RedisClient:
@@ -377,6 +365,28 @@ class RedisClient:
                 cls._registry[key] = client
             client._refs += 1
             return client
+
+    @classmethod
+    def create(cls, config: RedisConfig) -> RedisClient:
+        """Return a new client of ``config`` that no other caller shares (its own pool and
+        pub/sub listener), PINGed, with one reference. Release it like a shared one.
+
+        Raises:
+            RendezvousConnectionError, ImportError: as :meth:`acquire`.
+        """
+        client = cls(config)
+        try:
+            client.call("PING", client.redis.ping)
+        except BaseException:
+            client._shutdown()
+            raise
+        client._refs = 1
+        return client
+
+    def retain(self) -> None:
+        """Add one reference (each holder calls :meth:`release` once)."""
+        with self._registry_lock:
+            self._refs += 1
 
     def release(self) -> None:
         """Drop one reference; the last one stops the listener and closes the connections."""

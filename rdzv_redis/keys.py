@@ -12,9 +12,16 @@ Key                            Type    Content
 ``rdzv:{R}:joins``             ZSET    join queue: node -> arrival number
 ``rdzv:{R}:joins:seq``         STRING  arrival counter of the join queue
 ``rdzv:{R}:store``             HASH    the run's c10d store: key -> value bytes
+``rdzv:{R}:round``             HASH    the membership: inc, ver, round, complete, closed,
+                                       world, deadline (server time, us), seq
+``rdzv:{R}:round:participants`` ZSET   node -> rank (0 until the round completes)
+``rdzv:{R}:round:wait``        ZSET    the wait list: node -> arrival number
+``rdzv:{R}:round:redundant``   ZSET    the redundancy list: node -> arrival number
 =============================  ======  ===================================================
 
 Channels (``PUBLISH``): ``rdzv:{R}:state:changed`` carries each new token;
+``rdzv:{R}:round:changed`` carries ``"<inc>:<ver>"`` of the membership after each announced
+transition;
 ``rdzv:{R}:store:set`` carries the name of each store key written. All channels start
 with :data:`CHANNEL_PREFIX`; one pattern subscription per client receives them all.
 """
@@ -77,9 +84,34 @@ class RunKeys:
         return self.prefix + "state:changed"
 
     @property
+    def round(self) -> str:
+        return self.prefix + "round"
+
+    @property
+    def participants(self) -> str:
+        return self.prefix + "round:participants"
+
+    @property
+    def wait_list(self) -> str:
+        return self.prefix + "round:wait"
+
+    @property
+    def redundancy_list(self) -> str:
+        return self.prefix + "round:redundant"
+
+    @property
+    def round_channel(self) -> str:
+        return self.prefix + "round:changed"
+
+    def round_keys(self) -> list[str]:
+        """The KEYS of ``scripts/round.lua``: the membership keys, the liveness records, then
+        the other keys of the run (their expiry is refreshed with every write)."""
+        return [self.round, self.participants, self.wait_list, self.redundancy_list, self.alive, self.alive_until, self.state, self.store, self.joins, self.joins_seq]
+
+    @property
     def store_channel(self) -> str:
         return self.store + ":set"
 
     def all_keys(self) -> list[str]:
         """Every data key of the run, state first (used to refresh expiry and to clean up)."""
-        return [self.state, self.alive, self.alive_until, self.joins, self.joins_seq, self.store]
+        return [self.state, self.alive, self.alive_until, self.joins, self.joins_seq, self.store, self.round, self.participants, self.wait_list, self.redundancy_list]

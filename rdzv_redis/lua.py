@@ -20,6 +20,7 @@ __all__ = [
     "STORE_APPEND",
     "STORE_EXISTS",
     "ENQUEUE_JOIN",
+    "ROUND",
     "ALL_SCRIPTS",
 ]
 
@@ -38,6 +39,7 @@ STORE_COMPARE_SET = _load("store_compare_set")
 STORE_APPEND = _load("store_append")
 STORE_EXISTS = _load("store_exists")
 ENQUEUE_JOIN = _load("enqueue_join")
+ROUND = _load("round")
 
 #: Script name -> source, as registered on every client.
 ALL_SCRIPTS: dict[str, str] = {
@@ -50,4 +52,5 @@ ALL_SCRIPTS: dict[str, str] = {
     "store_append": STORE_APPEND,
     "store_exists": STORE_EXISTS,
     "enqueue_join": ENQUEUE_JOIN,
+    "round": ROUND,
 }

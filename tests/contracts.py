@@ -29,7 +29,7 @@ from datetime import timedelta
 import pytest
 
 from rdzv_core.api import RendezvousStateError
-from rdzv_core.backend import ChangeNotifier, JoinQueue, LivenessTracker
+from rdzv_core.backend import ChangeNotifier, JoinQueue, LivenessTracker, Role, RoundSpec
 from rdzv_core.store import PrefixStore, StoreTimeoutError
 
 
@@ -291,3 +291,121 @@ class BackendContract:
         backend.ack_joins(["node-a"])  # idempotent
         assert backend.pending_joins() == ["node-b"]
         assert backend.enqueue_join("node-c") == 2
+
+
+class MembershipContract:
+    """The semantics of :mod:`rdzv_core.rounds` for an :class:`AtomicMembership`.
+
+    Needs a fixture ``membership``: a factory ``make()`` returning a new client (its own
+    backend object) of one fresh run per test; every call of ``make`` in a test gives a client
+    of the same run.
+    """
+
+    SPEC = RoundSpec(min_nodes=2, max_nodes=3, last_call=0.2, dead_after=0.3)
+
+    def _wait(self, predicate, what, bound=10.0):
+        deadline = time.monotonic() + bound
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+
+    def test_absent_record_is_the_empty_standing(self, membership):
+        m = membership()
+        for standing in (m.round_standing("a"), m.leave_round("a", self.SPEC), m.complete_round("a", self.SPEC, 0), m.keep_alive_round("a", self.SPEC, True)[0]):
+            assert (standing.incarnation, standing.role, standing.round, standing.complete) == ("", Role.NONE, 0, False)
+        assert m.membership_state() is None
+
+    def test_max_nodes_completes_with_ranks_in_key_order(self, membership):
+        m = membership()
+        first = m.join_round("c", self.SPEC)
+        assert first.role is Role.PARTICIPANT and not first.complete and first.deadline_in is None and first.incarnation
+        assert m.join_round("a", self.SPEC).deadline_in is not None  # min reached: the last call runs
+        last = m.join_round("b", self.SPEC)
+        assert last.complete and last.world_size == 3 and last.rank == 1 and last.deadline_in is None
+        assert [m.round_standing(n).rank for n in "abc"] == [0, 1, 2]
+        assert m.join_round("a", self.SPEC).rank == 0  # idempotent
+
+    def test_last_call_completes_via_complete_round(self, membership):
+        m = membership()
+        m.join_round("a", self.SPEC)
+        standing = m.join_round("b", self.SPEC)
+        assert m.complete_round("a", self.SPEC, standing.round).complete is False  # too early
+        time.sleep(standing.deadline_in + 0.05)
+        done = m.complete_round("b", self.SPEC, standing.round)
+        assert done.complete and done.world_size == 2 and done.rank == 1
+        assert m.complete_round("a", self.SPEC, standing.round + 1).rank == 0  # wrong round: no-op
+
+    def test_joins_below_min_do_not_bump_the_version(self, membership):
+        m = membership()
+        spec = RoundSpec(min_nodes=5, max_nodes=8, last_call=1.0, dead_after=5.0)
+        versions = {m.join_round(n, spec).version for n in "abcd"}
+        assert len(versions) == 1
+        assert m.join_round("e", spec).version > versions.pop()  # the last call starts
+
+    def test_wait_list_redundancy_and_reopening(self, membership):
+        m, spec = membership(), RoundSpec(min_nodes=1, max_nodes=2, last_call=5.0, dead_after=5.0)
+        m.join_round("a", spec)
+        assert m.join_round("b", spec).complete
+        assert m.join_round("r", spec).role is Role.REDUNDANT  # full
+        m.leave_round("a", spec)
+        assert m.round_standing("b").missing == 1
+        moved = m.join_round("r", spec)  # room appeared
+        assert moved.role is Role.WAITING and moved.left_redundancy
+        assert m.round_standing("b").waiting == 1
+        reopened = m.leave_round("b", spec)
+        assert not reopened.complete and reopened.round == 1 and reopened.participants == 0
+        assert m.join_round("r", spec).role is Role.PARTICIPANT  # the wait-listed node joins the new round
+
+    def test_completion_drops_the_stale_wait_list(self, membership):
+        m, spec = membership(), RoundSpec(min_nodes=1, max_nodes=2, last_call=5.0, dead_after=5.0)
+        m.join_round("a", spec)
+        m.join_round("b", spec)
+        m.leave_round("a", spec)
+        m.join_round("w", spec)  # waits for the next round
+        m.leave_round("b", spec)  # the round re-opens; w does not come
+        m.join_round("a", spec)
+        assert m.join_round("b", spec).complete
+        assert m.round_standing("w").role is Role.NONE and m.round_standing("a").waiting == 0
+
+    def test_sweep_removes_lapsed_nodes_but_never_the_caller_or_the_live(self, membership):
+        m, spec = membership(), RoundSpec(min_nodes=3, max_nodes=3, last_call=5.0, dead_after=0.3)
+        for n in "abc":
+            m.join_round(n, spec)
+        removed: list[str] = []
+
+        def lapse_of_c():
+            m.keep_alive_round("b", spec, False)
+            standing, gone = m.keep_alive_round("a", spec, True)
+            removed.extend(gone)
+            return bool(removed)
+
+        self._wait(lapse_of_c, "c to be swept")
+        assert removed == ["c"]
+        standing = m.round_standing("a")
+        assert standing.complete and standing.missing == 1 and m.round_standing("c").role is Role.NONE
+        assert m.keep_alive_round("a", spec, True)[1] == []
+
+    def test_close_and_membership_state(self, membership):
+        m = membership()
+        m.join_round("a", self.SPEC)
+        state = m.membership_state()
+        assert list(state.participants) == ["a"] and not state.closed
+        assert m.close_rendezvous("x").closed
+        assert m.join_round("b", self.SPEC).closed and m.round_standing("b").role is Role.NONE
+        assert m.membership_state().closed
+
+    def test_wait_for_round_change(self, membership):
+        m, other = membership(), membership()
+        seen = m.join_round("a", self.SPEC).change_id
+        assert m.wait_for_round_change(seen, 0) is False
+        assert m.wait_for_round_change(seen, 0.2) is False
+        timer = threading.Timer(0.2, lambda: other.join_round("b", self.SPEC))  # min reached: announced
+        timer.start()
+        try:
+            started = time.monotonic()
+            assert m.wait_for_round_change(seen, 10) is True
+            assert time.monotonic() - started < 5
+        finally:
+            timer.join()
+        assert m.wait_for_round_change(seen, 0) is True
+        assert m.wait_for_round_change(m.round_standing("a").change_id, 0) is False

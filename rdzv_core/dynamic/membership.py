@@ -195,7 +195,8 @@ class MembershipExecutor:
             raise RendezvousClosedError(f"The rendezvous '{self._settings.run_id}' is closed.")
         if standing.role is Role.PARTICIPANT and standing.complete and standing.rank is not None:
             return Joined(standing.round, standing.rank, standing.world_size, standing)
-        if now > self._deadline:
+        spare = standing.role is Role.REDUNDANT  # no timeout while the round is full (torch)
+        if now > self._deadline and not spare:
             self._time_out(standing, now)
         if self._needs_join(standing):
             self._must_join = True
@@ -207,7 +208,7 @@ class MembershipExecutor:
         if now >= self._next_beat:
             self.keep_alive()
             return Wait(now)
-        due = [self._deadline + 1e-3, self._next_beat]
+        due = [self._next_beat] if spare else [self._deadline + 1e-3, self._next_beat]
         if complete_at is not None:
             due.append(complete_at)
         return Wait(min(due))

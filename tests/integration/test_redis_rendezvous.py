@@ -139,7 +139,7 @@ def test_two_runs_on_one_server_never_collide(make_handler, redis_raw):
     infos[3].store.set("who", b"b")
     assert [i.store.get("who") for i in infos] == [b"a"] * 3 + [b"b"] * 3
     assert set(group_a[0].state.participants).isdisjoint(group_b[0].state.participants)
-    assert redis_raw.exists(f"rdzv:{{{run_a}}}:state") and redis_raw.exists(f"rdzv:{{{run_b}}}:state")
+    assert redis_raw.exists(f"rdzv:{{{run_a}}}:round") and redis_raw.exists(f"rdzv:{{{run_b}}}:round")
 
 
 def test_handlers_from_the_registry(redis_server, redis_run_id):
