@@ -420,6 +420,7 @@ class RedisRendezvousBackend(RendezvousBackend):
             return None
         try:
             deadline = fields.get(b"deadline")
+            int(fields[b"ver"]), int(fields[b"seq"]), fields[b"inc"].decode("ascii")  # all of it must be rdzv's
             return RendezvousState(
                 run_id=self._run_id,
                 round=int(fields[b"round"]),

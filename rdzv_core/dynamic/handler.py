@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from rdzv_core.api import (
+    RendezvousConnectionError,
     RendezvousError,
     RendezvousGracefulExitError,
     RendezvousHandler,
@@ -353,7 +354,11 @@ class DynamicRendezvousHandler(RendezvousHandler):
 
     def _membership_nodes_waiting(self, ex: MembershipExecutor) -> int:
         standing = ex.standing
-        if standing is None or self._backend.wait_for_round_change(standing.change_id, 0):  # type: ignore[attr-defined]
+        try:
+            changed = standing is None or self._backend.wait_for_round_change(standing.change_id, 0)  # type: ignore[attr-defined]
+        except RendezvousConnectionError:
+            changed = True  # only a hint: the read that follows retries for the full budget
+        if changed or standing is None:
             standing = ex.refresh()
         waiting = standing.waiting + standing.missing
         joined = self._joined_at

@@ -73,7 +73,7 @@ end
 local function summary(rec)
   local missing = rec.complete and redis.call('ZCARD', P) < rec.world
   return table.concat({int(rec.round), tostring(rec.complete), tostring(rec.closed),
-    tostring(rec.deadline ~= nil), tostring(redis.call('EXISTS', W) == 1), tostring(missing)}, ',')
+    tostring(rec.deadline ~= nil), tostring(redis.call('ZCARD', W) > 0), tostring(missing)}, ',')
 end
 
 -- Save; bump the version and announce it when the summary changed since `before`.

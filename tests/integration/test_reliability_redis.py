@@ -104,6 +104,8 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_r
         assert seconds < 1.0 + 0.5 + 1.5 + 2.0, f"{name} took {seconds:.2f} s"
         if name == "shutdown (other run)":
             assert outcome is False
+        elif name == "num_nodes_waiting" and isinstance(outcome, int):
+            pass  # no change was announced: answered from the node's standing, no request
         else:
             assert isinstance(outcome, (RendezvousConnectionError, RendezvousTimeoutError)), f"{name} -> {outcome!r}"
             assert "Redis at redis://127.0.0.1" in str(outcome) or isinstance(outcome, RendezvousTimeoutError)
@@ -158,6 +160,8 @@ def test_down_server_is_a_connection_error_after_the_retry_budget_then_recovers(
     server.kill()
     for name, call in (("num_nodes_waiting", handlers[0].num_nodes_waiting), ("next_rendezvous", handlers[1].next_rendezvous)):
         seconds, outcome = timed(call)
+        if name == "num_nodes_waiting" and outcome == 0:
+            continue  # no change announced before the listener saw the connection drop: the cached standing
         assert isinstance(outcome, RendezvousConnectionError), f"{name} -> {outcome!r}"
         assert "unreachable" in str(outcome) and server.endpoint in str(outcome)
         # not before the budget (minus the last, largest back-off of 1 s), not long after it
@@ -198,7 +202,7 @@ def test_fifty_concurrent_runs_never_see_each_other(redis_server, make_handlers,
         rank0.store.set("who", run)
     for run, group in groups.items():
         assert {infos[h].store.get("who") for h in group} == {run.encode()}
-    tokens = {run: group[0].backend.get_state()[1] for run, group in groups.items()}
+    tokens = {run: group[0].backend.round_standing("observer").change_id for run, group in groups.items()}
     for run in runs:  # every key of a run carries the run's hash tag
         assert all(key.startswith(f"rdzv:{{{run}}}:".encode()) for key in redis_raw.scan_iter(match=f"rdzv:{{{run}}}*"))
 
@@ -209,7 +213,7 @@ def test_fifty_concurrent_runs_never_see_each_other(redis_server, make_handlers,
         group = groups[run]
         assert not group[0].is_closed()
         assert group[1].num_nodes_waiting() == 0
-        assert group[0].backend.get_state()[1] == tokens[run]  # not written by the close
+        assert group[0].backend.round_standing("observer").change_id == tokens[run]  # not written by the close
 
 
 # -- a rank 0 that never publishes the bootstrap address ------------------------------------------

@@ -208,12 +208,12 @@ def test_rendezvous_completes_after_the_master_is_killed(sentinel_set, redis_run
         assert infos[2].store.get("after-failover") == b"yes"
         notifier = backend._client.notifier
         assert notifier.wait_subscribed(10)
-        current = backend.get_state()
+        current = backend.round_standing("observer").change_id
         woke: dict[str, float] = {}
 
         def wait() -> None:
             start = time.monotonic()
-            woke["changed"] = handlers[1].backend.wait_for_change(current[1], 10)
+            woke["changed"] = handlers[1].backend.wait_for_round_change(current, 10)
             woke["after"] = time.monotonic() - start
 
         thread = threading.Thread(target=wait)

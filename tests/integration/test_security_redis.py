@@ -29,7 +29,7 @@ PASSWORD = "rdzv-Us3r-Pw-4c2d"
 #: The ACL rules an rdzv user needs (README): its keys, its channels, these commands.
 RDZV_COMMANDS = (
     "+ping +hello +client|setname +get +getrange +set +incr +pexpire +time +evalsha +script|load "
-    "+multi +exec +publish +psubscribe +punsubscribe +hset +hget +hmget +hexists +hdel +hlen "
+    "+multi +exec +publish +psubscribe +punsubscribe +hset +hget +hmget +hgetall +hexists +hdel +hlen +del "
     "+hincrby +zadd +zcard +zmscore +zrange +zrangebyscore +zrank +zrem +zscore"
 ).split()
 BOUND = 30

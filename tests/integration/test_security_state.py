@@ -5,6 +5,11 @@ or of another run, a huge blob, a pickle whose ``__reduce__`` would create a mar
 ``next_rendezvous`` raises :class:`RendezvousStateError` promptly: no crash, no hang, no code
 execution. The same holds for garbage in the join queue and the liveness records, and for
 ``rdzv status`` reading the state.
+
+On Redis, rdzv's handler joins through the membership keys (``rdzv:{R}:round*``), not the
+state blob, which serves torch's backend contract: the planted-state tests read the blob through
+a state-based handler (what a consumer of that contract does), and the membership keys get
+garbage of their own (``test_garbage_in_the_membership_*``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import pytest
 
 from rdzv_core import state as state_module
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
+from rdzv_core.dynamic import create_handler
 from rdzv_core.registry import get_rendezvous_handler
 from rdzv_core.state import MAX_STATE_BYTES, SCHEMA_VERSION, RendezvousState, encode_state
+from tests.backends import StateOnlyBackend
 from tests.fixtures_etcd import etcd_params, raw_put
 
 pytestmark = pytest.mark.integration
@@ -46,7 +53,7 @@ class Plant:
 class Target:
     """A handler of a fresh run on one backend, and ways to write into that run's keys."""
 
-    def __init__(self, name: str, request: pytest.FixtureRequest) -> None:
+    def __init__(self, name: str, request: pytest.FixtureRequest, *, blob: bool = True) -> None:
         self.name = name
         self.run_id = f"planted-{uuid.uuid4().hex[:10]}"
         if name == "redis":
@@ -58,6 +65,9 @@ class Target:
             self.params = etcd_params(self.server, name.split("-")[1], self.run_id, 1, 2, join_timeout=10, last_call_timeout=0.2)
         self.handler = get_rendezvous_handler(self.params)
         self.backend = self.handler.backend
+        if name == "redis" and blob:  # read the blob as a consumer of torch's contract does
+            self.handler._stop_heartbeats()
+            self.handler = create_handler(self.handler._store, StateOnlyBackend(self.backend), self.params)
 
     @property
     def api(self) -> str:
@@ -176,7 +186,10 @@ def test_malicious_pickle_is_never_unpickled(target, tmp_path, framed):
 
 def test_status_cli_refuses_a_planted_pickle(target, tmp_path):
     marker = tmp_path / "pwned-by-status"
-    target.plant_framed(pickle.dumps(Plant(str(marker))))
+    if target.name == "redis":  # status reads the membership there
+        target.raw_redis.hset(target.backend.keys.round, mapping={"inc": "x", "ver": pickle.dumps(Plant(str(marker))), "round": 0, "complete": 0, "closed": 0, "world": 0, "seq": 0})
+    else:
+        target.plant_framed(pickle.dumps(Plant(str(marker))))
     conf = "read_timeout=10" if target.name != "redis" else "retry_timeout=2"
     result = subprocess.run(
         [sys.executable, "-m", "rdzv_core.cli", "status", "--backend", target.name, "--endpoint", target.server.endpoint, "--run-id", target.run_id, "--rdzv-conf", conf, "--json"],
@@ -205,15 +218,43 @@ def test_garbage_in_the_join_queue_is_a_state_error_or_ignored(target):
 
 
 def test_wrong_redis_types_next_to_the_state_are_state_errors(request):
-    target = Target("redis", request)
+    target = Target("redis", request, blob=False)
     try:
         keys = target.backend.keys
-        for key in (keys.alive, keys.joins):
+        for key in (keys.alive, keys.participants, keys.wait_list):
             target.raw_redis.delete(key)
             target.raw_redis.hset(key, "x", "y")  # a HASH where rdzv keeps a ZSET
             with pytest.raises(RendezvousStateError, match="wrong type"):
                 target.handler.next_rendezvous()
             target.raw_redis.delete(key)
         assert target.handler.next_rendezvous().world_size == 1
+    finally:
+        target.close()
+
+
+@pytest.mark.parametrize("field", ["ver", "round", "world", "seq", "deadline"])
+def test_garbage_in_the_membership_record_is_a_state_error(request, field):
+    target = Target("redis", request, blob=False)
+    try:
+        target.handler.next_rendezvous()
+        target.raw_redis.hset(target.backend.keys.round, field, pickle.dumps({"x": 1}))
+        with pytest.raises(RendezvousStateError, match=field):
+            target.handler.is_closed()
+        with pytest.raises(RendezvousStateError):
+            target.handler.next_rendezvous()
+    finally:
+        target.close()
+
+
+def test_garbage_members_never_crash_the_membership(request):
+    """Entries rdzv did not write (not UTF-8) in the membership lists: a clear error or ignored."""
+    target = Target("redis", request, blob=False)
+    try:
+        target.raw_redis.zadd(target.backend.keys.wait_list, {b"\xff\xfe not utf-8": 1})
+        try:
+            info = target.handler.next_rendezvous()
+        except RendezvousStateError:
+            return
+        assert (info.rank, info.world_size) == (0, 1)
     finally:
         target.close()
