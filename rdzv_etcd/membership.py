@@ -88,10 +88,11 @@ from rdzv_core.api import RendezvousStateError
 from rdzv_core.backend import Role, RoundSpec, Standing
 from rdzv_core.rounds import SWEEP_LIMIT
 from rdzv_core.state import RendezvousState
-from rdzv_etcd.client import OutcomeUnknownError
+from rdzv_etcd.backend import EtcdRendezvousBackend, create_backend
+from rdzv_etcd.client import DEFAULT_KEY_TTL, OutcomeUnknownError
 from rdzv_etcd.keys import DEFAULT_ROOT, RunKeys
 
-__all__ = ["EtcdMembership"]
+__all__ = ["EtcdMembership", "EtcdMembershipBackend", "create_membership_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -710,3 +711,46 @@ class EtcdMembership:
     def close(self) -> None:
         """Release the connections (the adapter reconnects on its next call)."""
         self._kv.close()
+
+
+class EtcdMembershipBackend(EtcdRendezvousBackend):
+    """The ``etcd-v3`` backend with :class:`~rdzv_core.backend.AtomicMembership`: the state,
+    liveness and join-queue methods of :class:`~rdzv_etcd.backend.EtcdRendezvousBackend`, and
+    the membership methods of an :class:`EtcdMembership` on the same adapter (the handler
+    prefers them). Build it with :func:`create_membership_backend`.
+    """
+
+    def __init__(self, kv: Any, run_id: str, *, key_ttl: int = DEFAULT_KEY_TTL, root: str = DEFAULT_ROOT) -> None:
+        super().__init__(kv, run_id, key_ttl=key_ttl, root=root)
+        self.membership = EtcdMembership(kv, run_id, root=root)
+
+    def join_round(self, node: str, spec: RoundSpec) -> Standing:
+        return self.membership.join_round(node, spec)
+
+    def leave_round(self, node: str, spec: RoundSpec) -> Standing:
+        return self.membership.leave_round(node, spec)
+
+    def complete_round(self, node: str, spec: RoundSpec, round_: int) -> Standing:
+        return self.membership.complete_round(node, spec, round_)
+
+    def keep_alive_round(self, node: str, spec: RoundSpec, sweep: bool) -> tuple[Standing, list[str]]:
+        return self.membership.keep_alive_round(node, spec, sweep)
+
+    def round_standing(self, node: str) -> Standing:
+        return self.membership.round_standing(node)
+
+    def close_rendezvous(self, node: str) -> Standing:
+        return self.membership.close_rendezvous(node)
+
+    def wait_for_round_change(self, seen: tuple[str, int] | None, timeout: float) -> bool:
+        return self.membership.wait_for_round_change(seen, timeout)
+
+    def membership_state(self) -> RendezvousState | None:
+        return self.membership.membership_state()
+
+
+def create_membership_backend(params: Any) -> tuple[EtcdMembershipBackend, Any]:
+    """Like :func:`rdzv_etcd.backend.create_backend` for ``etcd-v3``, with the membership
+    capability: ``(backend, store)`` sharing one adapter (one client per call)."""
+    plain, store = create_backend(params, api="v3")
+    return EtcdMembershipBackend(plain.kv, params.run_id, key_ttl=plain.kv.config.key_ttl), store

@@ -460,3 +460,54 @@ def test_concurrent_churn_ends_consistent(make_membership):
     assert len({s.change_id for s in standings}) == 1
     assert standings[0].missing == state.world_size - len(state.participants)
     assert standings[0].waiting == len(state.wait_list) and standings[0].redundant == len(state.redundancy_list)
+
+
+# -- through the handler --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("nodes", "min_nodes", "max_nodes"), [(4, 4, 4), (5, 2, 3)])
+def test_handlers_rendezvous_over_the_membership_backend(own_etcd, nodes, min_nodes, max_nodes):
+    """Real handlers (rdzv_core.dynamic) on EtcdMembershipBackend: they take the membership
+    path and agree on one round; the redundant ones are left out."""
+    from rdzv_core.api import RendezvousParameters
+    from rdzv_core.dynamic import create_handler
+    from rdzv_etcd.membership import EtcdMembershipBackend, create_membership_backend
+
+    run = unique_run_id("handlers")
+    params = RendezvousParameters(
+        "etcd-v3", own_etcd.endpoint, run, min_nodes, max_nodes,
+        read_timeout=10, join_timeout=30, last_call_timeout=1, keep_alive_interval=1, close_timeout=10,
+    )  # fmt: skip
+    made = [create_membership_backend(params) for _ in range(nodes)]
+    assert all(isinstance(backend, EtcdMembershipBackend) and isinstance(backend, AtomicMembership) for backend, _ in made)
+    handlers = [create_handler(store, backend, params) for backend, store in made]
+    results: list[Any] = [None] * nodes
+
+    def run_one(index: int) -> None:
+        try:
+            info = handlers[index].next_rendezvous()
+            results[index] = (info.rank, info.world_size)
+        except Exception as exc:  # noqa: BLE001 - the redundant ones time out / are reported
+            results[index] = exc
+
+    threads = [threading.Thread(target=run_one, args=(i,), daemon=True) for i in range(nodes)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and sum(isinstance(r, tuple) for r in results) < max_nodes:
+            time.sleep(0.05)
+        joined = [r for r in results if isinstance(r, tuple)]
+        assert sorted(rank for rank, _ in joined) == list(range(max_nodes)), results
+        assert {size for _, size in joined} == {max_nodes}
+        assert all(backend.membership.requests > 0 for backend, _ in made)
+    finally:
+        for handler in handlers:
+            try:
+                handler.shutdown()
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+        for thread in threads:
+            thread.join(40)
+        for backend, _ in made:
+            backend.close()
