@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import queue as queue_mod
 import re
 import shutil
 import signal
@@ -192,6 +193,24 @@ def is_available(module: str) -> bool:
         return False
 
 
+def raise_nofile(want: int = 1 << 20) -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` towards ``want`` (at most the hard limit) and
+    return the new soft limit. With one client per simulated node, a node process holds about
+    2-4 sockets per node (pool + pub/sub), i.e. thousands at 1,024 nodes per process; servers
+    started afterwards inherit the limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 # ----------------------------------------------------------------------------------------------
 # servers
 
@@ -265,7 +284,12 @@ class RedisSrv(Server):
         self._proc: subprocess.Popen | None = None
         self._dir: str | None = None
         self._client: Any = None
+        self._info_sock: socket.socket | None = None
+        self._own = {"in": 0, "out": 0, "commands": 0}  # traffic of this harness's INFO calls so far
         self.using = ""
+        # One client per simulated node: about 2-4 connections per node (pool + pub/sub). Redis
+        # needs maxclients + 32 file descriptors; raise_nofile() in the parent lets it have them.
+        self.maxclients = max(1000, raise_nofile() - 64)
 
     def start(self) -> RedisSrv:
         try:
@@ -273,7 +297,7 @@ class RedisSrv(Server):
         except ImportError:
             RedisServer = None  # noqa: N806
         if RedisServer is not None:
-            impl = RedisServer()
+            impl = RedisServer(extra_args=["--maxclients", str(self.maxclients)])
             started = impl.start() if hasattr(impl, "start") else None
             self._impl = started if isinstance(started, RedisServer) else impl
             self.endpoint = str(self._impl.endpoint)
@@ -282,7 +306,7 @@ class RedisSrv(Server):
         else:
             port = free_port()
             self._dir = tempfile.mkdtemp(prefix="rdzv-bench-redis-")
-            cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "16000", "--dir", self._dir, "--loglevel", "warning"]
+            cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", str(self.maxclients), "--dir", self._dir, "--loglevel", "warning"]
             self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if not wait_port(port, 10):
                 raise RuntimeError("redis-server did not start")
@@ -299,13 +323,24 @@ class RedisSrv(Server):
             except Exception:
                 self.pid = None
         try:  # allow many client connections when the launcher did not
-            if int(self._client.config_get("maxclients").get("maxclients", 0)) < 16000:
-                self._client.config_set("maxclients", 16000)
+            if int(self._client.config_get("maxclients").get("maxclients", 0)) < self.maxclients:
+                self._client.config_set("maxclients", self.maxclients)
         except Exception:
             pass
+        try:
+            self.maxclients = int(self._client.config_get("maxclients").get("maxclients", 0))
+        except Exception:
+            pass
+        self._host, self._port = host or "127.0.0.1", int(port_text.split("/")[0])
         return self
 
     def stop(self) -> None:
+        if self._info_sock is not None:
+            try:
+                self._info_sock.close()
+            except OSError:
+                pass
+            self._info_sock = None
         if self._client is not None:
             try:
                 self._client.close()
@@ -321,18 +356,63 @@ class RedisSrv(Server):
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 
+    _INFO_REQUEST = b"*2\r\n$4\r\nINFO\r\n$3\r\nall\r\n"
+
+    def _raw_info(self) -> tuple[dict[str, str], int]:
+        """``INFO all`` over a raw socket of its own: the parsed fields and the exact number of
+        bytes of the reply (which Redis counts in ``total_net_output_bytes``)."""
+        if self._info_sock is None:
+            self._info_sock = socket.create_connection((self._host, self._port), timeout=30)
+        sock = self._info_sock
+        sock.sendall(self._INFO_REQUEST)
+        buf = b""
+        while b"\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the INFO connection")
+            buf += chunk
+        header, _, rest = buf.partition(b"\r\n")
+        if not header.startswith(b"$"):
+            raise RuntimeError(f"unexpected INFO reply {header[:80]!r}")
+        size = int(header[1:])
+        while len(rest) < size + 2:
+            chunk = sock.recv(max(65536, size + 2 - len(rest)))
+            if not chunk:
+                raise ConnectionError("redis closed the INFO connection")
+            rest += chunk
+        fields: dict[str, str] = {}
+        for line in rest[:size].decode("utf-8", "replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not line.startswith("#"):
+                fields[key] = value
+        return fields, len(header) + 2 + size + 2
+
     def counters(self) -> dict[str, Any]:
+        """Server counters without this harness's own INFO traffic.
+
+        ``total_net_input_bytes`` already holds this INFO request; ``total_net_output_bytes``
+        and ``total_commands_processed`` hold every earlier INFO (its reply, its command) but
+        not this one. All INFO calls go over one raw socket, so their exact bytes are known and
+        subtracted: a difference of two snapshots is the traffic of the rendezvous clients only.
+        """
         out = super().counters()
-        info = self._client.info("all")
-        out["net_in"] = int(info.get("total_net_input_bytes", 0))
-        out["net_out"] = int(info.get("total_net_output_bytes", 0))
-        out["commands"] = int(info.get("total_commands_processed", 0))
-        out["connections"] = int(info.get("total_connections_received", 0))
-        out["connected_clients"] = int(info.get("connected_clients", 0))
-        out["pubsub_clients"] = int(info.get("pubsub_clients", 0) or 0)
+        self._own["in"] += len(self._INFO_REQUEST)
+        info, reply_bytes = self._raw_info()
+        num = lambda key: int(info.get(key, 0) or 0)  # noqa: E731
+        out["net_in"] = num("total_net_input_bytes") - self._own["in"]
+        out["net_out"] = num("total_net_output_bytes") - self._own["out"]
+        out["commands"] = num("total_commands_processed") - self._own["commands"]
+        self._own["out"] += reply_bytes
+        self._own["commands"] += 1
+        out["connections"] = num("total_connections_received")
+        out["connected_clients"] = num("connected_clients")
+        out["pubsub_clients"] = num("pubsub_clients")
+        out["own_info_calls"] = self._own["commands"]
         for key, value in info.items():
-            if key.startswith("cmdstat_") and isinstance(value, dict):
-                out["cmd." + key[len("cmdstat_") :]] = int(value.get("calls", 0))
+            if key.startswith("cmdstat_"):
+                calls = re.search(r"calls=(\d+)", value)
+                if calls:
+                    out["cmd." + key[len("cmdstat_") :]] = int(calls.group(1))
         return out
 
 
@@ -519,13 +599,15 @@ def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 def summarize_server(kind: str, d: dict[str, Any]) -> dict[str, Any]:
     """Turn a counter delta into requests and bytes (client -> server, server -> client)."""
     if kind == "redis":
-        infos = d.get("cmd.info", 0)
         return {
-            "requests": d.get("commands", 0) - infos,
+            # every command Redis ran, including those run inside Lua scripts (an EVALSHA of a
+            # script that calls 5 commands counts 6): the server's work, not round trips
+            "requests": d.get("commands", 0),
             "bytes_in": d.get("net_in", 0),
             "bytes_out": d.get("net_out", 0),
-            "commands": {k[4:]: v for k, v in sorted(d.items()) if k.startswith("cmd.") and k != "cmd.info"},
-            "source": "redis INFO (total_commands_processed, total_net_input/output_bytes, commandstats)",
+            "commands": {k[4:]: v - (d.get("own_info_calls", 0) if k == "cmd.info" else 0) for k, v in sorted(d.items()) if k.startswith("cmd.")},
+            "connections_opened": d.get("connections", 0),
+            "source": "redis INFO stats (total_commands_processed, total_net_input/output_bytes) and commandstats, minus the harness's own INFO calls (exact bytes, one raw socket)",
         }
     if kind == "etcd":
         grpc = int(d.get("grpc_server_handled_total", 0))
@@ -678,9 +760,10 @@ def make_counting_backend(inner: Any, base: type | None = None, on_first_join: A
                     counters.other += 1
                     counters.extra[attr] = counters.extra.get(attr, 0) + 1
                     counters.first_call.setdefault(attr, time.monotonic())
-                    if attr == "enqueue_join":
-                        _joined()  # joins through the queue (the head admits it)
-                    return _timed_call(value, *args, **kwargs)
+                    result = _timed_call(value, *args, **kwargs)
+                    if attr in ("enqueue_join", "join_round"):
+                        _joined()  # joined through the queue / the server-side membership
+                    return result
 
                 return other
             return value
@@ -713,3 +796,43 @@ def kill_process_tree(proc: Any, grace: float = 5.0) -> None:
         except OSError:
             pass
         proc.join(5)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared by the benchmark scripts
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def warn_loudly(msg: str) -> None:
+    bar = "!" * 100
+    text = f"\n{bar}\nWARNING: {msg}\n{bar}\n"
+    print(text, flush=True)
+    print(text, file=sys.stderr, flush=True)
+
+
+def make_server(kind: str) -> Server:
+    return {"none": NoServer, "redis": RedisSrv, "etcd": EtcdSrv, "tcpstore": TCPStoreSrv}[kind]()
+
+
+def split(indices: list[int], parts: int) -> list[list[int]]:
+    parts = max(1, min(parts, len(indices)))
+    size, extra = divmod(len(indices), parts)
+    out, start = [], 0
+    for p in range(parts):
+        end = start + size + (1 if p < extra else 0)
+        out.append(indices[start:end])
+        start = end
+    return out
+
+
+def _get(q: Any, deadline: float) -> tuple[str, int, Any]:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError
+    try:
+        return q.get(timeout=remaining)
+    except queue_mod.Empty:
+        raise TimeoutError from None

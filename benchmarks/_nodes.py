@@ -9,8 +9,10 @@ reports each node's rank, timings and backend call counts. It then keeps the nod
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
+import random
 import resource
 import threading
 import time
@@ -71,8 +73,25 @@ def _rdzv_params(spec: dict[str, Any]) -> Any:
     }
     if spec.get("keep_alive_interval"):
         config["keep_alive_interval"] = spec["keep_alive_interval"]
+    if spec.get("keep_alive_max_attempt"):
+        config["keep_alive_max_attempt"] = spec["keep_alive_max_attempt"]
     config.update(spec.get("extra_config") or {})
-    return RendezvousParameters(spec["backend"], spec["endpoint"], spec["run_id"], n, n, local_addr="127.0.0.1", **config)
+    return RendezvousParameters(spec["backend"], spec["endpoint"], spec["run_id"], spec.get("min_nodes") or n, n, local_addr="127.0.0.1", **config)
+
+
+def redis_create_accepts_shared() -> bool:
+    """Whether ``rdzv_redis.backend.create_backend`` takes ``shared=`` (a private client per
+    call with ``shared=False``)."""
+    from rdzv_redis.backend import create_backend
+
+    try:
+        return "shared" in inspect.signature(create_backend).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+#: How the Redis nodes of this process got their clients (reported to the parent).
+REDIS_SHARING_FALLBACK = "process (FALLBACK: rdzv_redis.backend.create_backend has no shared= keyword yet; nodes of a process SHARE one client: reads are coalesced across nodes, per-node costs are NOT those of real nodes)"
 
 
 def _rdzv_backend_and_store(spec: dict[str, Any], params: Any) -> tuple[Any, Any]:
@@ -84,18 +103,16 @@ def _rdzv_backend_and_store(spec: dict[str, Any], params: Any) -> tuple[Any, Any
         store = shared_store(params.run_id)
         return StoreRendezvousBackend(store, params.run_id, name="memory"), store
     if name == "redis":
-        if spec.get("client_sharing") == "node":
-            # one client (pool + pub/sub listener) per simulated node, as on real machines
-            from rdzv_redis.backend import RedisRendezvousBackend
-            from rdzv_redis.client import RedisClient, RedisConfig
-            from rdzv_redis.store import RedisStore
-
-            client = RedisClient(RedisConfig.from_params(params))
-            client._refs = 2
-            return RedisRendezvousBackend(client, params.run_id), RedisStore(client, params.run_id)
+        # One client (pool + pub/sub listener) per simulated node, as on real machines; the
+        # library's per-process sharing only with --client-sharing process.
         from rdzv_redis.backend import create_backend
 
-        return create_backend(params)
+        accepts = redis_create_accepts_shared()
+        if spec.get("client_sharing", "node") == "process":
+            return create_backend(params, shared=True) if accepts else create_backend(params)
+        if accepts:
+            return create_backend(params, shared=False)
+        return create_backend(params)  # REDIS_SHARING_FALLBACK, reported by child_main
     # etcd-v3 / etcd-v2: whatever factory the plug-in offers
     import importlib
 
@@ -143,10 +160,12 @@ def make_torch_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters
         store = EtcdStore(client, "/torch/elastic/store")
     counting, counters = H.make_counting_backend(backend, base=TorchBackend, on_first_join=on_join)
     timeout = RendezvousTimeout(join=timedelta(seconds=spec["join_timeout"]), last_call=timedelta(seconds=spec["last_call"]))
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if spec.get("keep_alive_interval"):
         kwargs["keep_alive_interval"] = spec["keep_alive_interval"]
-    handler = DynamicRendezvousHandler.from_backend(run_id, store, counting, n, n, local_addr="127.0.0.1", timeout=timeout, **kwargs)
+    if spec.get("keep_alive_max_attempt"):
+        kwargs["keep_alive_max_attempt"] = spec["keep_alive_max_attempt"]
+    handler = DynamicRendezvousHandler.from_backend(run_id, store, counting, spec.get("min_nodes") or n, n, local_addr="127.0.0.1", timeout=timeout, **kwargs)
     return handler, counters, backend
 
 
@@ -160,11 +179,19 @@ def make_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters, Any]
 # client-side request counting (benchmark-only monkeypatches of the client libraries)
 
 _requests = itertools.count()
+#: Requests sent by the current thread (``_tls.n``): a node's ``next_rendezvous()`` runs in
+#: its own thread, so the difference around the call is what that node sent on its path.
+_tls = threading.local()
+
+
+def thread_requests() -> int:
+    return int(getattr(_tls, "n", 0))
 
 
 def install_request_counter(backend: str) -> str | None:
-    """Count requests this process sends: redis-py ``send_packed_command`` (a pipeline is one),
-    urllib3 ``urlopen`` (python-etcd, etcd3gw). Returns what is counted, or ``None``."""
+    """Count requests this process sends, in all and per thread: redis-py
+    ``send_packed_command`` (a pipeline is one), urllib3 ``urlopen`` (python-etcd, etcd3gw).
+    Returns what is counted, or ``None``."""
     if backend == "redis":
         from redis.connection import AbstractConnection
 
@@ -172,6 +199,7 @@ def install_request_counter(backend: str) -> str | None:
 
         def send_packed_command(self: Any, *args: Any, **kwargs: Any) -> Any:
             next(_requests)
+            _tls.n = getattr(_tls, "n", 0) + 1
             return original(self, *args, **kwargs)
 
         AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign]
@@ -183,10 +211,59 @@ def install_request_counter(backend: str) -> str | None:
 
         def urlopen(self: Any, *args: Any, **kwargs: Any) -> Any:
             next(_requests)
+            _tls.n = getattr(_tls, "n", 0) + 1
             return original_urlopen(self, *args, **kwargs)
 
         HTTPConnectionPool.urlopen = urlopen  # type: ignore[method-assign]
         return "urllib3 urlopen calls"
+    return None
+
+
+def count_client_requests(backend: Any) -> list[int] | None:
+    """Count the requests of one node's own Redis client: every ``execute_command`` of its
+    ``redis.Redis`` object (a script call is one ``EVALSHA``) and every pipeline
+    ``execute``, from any thread of that node. Only meaningful with a private client (the
+    box counts all users of the client). ``None`` when the backend has no such client."""
+    client = getattr(backend, "_client", None)
+    r = getattr(client, "redis", None)
+    if r is None or not hasattr(r, "execute_command"):
+        return None
+    box = [0]
+    original = r.execute_command
+    original_pipeline = r.pipeline
+
+    def execute_command(*args: Any, **kwargs: Any) -> Any:
+        box[0] += 1
+        return original(*args, **kwargs)
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = original_pipeline(*args, **kwargs)
+        original_execute = pipe.execute
+
+        def execute(*a: Any, **k: Any) -> Any:
+            box[0] += 1
+            return original_execute(*a, **k)
+
+        pipe.execute = execute
+        return pipe
+
+    r.execute_command = execute_command
+    r.pipeline = pipeline
+    return box
+
+
+def round_of(handler: Any) -> Any:
+    """The round a handler's node last joined (private attributes; benchmark-only):
+    ``(incarnation, round)`` for rdzv, ``round`` for torch."""
+    joined_at = getattr(handler, "_joined_at", None)
+    if joined_at is not None:
+        return list(joined_at)
+    joined = getattr(handler, "_joined_round", None)
+    if joined is not None:
+        return joined
+    holder = getattr(handler, "_state_holder", None)  # torch
+    if holder is not None:
+        return holder.state.round
     return None
 
 
@@ -219,6 +296,31 @@ def _delay_first_beat() -> None:
 EXPERIMENTS = {"delay-first-beat": _delay_first_beat}
 
 
+def client_sharing_of(spec: dict[str, Any]) -> str:
+    """How the nodes of ``spec`` get their clients: ``node`` (a private client each),
+    ``process`` (requested sharing) or :data:`REDIS_SHARING_FALLBACK`."""
+    if spec["backend"] == "redis":
+        if spec.get("client_sharing", "node") == "process":
+            return "process"
+        return "node" if redis_create_accepts_shared() else REDIS_SHARING_FALLBACK
+    if spec["backend"] in ("etcd-v3", "etcd-v2"):
+        return "node"  # rdzv_etcd.backend.create_backend builds a new EtcdKV (own pool) per call
+    if spec["backend"] in TORCH_BACKENDS:
+        return "node"  # a TCPStore client / etcd.Client per node, built here
+    return "process"  # memory: one in-process store
+
+
+def build_nodes(spec: dict[str, Any], count: int, on_join: Any) -> tuple[list[tuple[Any, H.Counters, Any]], list[list[int] | None], str]:
+    """``count`` nodes of ``spec``, each with its own handler and backend; the request counter
+    of each node's own Redis client (``None`` where there is none or it is shared); and the
+    client sharing mode."""
+    sharing = client_sharing_of(spec)
+    nodes = [make_node(spec, on_join) for _ in range(count)]
+    private_redis = spec["backend"] == "redis" and sharing == "node"
+    boxes = [count_client_requests(b) if private_redis else None for _, _, b in nodes]
+    return nodes, boxes, sharing
+
+
 # ----------------------------------------------------------------------------------------------
 # the node process
 
@@ -246,6 +348,7 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
 
         logging.basicConfig(level=logging.ERROR)
         threading.stack_size(512 * 1024)
+        nofile = H.raise_nofile()
         if spec.get("switch_interval"):
             import sys
 
@@ -277,19 +380,20 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
             threading.Thread(target=publish, daemon=True, name="bench-requests").start()
         rss_base = _rss_kb()
         t0 = time.monotonic()
-        nodes = []
-        for _ in indices:
-            nodes.append(make_node(spec, on_join))
+        nodes, boxes, sharing = build_nodes(spec, len(indices), on_join)
         setup_s = time.monotonic() - t0
         local_go = threading.Event()
         results: list[Any] = [None] * len(nodes)
+        per_call: list[dict[str, Any]] = [{} for _ in nodes]
 
         def run(k: int) -> None:
             handler, counters, _ = nodes[k]
+            box = boxes[k]
             local_go.wait()
             if indices[k] == held_back:
                 last_go.wait()
             t_call = time.monotonic()
+            thread0, client0 = thread_requests(), (box[0] if box else None)
             rank = world = err = None
             try:
                 info = handler.next_rendezvous()
@@ -298,12 +402,13 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
                 err = f"{type(exc).__name__}: {exc}"[:500]
             t_ret = time.monotonic()
             counters.returned = True
+            per_call[k] = {"rt_thread": thread_requests() - thread0 if counted else None, "rt_client": None if box is None else box[0] - client0}
             results[k] = (indices[k], rank, world, t_call, t_ret, err)
 
         threads = [threading.Thread(target=run, args=(k,), daemon=True, name=f"node-{indices[k]}") for k in range(len(nodes))]
         for t in threads:
             t.start()
-        queue.put(("ready", pid, {"setup_s": setup_s, "rss_base_kb": rss_base, "rss_ready_kb": _rss_kb(), "threads": threading.active_count()}))
+        queue.put(("ready", pid, {"setup_s": setup_s, "rss_base_kb": rss_base, "rss_ready_kb": _rss_kb(), "threads": threading.active_count(), "client_sharing": sharing, "nofile": nofile}))
         go.wait()
         cpu0 = _cpu_s()
         local_go.set()
@@ -316,7 +421,7 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
         for k, r in enumerate(results):
             if r is None:
                 r = (indices[k], None, None, None, None, "did not return")
-            rows.append((*r, nodes[k][1].as_dict()))
+            rows.append((*r, {**nodes[k][1].as_dict(), **per_call[k]}))
         queue.put(("done", pid, {"rows": rows, "maxrss_kb": _hwm_kb(), "rss_kb": _rss_kb(), "threads": threading.active_count(), "cpu_s": _cpu_s() - cpu0}))
         stop.wait()
         counts = [n[1].as_dict() for n in nodes]
@@ -330,3 +435,94 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
         except Exception:
             pass
         os._exit(0)  # no clean-up of thousands of handlers: the server is thrown away
+
+
+
+# ----------------------------------------------------------------------------------------------
+# the mass-failure node process
+
+
+def mass_child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, stop: Any, failed: Any) -> None:
+    """One node process of the mass-failure benchmark (the parent may SIGKILL it).
+
+    Every node joins once (generation 0), then acts as an agent: every 0.1-0.5 s (uniform) it
+    polls ``num_nodes_waiting()`` and, when it is > 0, calls ``next_rendezvous()`` again. With
+    ``spec["failure_signal"]`` (torch, whose ``num_nodes_waiting()`` counts only the wait
+    list) a node also re-joins once the parent set ``failed`` (its workers' collective failed).
+    ``stop`` and ``failed`` are shared ints (``RawValue``), polled: a multiprocessing Event
+    would hang the parent's ``set()`` for ever once a process with threads waiting on it was
+    SIGKILLed (its Condition waits for the dead sleepers to acknowledge).
+    Reports ``("rank", pid, (index, gen, round, rank, world, t_call, t_ret))`` per return and
+    ``("nerror", pid, (index, gen, text, t))`` per failure (in calls or polls).
+    """
+    pid = os.getpid()
+    try:
+        import logging
+
+        logging.basicConfig(level=logging.CRITICAL)
+        threading.stack_size(512 * 1024)
+        nofile = H.raise_nofile()
+        if spec["backend"] in TORCH_BACKENDS:
+            import torch.distributed.elastic.rendezvous.dynamic_rendezvous  # noqa: F401
+        else:
+            import rdzv_core.dynamic  # noqa: F401
+        t0 = time.monotonic()
+        nodes, _, sharing = build_nodes(spec, len(indices), None)
+        setup_s = time.monotonic() - t0
+        local_go = threading.Event()
+        signal_mode = bool(spec.get("failure_signal"))
+        poll_lo, poll_hi = spec.get("poll_s", (0.1, 0.5))
+
+        def join(k: int, gen: int) -> bool:
+            handler = nodes[k][0]
+            t_call = time.monotonic()
+            try:
+                info = handler.next_rendezvous()
+            except BaseException as exc:
+                queue.put(("nerror", pid, (indices[k], gen, f"{type(exc).__name__}: {exc}"[:300], time.monotonic())))
+                return False
+            t_ret = time.monotonic()
+            queue.put(("rank", pid, (indices[k], gen, round_of(handler), info.rank, info.world_size, t_call, t_ret)))
+            return True
+
+        def agent(k: int) -> None:
+            handler = nodes[k][0]
+            local_go.wait()
+            gen = 0
+            if not join(k, gen):
+                return
+            rng = random.Random(indices[k])
+            signalled = False
+            while True:
+                time.sleep(rng.uniform(poll_lo, poll_hi))
+                if stop.value:
+                    break
+                try:
+                    waiting = handler.num_nodes_waiting()
+                except BaseException as exc:
+                    queue.put(("nerror", pid, (indices[k], gen, f"num_nodes_waiting: {type(exc).__name__}: {exc}"[:300], time.monotonic())))
+                    continue
+                trigger = waiting > 0
+                if signal_mode and not signalled and failed.value:
+                    trigger = signalled = True
+                if trigger:
+                    gen += 1
+                    join(k, gen)
+
+        threads = [threading.Thread(target=agent, args=(k,), daemon=True, name=f"node-{indices[k]}") for k in range(len(nodes))]
+        for t in threads:
+            t.start()
+        queue.put(("ready", pid, {"setup_s": setup_s, "client_sharing": sharing, "nofile": nofile}))
+        go.wait()
+        local_go.set()
+        while not stop.value:
+            time.sleep(0.2)
+    except BaseException:
+        queue.put(("error", pid, traceback.format_exc()[-3000:]))
+    finally:
+        try:
+            queue.close()
+            queue.join_thread()
+        except Exception:
+            pass
+        os._exit(0)

@@ -33,7 +33,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import statistics
 import sys
 import time
@@ -44,27 +43,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _harness as H  # noqa: E402
 import _nodes as N  # noqa: E402
+from _harness import _get, log, make_server, split, warn_loudly  # noqa: E402,F401
 
 ALL_BACKENDS = ("redis", "etcd-v3", "etcd-v2", "torch-c10d", "torch-etcd-v2")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def make_server(kind: str) -> H.Server:
-    return {"none": H.NoServer, "redis": H.RedisSrv, "etcd": H.EtcdSrv, "tcpstore": H.TCPStoreSrv}[kind]()
-
-
-def split(indices: list[int], parts: int) -> list[list[int]]:
-    parts = max(1, min(parts, len(indices)))
-    size, extra = divmod(len(indices), parts)
-    out, start = [], 0
-    for p in range(parts):
-        end = start + size + (1 if p < extra else 0)
-        out.append(indices[start:end])
-        start = end
-    return out
 
 
 def run_round(
@@ -77,7 +58,7 @@ def run_round(
     keep_alive_interval: float | None = None,
     last_join: bool = False,
     idle_intervals: int = 0,
-    client_sharing: str = "process",
+    client_sharing: str = "node",
     settle: float = 1.0,
     pyspy_dir: str | None = None,
     switch_interval: float | None = None,
@@ -125,6 +106,13 @@ def run_round(
             if kind == "ready":
                 ready[pid] = payload
         row["setup_s"] = round(max(r["setup_s"] for r in ready.values()), 3)
+        sharing = sorted({r.get("client_sharing", "?") for r in ready.values()})
+        row["client_sharing"] = sharing[0] if len(sharing) == 1 else sharing
+        if any("FALLBACK" in m for m in sharing):
+            row.setdefault("warnings", []).append("client sharing: " + "; ".join(sharing))
+            warn_loudly(f"{backend} N={n}: " + "; ".join(sharing))
+        if server.kind == "redis":
+            row["redis_maxclients"] = getattr(server, "maxclients", None)
         spies = _start_pyspy(pyspy_dir, backend, n, list(ready)) if pyspy_dir else []
         time.sleep(0.05)
         before, reqs_before = server.counters(), sum(reqs)
@@ -170,6 +158,8 @@ def run_round(
             "server_s": round(after["cpu_s"] - before["cpu_s"], 2) if "cpu_s" in after and "cpu_s" in before else None,
         }
         _summarize(row, rows, n, t_go, t_release, timeout)
+        if server.kind == "redis" and "connected_clients" in after:
+            row["redis_connected_clients"] = after["connected_clients"]
         srv = H.summarize_server(server.kind, H.delta(before, after))
         row["server_counters"] = srv
         if srv.get("requests") is not None:
@@ -184,6 +174,7 @@ def run_round(
         if srv.get("bytes_in") is not None:
             row["bytes_in_per_node"] = round((srv["bytes_in"] or 0) / n)
             row["bytes_out_per_node"] = round((srv["bytes_out"] or 0) / n)
+        row["server_cost_window"] = "barrier release -> every node process reported all its nodes returned (rank + MASTER_ADDR/PORT) + 50 ms"
         if idle_intervals and row["status"] == "ok" and server.kind != "none":
             interval = keep_alive_interval or 5.0
             time.sleep(interval + 1.0)  # every keep-alive thread has started beating
@@ -338,16 +329,6 @@ def _dump_stacks(pids: list[int]) -> dict[str, Any] | None:
     return {"node_threads": threads, "innermost_rdzv_frame": top(project), "innermost_frame": top(innermost)}
 
 
-def _get(q: Any, deadline: float) -> tuple[str, int, Any]:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    try:
-        return q.get(timeout=remaining)
-    except queue_mod.Empty:
-        raise TimeoutError from None
-
-
 def _summarize(row: dict[str, Any], rows: list[tuple], n: int, t_go: float, t_release: float | None, timeout: float) -> None:
     finished = [r for r in rows if r[1] is not None]
     errors = sorted({r[5] for r in rows if r[5] and r[5] != "did not return"})
@@ -395,6 +376,19 @@ def _summarize(row: dict[str, Any], rows: list[tuple], n: int, t_go: float, t_re
             firsts.setdefault(k, []).append(t - t_go)
     if firsts:
         row["first_call_s"] = {k: {"p50": round(statistics.median(v), 4), "max": round(max(v), 4), "nodes": len(v)} for k, v in sorted(firsts.items())}
+    # requests each node sent between its next_rendezvous() call and its return
+    for field in ("rt_client", "rt_thread"):
+        values = [c.get(field) for c in counters if c.get(field) is not None]
+        if values:
+            row[f"{field}_p50"] = statistics.median(values)
+            row[f"{field}_max"] = max(values)
+    if t_release is not None:
+        held = [r for r in rows if r[0] == n - 1]
+        if held:
+            c = held[0][6]
+            row["rtt_last"] = c.get("rt_client") if c.get("rt_client") is not None else c.get("rt_thread")
+            row["rtt_last_wire"] = c.get("rt_thread")  # every send of its thread, incl. connection handshakes (HELLO, CLIENT SETNAME)
+            row["rtt_last_source"] = "the held-back node's own redis.Redis client (execute_command + pipeline execute)" if c.get("rt_client") is not None else "requests sent by the held-back node's thread (redis-py send_packed_command / urllib3 urlopen)"
     ops["max_set_state_per_node"] = max((c["set_state"] for c in counters), default=0)
     ops["max_failed_cas_per_node"] = max((c["set_failed"] for c in counters), default=0)
     ops["max_wakeups_per_node"] = max((c["wakeups"] for c in counters), default=0)
@@ -529,27 +523,57 @@ def _kb(value: Any) -> str:
     return f"{value / 1024:.1f}k" if value >= 1024 else str(int(value))
 
 
-def scale_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["backend", "N", "P", "status", "all ranks s", "complete s", "tail ms", "last join->all ms", "req/node", "in B/node", "out B/node", "get/node", "set/node", "CAS fail/node", "wakeups/node", "node RSS MB", "srv RSS MB"]
+def _kb1(value: Any) -> str:
+    return "-" if value is None else f"{value / 1024:.1f}"
+
+
+def _rtt(r: dict[str, Any]) -> str:
+    field = "rt_client" if r.get("rt_client_p50") is not None else "rt_thread"
+    if r.get(f"{field}_p50") is None:
+        return "-"
+    return f"{r[f'{field}_p50']:g}/{r[f'{field}_max']}"
+
+
+def _sharing(r: dict[str, Any]) -> str:
+    mode = r.get("client_sharing")
+    if mode is None:
+        return "-"
+    text = mode if isinstance(mode, str) else ",".join(mode)
+    return "SHARED (fallback)" if "FALLBACK" in text else text
+
+
+def scale_table(rows: list[dict[str, Any]], last_join: list[dict[str, Any]] | None = None) -> str:
+    """One line per backend and N: the burst round, with rtt_last and last join -> all ranks
+    of the held-back run of the same backend and N (median over repetitions)."""
+    headers = ["backend", "N", "clients", "status", "all ranks s", "req/node", "KB out/node", "KB in/node", "rt/node", "rtt p50/max", "rtt_last", "last join->all ms", "node RSS MB", "srv RSS MB"]
     out = []
     for r in rows:
-        ops = r.get("backend_calls_per_node", {})
         rss = r.get("rss", {})
         status = r["status"] if r["status"] != "dnf" else f"DNF ({r.get('finished', 0)}/{r['nodes']})"
+        lj = [x for x in (last_join or []) if x["backend"] == r["backend"] and x["nodes"] == r["nodes"] and x.get("status") == "ok"]
+        rtt_last = [x["rtt_last"] for x in lj if x.get("rtt_last") is not None]
+        lat = [x["last_join_latency_s"] for x in lj if x.get("last_join_latency_s") is not None]
         out.append([
-            r["backend"], r["nodes"], r.get("procs", "-"), status, _f(r.get("seconds"), 3), _f(r.get("complete_write_s"), 3),
-            _f(None if r.get("tail_after_complete_s") is None else r["tail_after_complete_s"] * 1000, 1),
-            _f(None if r.get("last_join_to_all_s") is None else r["last_join_to_all_s"] * 1000, 1),
-            _f(r.get("requests_per_node"), 1), _kb(r.get("bytes_in_per_node")), _kb(r.get("bytes_out_per_node")),
-            _f(ops.get("get_state"), 1), _f(ops.get("set_state"), 1), _f(ops.get("set_failed"), 1), _f(ops.get("wakeups"), 1),
+            r["backend"], r["nodes"], _sharing(r), status, _f(r.get("seconds"), 3),
+            _f(r.get("server_requests_per_node"), 1), _kb1(r.get("bytes_out_per_node")), _kb1(r.get("bytes_in_per_node")),
+            _f(r.get("requests_per_node"), 1), _rtt(r),
+            _f(statistics.median(rtt_last), 1) if rtt_last else "-",
+            _f(statistics.median(lat) * 1000, 1) if lat else "-",
             _f(rss.get("node_procs_sum_mb"), 0), _f(rss.get("server_peak_mb"), 0),
         ])  # fmt: skip
     return H.fmt_table(headers, out)
 
 
 def last_join_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["backend", "N", "status", "last join -> all ranks ms", "all ranks s (incl. hold)"]
-    out = [[r["backend"], r["nodes"], r["status"] if r["status"] != "skipped" else "skipped (" + r["reason"] + ")", _f(None if r.get("last_join_latency_s") is None else r["last_join_latency_s"] * 1000, 1), _f(r.get("seconds"), 3)] for r in rows]
+    headers = ["backend", "N", "clients", "status", "rtt_last", "rtt_last wire", "last join -> all ranks ms", "all ranks s (incl. hold)", "req/node", "KB out/node"]
+    out = [
+        [
+            r["backend"], r["nodes"], _sharing(r), r["status"] if r["status"] != "skipped" else "skipped (" + r["reason"] + ")",
+            _f(r.get("rtt_last")), _f(r.get("rtt_last_wire")), _f(None if r.get("last_join_latency_s") is None else r["last_join_latency_s"] * 1000, 1), _f(r.get("seconds"), 3),
+            _f(r.get("server_requests_per_node"), 1), _kb1(r.get("bytes_out_per_node")),
+        ]
+        for r in rows
+    ]  # fmt: skip
     return H.fmt_table(headers, out)
 
 
@@ -581,15 +605,16 @@ def _ints(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backends", default=",".join(ALL_BACKENDS), help="comma list of: memory, " + ", ".join(ALL_BACKENDS))
+    ap.add_argument("--backends", "--backend", default=",".join(ALL_BACKENDS), help="comma list of: memory, " + ", ".join(ALL_BACKENDS))
+    ap.add_argument("--torch", action="store_true", help="add torch-c10d (torch's DynamicRendezvousHandler over C10dRendezvousBackend/TCPStore) to the backends")
     ap.add_argument("--nodes", default="8,64,256,1024,4096")
     ap.add_argument("--procs", type=int, default=4, help="node processes (threads are spread over them)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per row before it is 'did not finish'")
     ap.add_argument("--last-call", type=float, default=1.0)
     ap.add_argument("--keep-alive-interval", type=float, default=None, help="default: the library's (5 s)")
     ap.add_argument("--keep-going", action="store_true", help="run larger N of a backend after a DNF")
-    ap.add_argument("--client-sharing", choices=("process", "node"), default="process", help="redis: share the client per process (library default) or one per node")
-    ap.add_argument("--last-join-nodes", default="8,64,256", help="N for the held-back last-join latency runs ('' = none)")
+    ap.add_argument("--client-sharing", choices=("node", "process"), default="node", help="redis: one client per simulated node (default, as on real machines) or the library's per-process sharing (create_backend(params, shared=True))")
+    ap.add_argument("--last-join-nodes", default="same", help="N for the held-back last-join runs (rtt_last, last join -> all ranks); 'same' = --nodes, '' = none")
     ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval() in the node processes (GIL hand-over; Python's default 0.005 s)")
     ap.add_argument("--experiment", action="append", default=[], choices=sorted(N.EXPERIMENTS), help="benchmark-only monkeypatch modelling a proposed rdzv_core change (see _nodes.py)")
     ap.add_argument("--repeat", type=int, default=1, help="repetitions of each last-join row")
@@ -607,7 +632,12 @@ def main(argv: list[str] | None = None) -> int:
             print_tables(json.load(f), args.render)
         return 0
 
+    H.raise_nofile()  # the servers started from here inherit it (Redis maxclients)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.torch and "torch-c10d" not in backends:
+        backends.append("torch-c10d")
+    if args.last_join_nodes == "same":
+        args.last_join_nodes = args.nodes
     result: dict[str, Any] = {
         "benchmark": "rendezvous_scale",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -686,12 +716,14 @@ def main(argv: list[str] | None = None) -> int:
 def print_tables(result: dict[str, Any], path: str) -> None:
     if result["scale"]:
         print("\n## Rendezvous scale (burst: all N nodes start together)\n")
-        print(scale_table([r for r in result["scale"] if r["status"] != "skipped"]))
+        print(scale_table([r for r in result["scale"] if r["status"] != "skipped"], result.get("last_join")))
+        print("\nreq/node, KB out/node, KB in/node: measured at the server (Redis INFO stats, etcd /metrics) from the barrier until the last node returned, / N;"
+              "\nrt/node: requests the node clients sent (client side); rtt p50/max: requests a node sent inside next_rendezvous(); rtt_last: those of the node held back until all others joined")
         skipped = [f"{r['backend']} N={r['nodes']} ({r['reason']})" for r in result["scale"] if r["status"] == "skipped"]
         if skipped:
             print("\nskipped: " + "; ".join(skipped))
     if result["last_join"]:
-        print("\n## Last join latency (N-1 nodes wait, then the last node joins)\n")
+        print("\n## Last join (N-1 nodes joined and wait, then the last node calls next_rendezvous)\n")
         print(last_join_table(result["last_join"]))
     if result["idle"]:
         print("\n## Idle cost (completed round, keep-alives only)\n")
