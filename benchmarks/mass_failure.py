@@ -135,16 +135,22 @@ def run_once(backend: str, n: int, procs: int, timeout: float, settle: float = 1
         failed.value = 1
         children[victim_slot].join(5)
 
+        def after_kill(i: int) -> list[tuple]:
+            return [r for r in ranks.get(i, ())[1:] if r[5] >= t_kill]
+
         def survivors_done() -> bool:
-            return all(len(ranks.get(i, ())) >= 2 for i in survivors)
+            return all(after_kill(i) for i in survivors)
 
         finished = collect(t_kill + timeout, survivors_done)
         t_end = time.monotonic()
         if finished:  # a moment more, to see whether a further round follows
             collect(min(t_end + 1.0, t_kill + timeout), lambda: False)
-        second = {i: ranks[i][1] for i in survivors if len(ranks.get(i, ())) >= 2}
+        # re-joins before the kill: the first round broke up without any failure
+        early = [r for i in range(n) for r in ranks.get(i, ())[1:] if r[5] < t_kill]
+        row["rejoins_before_kill"] = len(early)
+        second = {i: after_kill(i)[0] for i in survivors if after_kill(i)}
         row["rejoined"] = len(second)
-        row["extra_rejoins"] = sum(max(0, len(ranks.get(i, ())) - 2) for i in survivors)
+        row["extra_rejoins"] = sum(max(0, len(after_kill(i)) - 1) for i in survivors)
         row["errors"] = sorted({e[2] for e in errors if e[3] >= t_kill})[:5]
         if second:
             row["kill_to_all_s"] = round(max(r[6] for r in second.values()) - t_kill, 3) if finished else None
@@ -159,6 +165,8 @@ def run_once(backend: str, n: int, procs: int, timeout: float, settle: float = 1
             row["one_round"], row["ranks_ok"] = one_round, ranks_ok
             if not (one_round and ranks_ok and row["extra_rejoins"] == 0):
                 row["status"] = "bad_round"
+            elif early:
+                row["status"] = "rejoin_before_kill"
             row["within_bound"] = row["kill_to_all_s"] <= BOUND_S
     except Exception as exc:
         row["status"] = "error"
