@@ -40,6 +40,7 @@ from rdzv_core.dynamic.ops import (
     _Op,
     _remove_nodes,
 )
+from rdzv_core.dynamic.outage import OutageGuard
 from rdzv_core.dynamic.settings import RendezvousSettings
 from rdzv_core.state import NodeDesc, RendezvousState, decode_state, encode_state
 
@@ -84,26 +85,15 @@ class _StateHolder:
         self.synced = False
         self._dead: set[str] = set()
         self._next_sweep = 0.0
-        self._grace_until = 0.0
+        self._guard = OutageGuard(settings, clock)
 
     def note_outage(self) -> None:
-        """The backend was unreachable (or stalled) for this node, so probably for every node:
-        their keep-alives failed too. Declare no node dead until each had a full dead-node
-        timeout to keep alive again (a frozen server or a fail-over is not a dead node)."""
-        self._grace_until = self._clock.monotonic() + self._settings.dead_after_s
+        """See :meth:`OutageGuard.note_outage`."""
+        self._guard.note_outage()
 
     def call(self, fn: Callable[[], _T]) -> _T:
-        """Run one backend call; a connection error, or a call slower than a keep-alive
-        interval, counts as an outage (:meth:`note_outage`)."""
-        started = self._clock.monotonic()
-        try:
-            result = fn()
-        except RendezvousConnectionError:
-            self.note_outage()
-            raise
-        if self._clock.monotonic() - started > self._settings.interval_s:
-            self.note_outage()
-        return result
+        """Run one backend call through the :class:`OutageGuard`."""
+        return self._guard.call(fn)
 
     def sync(self) -> bool | None:
         """Write the local state when dirty, else read; return ``has_set`` (``None`` on a read)."""
@@ -129,7 +119,7 @@ class _StateHolder:
 
     def _sanitize(self) -> None:
         now = self._clock.monotonic()
-        if (self._liveness.writes_state or now >= self._next_sweep) and now >= self._grace_until:
+        if (self._liveness.writes_state or now >= self._next_sweep) and self._guard.may_sweep:
             self._next_sweep = now + self._settings.interval_s
             found = [n for n in self._liveness.find_dead(self.state, self._node) if n not in self._dead]
             if found:

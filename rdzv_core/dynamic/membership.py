@@ -32,6 +32,7 @@ from rdzv_core.api import (
 from rdzv_core.backend import AtomicMembership, Role, Standing
 from rdzv_core.dynamic.clock import SYSTEM_CLOCK, Clock
 from rdzv_core.dynamic.ops import _ROLLBACK_PERIOD
+from rdzv_core.dynamic.outage import OutageGuard
 from rdzv_core.dynamic.settings import RendezvousSettings
 
 __all__ = ["Wait", "Joined", "MembershipExecutor"]
@@ -96,7 +97,7 @@ class MembershipExecutor:
         self._fresh = False
         self._complete_jitter = 0.0
         self._next_beat = float("-inf")
-        self._grace_until = float("-inf")
+        self._guard = OutageGuard(settings, clock)
         self._deadline = float("inf")
         self._must_join = False
         self._stale = False
@@ -104,20 +105,11 @@ class MembershipExecutor:
     # -- calls ------------------------------------------------------------------------------
 
     def note_outage(self) -> None:
-        """The backend was unreachable or slow for this node, so probably for all: sweep no
-        node for a whole dead-node timeout (their keep-alives failed too)."""
-        self._grace_until = self._clock.monotonic() + self._settings.dead_after_s
+        """See :meth:`OutageGuard.note_outage`."""
+        self._guard.note_outage()
 
     def _call(self, fn: Callable[[], _T]) -> _T:
-        started = self._clock.monotonic()
-        try:
-            result = fn()
-        except RendezvousConnectionError:
-            self.note_outage()
-            raise
-        if self._clock.monotonic() - started > self._settings.interval_s:
-            self.note_outage()
-        return result
+        return self._guard.call(fn)
 
     def _learn(self, standing: Standing) -> Standing:
         self.standing, self._received_at, self._fresh = standing, self._clock.monotonic(), True
@@ -131,7 +123,7 @@ class MembershipExecutor:
     def keep_alive(self) -> Standing:
         """Keep-alive, and sweep of lapsed nodes unless in an outage's grace period
         (``keep_alive_round``: one request); the standing comes along."""
-        sweep = self._clock.monotonic() >= self._grace_until
+        sweep = self._guard.may_sweep
         standing, removed = self._call(lambda: self._backend.keep_alive_round(self._node, self._spec, sweep))
         self._next_beat = self._clock.monotonic() + self._settings.interval_s
         if removed:
