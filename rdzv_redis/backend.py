@@ -1,13 +1,22 @@
-"""``RedisRendezvousBackend``: the shared rendezvous state of one run in Redis.
+"""``RedisRendezvousBackend``: the rendezvous of one run in Redis — torch's state blob and
+rdzv's server-applied membership.
 
 Keys (all ``rdzv:{R}:*`` with the run id ``R`` as hash tag, see :mod:`rdzv_redis.keys`):
 
 * ``rdzv:{R}:state`` — a STRING ``b"RDZV1 " + token + b"\\n" + state``. Keeping the token in
   the same value as the state makes every read and write of both atomic and lets a corrupt
   value be recognised (:class:`~rdzv_core.api.RendezvousStateError`).
-* ``rdzv:{R}:alive`` / ``rdzv:{R}:alive:until`` — ZSETs of keep-alives (server time).
+* ``rdzv:{R}:alive`` / ``rdzv:{R}:alive:until`` — ZSETs of keep-alives: node -> last beat and
+  node -> lapse time (server ``TIME``, microseconds).
 * ``rdzv:{R}:joins`` / ``rdzv:{R}:joins:seq`` — the join queue (ZSET by arrival) and its
   arrival counter.
+* ``rdzv:{R}:round`` (HASH: inc, ver, round, complete, closed, world, deadline, seq) and
+  ``rdzv:{R}:round:participants`` / ``:wait`` / ``:redundant`` (ZSETs) — the membership
+  (:class:`~rdzv_core.backend.AtomicMembership`). ``scripts/round.lua`` applies each operation
+  (join, leave, complete, keep-alive + sweep, standing, close) atomically in ONE ``EVALSHA``,
+  with the semantics of :mod:`rdzv_core.rounds`, and answers with the caller's
+  :class:`~rdzv_core.backend.Standing` (O(1) bytes), so a node costs O(1) requests and bytes
+  per round. A version bump is announced as ``"<inc>:<ver>"`` on ``rdzv:{R}:round:changed``.
 
 A *token* is the str ``"<version>-<nonce>"``: ``version`` counts writes of the run, ``nonce``
 is 16 random hex digits chosen by the writer, so a token never repeats — not even after the
@@ -18,14 +27,12 @@ reported as applied (``has_set=True``) rather than lost.
 Every write refreshes the expiry (``key_ttl``) of all keys of the run; keep-alives do too, so a
 run in training keeps its keys while an abandoned one disappears.
 
-* ``rdzv:{R}:round`` (HASH) and ``rdzv:{R}:round:participants`` / ``:wait`` / ``:redundant``
-  (ZSETs) — the membership that handlers join through (:class:`~rdzv_core.backend.AtomicMembership`):
-  ``scripts/round.lua`` applies each operation atomically (spec: :mod:`rdzv_core.rounds`) and
-  answers with the caller's standing, so a node costs O(1) requests and bytes per round.
-
-The state blob (``get_state`` / ``set_state``) is torch's ``RendezvousBackend`` contract; rdzv's
-own handler uses the membership. Every call is the node's own: nothing is shared, coalesced or
-answered locally across the node objects of a process.
+The state blob (``get_state`` / ``set_state`` / ``wait_for_change``) is torch's
+``RendezvousBackend`` contract; rdzv's own handler uses the membership. Every call is the
+node's own request: nothing is shared, coalesced, serialised or answered locally across the
+node objects of a process (a benchmark node costs what a real node costs). Node objects of a
+process share one :class:`~rdzv_redis.client.RedisClient` (connection pool and pub/sub
+listener) unless :func:`create_backend` is called with ``shared=False``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
 from rdzv_core.backend import RendezvousBackend, Role, RoundSpec, Standing, Token
+from rdzv_core.rounds import SWEEP_LIMIT
 from rdzv_core.state import RendezvousState
 from rdzv_redis.client import REDIS_CONFIG_KEYS, RedisClient, RedisConfig
 from rdzv_redis.keys import RunKeys
@@ -68,8 +76,9 @@ _UNREADABLE = _Unreadable()
 
 class RedisRendezvousBackend(RendezvousBackend):
     """The rendezvous state of run ``run_id`` in Redis, with change notification, liveness
-    records and a join queue (implements :class:`~rdzv_core.backend.ChangeNotifier`,
-    :class:`~rdzv_core.backend.LivenessTracker` and :class:`~rdzv_core.backend.JoinQueue`).
+    records, a join queue and the server-applied membership (implements
+    :class:`~rdzv_core.backend.ChangeNotifier`, :class:`~rdzv_core.backend.LivenessTracker`,
+    :class:`~rdzv_core.backend.JoinQueue` and :class:`~rdzv_core.backend.AtomicMembership`).
 
     Args:
         client: A client from :meth:`RedisClient.acquire`; this backend owns that reference
@@ -79,7 +88,10 @@ class RedisRendezvousBackend(RendezvousBackend):
             uses ``client.config.key_ttl``.
 
     Every method may raise :class:`~rdzv_core.api.RendezvousConnectionError` when Redis
-    stays unreachable for the client's retry budget or authentication fails.
+    stays unreachable for the client's retry budget or authentication fails (all requests go
+    through ``client.call``). The membership methods raise
+    :class:`~rdzv_core.api.RendezvousStateError` when the round hash holds something rdzv did
+    not write (a non-integer field, fields without an incarnation).
     """
 
     def __init__(self, client: RedisClient, run_id: str, *, key_ttl: float | None = None) -> None:
@@ -311,97 +323,179 @@ class RedisRendezvousBackend(RendezvousBackend):
     # -- AtomicMembership ---------------------------------------------------------------------
 
     def _round(self, op: str, node: str, spec: RoundSpec | None = None, extra: str = "") -> list[Any]:
-        """Run ``op`` of ``scripts/round.lua`` (one ``EVALSHA``); return its raw reply.
+        """Run ``op`` of ``scripts/round.lua`` (exactly one ``EVALSHA``); return its raw reply.
+
+        ARGV carries the spec in integers (last call and dead-node timeout in microseconds),
+        the key expiry (ms), the change channel, a fresh 16-hex-digit nonce (the incarnation
+        if this call creates the record) and :data:`~rdzv_core.rounds.SWEEP_LIMIT`.
 
         Raises:
+            RendezvousConnectionError: Redis unreachable within the retry budget.
             RendezvousStateError: the round hash holds something rdzv did not write.
         """
         spec = spec or RoundSpec(1, 1, 0.0, 0.0)
         args = [
             op, node, spec.min_nodes, spec.max_nodes, int(spec.last_call * 1_000_000), int(spec.dead_after * 1_000_000),
-            self._ttl_ms, self._keys.round_channel, secrets.token_hex(8), extra,
+            self._ttl_ms, self._keys.round_channel, secrets.token_hex(8), extra, SWEEP_LIMIT,
         ]  # fmt: skip
         script = self._client.scripts["round"]
         reply = self._client.call(f"round {op}", lambda: script(keys=self._keys.round_keys(), args=args))
         if reply and reply[0] == b"corrupt":
             raise RendezvousStateError(
                 f"The membership of run '{self._run_id}' in Redis at {self._client.config.display} (key '{self._keys.round}') "
-                f"is corrupt or was not written by rdzv: field {reply[1].decode(errors='replace')!r} is not a number."
+                f"is corrupt or was not written by rdzv: field {reply[1].decode(errors='replace')!r} is missing or not a number."
             )
         return reply  # type: ignore[no-any-return]
 
     def _standing(self, reply: list[Any]) -> Standing:
-        inc, ver, round_, complete, closed, role, rank, world, participants, waiting, redundant, deadline_in, left = reply[:13]
-        return Standing(
-            inc.decode(), int(ver), int(round_), bool(complete), bool(closed), Role(role.decode()), None if rank < 0 else int(rank),
-            int(world), int(participants), int(waiting), int(redundant), None if deadline_in < 0 else deadline_in / 1_000_000, bool(left),
-        )  # fmt: skip
+        """The :class:`Standing` of a ``round.lua`` reply ``{inc, ver, round, complete, closed,
+        role, rank|-1, world, participants, waiting, redundant, deadline_in_us|-1,
+        left_redundancy, removed...}`` (the one decoder of all operations)."""
+        try:
+            inc, ver, round_, complete, closed, role, rank, world, participants, waiting, redundant, deadline_in, left = reply[:13]
+            return Standing(
+                inc.decode(), int(ver), int(round_), bool(complete), bool(closed), Role(role.decode()), None if rank < 0 else int(rank),
+                int(world), int(participants), int(waiting), int(redundant), None if deadline_in < 0 else deadline_in / 1_000_000, bool(left),
+            )  # fmt: skip
+        except (TypeError, ValueError, AttributeError, UnicodeDecodeError) as exc:
+            raise RendezvousStateError(
+                f"The membership of run '{self._run_id}' in Redis at {self._client.config.display} (key '{self._keys.round}') "
+                f"gave an unreadable standing ({type(exc).__name__}: {exc})."
+            ) from None
 
     def join_round(self, node: str, spec: RoundSpec) -> Standing:
         """Keep-alive and admission of ``node`` (``round.lua`` op ``join``; see
-        :meth:`AtomicMembership.join_round <rdzv_core.backend.AtomicMembership.join_round>`)."""
+        :meth:`AtomicMembership.join_round <rdzv_core.backend.AtomicMembership.join_round>`).
+
+        One ``EVALSHA``: ``TIME``; ``ZADD`` of the keep-alive to ``rdzv:{R}:alive`` and
+        ``rdzv:{R}:alive:until``; ``ZADD`` to ``rdzv:{R}:round:participants`` (open round),
+        ``:wait`` (complete round with room) or ``:redundant`` (full round); ``HSET
+        rdzv:{R}:round`` (created with a new incarnation when absent); ``PEXPIRE`` of every
+        key of the run; ``PUBLISH rdzv:{R}:round:changed`` when the version was bumped.
+
+        Args:
+            node: The node key (str).
+            spec: Minimum/maximum nodes, last call and dead-node timeout (seconds).
+
+        Returns:
+            The node's :class:`Standing` after the call.
+
+        Raises:
+            RendezvousConnectionError: Redis unreachable within the retry budget.
+            RendezvousStateError: the round hash is corrupt.
+        """
         return self._standing(self._round("join", node, spec))
 
     def leave_round(self, node: str, spec: RoundSpec) -> Standing:
-        """Remove ``node`` from every list (``round.lua`` op ``leave``)."""
+        """Remove ``node`` from the participants, the wait list and the redundancy list
+        (``round.lua`` op ``leave``: ``ZREM`` x3, ``HSET``, ``PEXPIRE``, maybe ``PUBLISH``); its
+        keep-alive record stays. When the last participant of a complete round leaves, the
+        next round opens. Without a record: the empty standing (nothing is created).
+
+        Raises:
+            RendezvousConnectionError, RendezvousStateError: as :meth:`join_round`.
+        """
         return self._standing(self._round("leave", node, spec))
 
     def complete_round(self, node: str, spec: RoundSpec, round_: int) -> Standing:
-        """Complete round ``round_`` once its last call ended (``round.lua`` op ``complete``)."""
+        """Complete round ``round_`` (int) when it is still open, has ``spec.min_nodes``
+        participants and its last call ended by the server's ``TIME`` (``round.lua`` op
+        ``complete``: ranks rewritten as ZSET scores in key order, wait list deleted;
+        idempotent). Without a record: the empty standing (nothing is created).
+
+        Raises:
+            RendezvousConnectionError, RendezvousStateError: as :meth:`join_round`.
+        """
         return self._standing(self._round("complete", node, spec, str(round_)))
 
     def keep_alive_round(self, node: str, spec: RoundSpec, sweep: bool) -> tuple[Standing, list[str]]:
-        """Keep-alive of ``node`` (server ``TIME``) and, when ``sweep``, removal of at most
-        1,000 nodes whose records lapsed (``ZRANGEBYSCORE rdzv:{R}:alive:until``; ``round.lua``
-        op ``keep_alive``). Returns the standing and the removed node keys (str)."""
+        """Keep-alive of ``node`` (server ``TIME``; lapses after ``spec.dead_after`` seconds)
+        and, when ``sweep``, removal of every other node whose record lapsed, at most
+        :data:`~rdzv_core.rounds.SWEEP_LIMIT` records per call (``ZRANGEBYSCORE
+        rdzv:{R}:alive:until -inf (now LIMIT``; ``round.lua`` op ``keep_alive``). Without a
+        record only the keep-alive is written and the empty standing is answered.
+
+        Returns:
+            ``(standing, removed)``: the caller's standing and the keys (str) of the nodes the
+            sweep removed from a list (O(removed) bytes).
+
+        Raises:
+            RendezvousConnectionError, RendezvousStateError: as :meth:`join_round`.
+        """
         reply = self._round("keep_alive", node, spec, "1" if sweep else "0")
         return self._standing(reply), [who.decode(errors="replace") for who in reply[13:]]
 
     def round_standing(self, node: str) -> Standing:
-        """The standing of ``node`` (``round.lua`` op ``standing``: read-only)."""
+        """The standing of ``node`` (``round.lua`` op ``standing``: read-only, ``HMGET``,
+        ``ZSCORE``, ``ZCARD``). Without a record: the empty standing.
+
+        Raises:
+            RendezvousConnectionError, RendezvousStateError: as :meth:`join_round`.
+        """
         return self._standing(self._round("standing", node))
 
     def close_rendezvous(self, node: str) -> Standing:
-        """Mark the rendezvous closed (``round.lua`` op ``close``; idempotent)."""
+        """Mark the rendezvous closed (``round.lua`` op ``close``; creates the record when
+        absent; idempotent).
+
+        Raises:
+            RendezvousConnectionError, RendezvousStateError: as :meth:`join_round`.
+        """
         return self._standing(self._round("close", node))
 
     def wait_for_round_change(self, seen: tuple[str, int] | None, timeout: float) -> bool:
-        """Block until the membership's ``(incarnation, version)`` differs from ``seen`` or
-        ``timeout`` seconds pass (channel ``rdzv:{R}:round:changed``).
+        """Block until the membership's ``(incarnation, version)`` differs from ``seen``
+        (``None``: no record) or ``timeout`` seconds pass (channel ``rdzv:{R}:round:changed``,
+        whose messages carry ``"<inc>:<ver>"``).
 
-        A waiter is registered before anything is checked. The check trusts the newest
-        announcement the pub/sub listener received in its current subscription (no round
-        trip: an agent may ask often); without one it reads ``HMGET rdzv:{R}:round inc ver``.
+        A waiter is registered with the client's pub/sub listener before anything is checked,
+        so no announcement is missed. The check trusts the newest announcement the listener
+        received in its current subscription (no round trip: an agent asks often, and
+        ``timeout == 0`` then costs nothing); without one — not subscribed, nothing announced
+        yet, or the listener reconnected (``resync``) — it reads ``HMGET rdzv:{R}:round inc
+        ver`` (one request, bounded by the timeout). A record lost without an announcement
+        (``FLUSHALL``) is seen at the next read or operation, not here.
+
+        Args:
+            seen: The :attr:`Standing.change_id` the caller acted on.
+            timeout: Seconds (float) to wait at most; ``0`` only checks.
 
         Returns:
             ``True`` on a change (spurious ``True`` allowed), ``False`` after ``timeout``.
+
+        Raises:
+            RendezvousConnectionError: the read failed until the timeout.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         notifier, channel = self._client.notifier, self._keys.round_channel
+
+        def changed(announced: bytes | None) -> bool:
+            verdict = _round_differs(announced, seen)
+            return verdict if verdict is not None else self._read_round_id(deadline) != (seen or ("", 0))
+
         with notifier.waiter(channel) as waiter:
-            verdict = _round_differs(notifier.latest(channel), seen)
-            if verdict is None:
-                verdict = self._read_round_id(deadline) != (seen or ("", 0))
-            while not verdict:
+            if changed(notifier.latest(channel)):
+                return True
+            while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not notifier.sleep(waiter, remaining):
                     return False
                 waiter.clear()
-                announced = None if waiter.resync else waiter.last_payload
+                announced = None if waiter.resync else waiter.last_payload  # resync: ask the server
                 waiter.resync = False
-                verdict = _round_differs(announced, seen)
-                if verdict is None:
-                    verdict = self._read_round_id(deadline) != (seen or ("", 0))
-            return True
+                if changed(announced):
+                    return True
 
     def _read_round_id(self, deadline: float) -> tuple[str, int]:
+        """``(inc, ver)`` of the record (``HMGET rdzv:{R}:round inc ver``), ``("", 0)``
+        without one; a corrupt record differs from every id (the next operation reports it)."""
         inc, ver = self._client.call("round id", lambda: self._client.redis.hmget(self._keys.round, "inc", "ver"), deadline=deadline)
         if inc is None:
             return "", 0
         try:
             return inc.decode(), int(ver)
-        except (TypeError, ValueError):
-            return "?", -1  # corrupt: differs from everything; the next operation reports it
+        except (TypeError, ValueError, UnicodeDecodeError):
+            return "?", -1
 
     def membership_state(self) -> RendezvousState | None:
         """The whole membership as a :class:`RendezvousState` (``MULTI``: ``HGETALL`` and three

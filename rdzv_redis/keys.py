@@ -3,21 +3,22 @@
 Every key of run ``R`` starts with ``rdzv:{R}:``. The braces make ``R`` the *hash tag*: on
 Redis Cluster all keys of a run map to one slot, so each Lua script touches one slot.
 
-=============================  ======  ===================================================
-Key                            Type    Content
-=============================  ======  ===================================================
-``rdzv:{R}:state``             STRING  ``"RDZV1 <token>\\n"`` + the opaque state bytes
-``rdzv:{R}:alive``             ZSET    node -> last keep-alive (server time, microseconds)
-``rdzv:{R}:alive:until``       ZSET    node -> when its record lapses (server time, us)
-``rdzv:{R}:joins``             ZSET    join queue: node -> arrival number
-``rdzv:{R}:joins:seq``         STRING  arrival counter of the join queue
-``rdzv:{R}:store``             HASH    the run's c10d store: key -> value bytes
-``rdzv:{R}:round``             HASH    the membership: inc, ver, round, complete, closed,
-                                       world, deadline (server time, us), seq
-``rdzv:{R}:round:participants`` ZSET   node -> rank (0 until the round completes)
-``rdzv:{R}:round:wait``        ZSET    the wait list: node -> arrival number
-``rdzv:{R}:round:redundant``   ZSET    the redundancy list: node -> arrival number
-=============================  ======  ===================================================
+===============================  ======  ===================================================
+Key                              Type    Content
+===============================  ======  ===================================================
+``rdzv:{R}:state``               STRING  ``"RDZV1 <token>\\n"`` + the opaque state bytes
+``rdzv:{R}:alive``               ZSET    node -> last keep-alive (server time, microseconds)
+``rdzv:{R}:alive:until``         ZSET    node -> when its record lapses (server time, us)
+``rdzv:{R}:joins``               ZSET    join queue: node -> arrival number
+``rdzv:{R}:joins:seq``           STRING  arrival counter of the join queue
+``rdzv:{R}:store``               HASH    the run's c10d store: key -> value bytes
+``rdzv:{R}:round``               HASH    the membership: inc (16 hex, new per record), ver,
+                                         round, complete 0/1, closed 0/1, world, deadline
+                                         (server time, us; absent: none), seq (arrivals)
+``rdzv:{R}:round:participants``  ZSET    node -> rank (0 until the round completes)
+``rdzv:{R}:round:wait``          ZSET    the wait list: node -> arrival number
+``rdzv:{R}:round:redundant``     ZSET    the redundancy list: node -> arrival number
+===============================  ======  ===================================================
 
 Channels (``PUBLISH``): ``rdzv:{R}:state:changed`` carries each new token;
 ``rdzv:{R}:round:changed`` carries ``"<inc>:<ver>"`` of the membership after each announced

@@ -22,12 +22,14 @@ Use by subclassing in a test module and providing a fixture::
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from datetime import timedelta
 
 import pytest
 
+from rdzv_core import rounds
 from rdzv_core.api import RendezvousStateError
 from rdzv_core.backend import ChangeNotifier, JoinQueue, LivenessTracker, Role, RoundSpec
 from rdzv_core.store import PrefixStore, StoreTimeoutError
@@ -329,11 +331,48 @@ class MembershipContract:
         m = membership()
         m.join_round("a", self.SPEC)
         standing = m.join_round("b", self.SPEC)
-        assert m.complete_round("a", self.SPEC, standing.round).complete is False  # too early
-        time.sleep(standing.deadline_in + 0.05)
-        done = m.complete_round("b", self.SPEC, standing.round)
-        assert done.complete and done.world_size == 2 and done.rank == 1
-        assert m.complete_round("a", self.SPEC, standing.round + 1).rank == 0  # wrong round: no-op
+        assert 0 < standing.deadline_in <= self.SPEC.last_call + 1e-3
+        early = m.complete_round("a", self.SPEC, standing.round)
+        assert early.complete is False and early.deadline_in is not None  # too early (unless slow)
+        assert m.complete_round("a", self.SPEC, standing.round + 1).complete is False  # wrong round: no-op
+        attempts: list[object] = []
+
+        def completed():
+            attempts.append(m.complete_round("b", self.SPEC, standing.round))
+            return attempts[-1].complete  # type: ignore[attr-defined]
+
+        self._wait(completed, "the last call to end", bound=5.0)
+        done = attempts[-1]
+        assert done.world_size == 2 and done.rank == 1 and done.deadline_in is None and done.version > standing.version
+        assert m.complete_round("a", self.SPEC, standing.round).rank == 0  # idempotent
+
+    def test_joins_during_the_last_call_and_repeated_joins_do_not_bump(self, membership):
+        m = membership()
+        spec = RoundSpec(min_nodes=2, max_nodes=5, last_call=30.0, dead_after=30.0)
+        m.join_round("a", spec)
+        started = m.join_round("b", spec)  # the last call starts
+        assert [m.join_round(n, spec).version for n in "cd"] == [started.version] * 2
+        assert m.join_round("a", spec).version == started.version  # already placed
+        assert m.join_round("e", spec).version > started.version  # max: complete
+
+    def test_a_participant_leaving_below_min_stops_the_last_call(self, membership):
+        m = membership()
+        m.join_round("a", self.SPEC)
+        running = m.join_round("b", self.SPEC)
+        stopped = m.leave_round("b", self.SPEC)
+        assert running.deadline_in is not None and stopped.deadline_in is None
+        assert stopped.version > running.version and stopped.role is Role.NONE and stopped.participants == 1
+
+    def test_a_redundant_node_stays_while_the_round_is_full(self, membership):
+        m, spec = membership(), RoundSpec(min_nodes=1, max_nodes=2, last_call=5.0, dead_after=5.0)
+        m.join_round("a", spec)
+        m.join_round("b", spec)
+        first = m.join_round("r", spec)
+        again = m.join_round("r", spec)
+        assert first.role is again.role is Role.REDUNDANT and not again.left_redundancy
+        assert again.version == first.version and again.redundant == 1
+        assert m.join_round("s", spec).redundant == 2
+        assert m.leave_round("r", spec).redundant == 1
 
     def test_joins_below_min_do_not_bump_the_version(self, membership):
         m = membership()
@@ -385,6 +424,55 @@ class MembershipContract:
         assert standing.complete and standing.missing == 1 and m.round_standing("c").role is Role.NONE
         assert m.keep_alive_round("a", spec, True)[1] == []
 
+    def test_sweep_never_removes_the_caller_even_when_its_own_record_lapsed(self, membership):
+        # last_call > dead_after: once the last call ended, every record written at the joins lapsed.
+        m, spec = membership(), RoundSpec(min_nodes=2, max_nodes=3, last_call=0.4, dead_after=0.3)
+        m.join_round("a", spec)
+        m.join_round("b", spec)
+        m.keep_alive_round("x", spec, False)  # lapses too, but is in no list: not reported
+        self._wait(lambda: m.round_standing("a").deadline_in == 0, "the last call to end", bound=5.0)
+        standing, removed = m.keep_alive_round("a", spec, True)
+        assert removed == ["b"]
+        assert standing.role is Role.PARTICIPANT and standing.participants == 1 and standing.deadline_in is None
+        assert m.keep_alive_round("a", spec, True)[1] == []
+
+    @pytest.mark.parametrize(
+        "seed, spec", [(0, RoundSpec(2, 4, 0.0, 60.0)), (1, RoundSpec(1, 2, 0.0, 60.0)), (2, RoundSpec(3, 3, 60.0, 60.0))]
+    )
+    def test_matches_the_reference_model(self, membership, seed, spec):
+        """Seeded random operations against :mod:`rdzv_core.rounds` applied to a local record:
+        the same standings (but the incarnation and the exact deadline) and the same state."""
+        nodes = ["a", "B", "c10", "c9", "\u00fc", "\u65e5\u672c", "z"]
+        m, rng, rec = membership(), random.Random(seed), None
+        for step in range(150):
+            node, op = rng.choice(nodes), rng.choice(["join"] * 4 + ["leave"] * 2 + ["complete", "keep_alive", "standing"])
+            if step == 110:
+                op = "close"
+            now = time.time()
+            if op == "join":
+                got, rec = m.join_round(node, spec), rec or rounds.RoundRecord()
+                want = rounds.join(rec, node, spec, now)[0]
+            elif op == "close":
+                got, rec = m.close_rendezvous(node), rec or rounds.RoundRecord()
+                want = rounds.close(rec, node, now)[0]
+            elif op == "standing":
+                got, want = m.round_standing(node), rounds.standing(rec, node, now)
+            elif rec is None:
+                got = m.leave_round(node, spec) if op == "leave" else m.complete_round(node, spec, 0) if op == "complete" else m.keep_alive_round(node, spec, False)[0]
+                want = rounds.standing(None, node, now)
+            elif op == "leave":
+                got, want = m.leave_round(node, spec), rounds.leave(rec, node, spec, now)[0]
+            elif op == "complete":
+                round_ = rec.round - rng.choice([0, 0, 1])
+                got, want = m.complete_round(node, spec, round_), rounds.complete(rec, node, spec, round_, now)[0]
+            else:
+                got, want = m.keep_alive_round(node, spec, False)[0], rounds.keep_alive(rec, node, spec, False, now)[0]
+            assert _comparable(got) == _comparable(want), f"seed {seed}, step {step}: {op}({node!r})"
+        state, expected = m.membership_state(), rounds.to_state(rec, "run")
+        assert (state.round, state.complete, state.closed, state.world_size, state.participants, state.wait_list, state.redundancy_list) == (
+            expected.round, expected.complete, expected.closed, expected.world_size, expected.participants, expected.wait_list, expected.redundancy_list
+        )
+
     def test_close_and_membership_state(self, membership):
         m = membership()
         m.join_round("a", self.SPEC)
@@ -409,3 +497,24 @@ class MembershipContract:
             timer.join()
         assert m.wait_for_round_change(seen, 0) is True
         assert m.wait_for_round_change(m.round_standing("a").change_id, 0) is False
+
+    def test_wait_for_round_change_from_no_record(self, membership):
+        m, other = membership(), membership()
+        assert m.wait_for_round_change(None, 0) is False
+        assert m.wait_for_round_change(("", 0), 0.1) is False
+        timer = threading.Timer(0.1, lambda: other.join_round("a", self.SPEC))  # creates the record
+        timer.start()
+        try:
+            assert m.wait_for_round_change(None, 10) is True
+        finally:
+            timer.join()
+        assert m.wait_for_round_change(m.round_standing("a").change_id, 0) is False
+
+
+def _comparable(standing):
+    """A standing without what differs between two correct implementations: the random
+    incarnation (only whether there is one) and the exact time left."""
+    return (
+        bool(standing.incarnation), standing.version, standing.round, standing.complete, standing.closed, standing.role, standing.rank,
+        standing.world_size, standing.participants, standing.waiting, standing.redundant, standing.deadline_in is None, standing.left_redundancy,
+    )  # fmt: skip

@@ -16,6 +16,7 @@
 -- ARGV[8]      the channel on which a new "<inc>:<ver>" is PUBLISHed
 -- ARGV[9]      a fresh random hex id: the incarnation, if this call creates the record
 -- ARGV[10]     complete: the round to complete; keep_alive: "1" to sweep lapsed nodes
+-- ARGV[11]     at most this many lapsed records are looked at by one sweep (SWEEP_LIMIT)
 --
 -- The version is bumped (and announced) only when the summary changes: round, complete,
 -- closed, last call running, wait list non-empty, participants missing. A burst of joins
@@ -23,12 +24,14 @@
 --
 -- Returns the caller's standing: {inc, ver, round, complete, closed, role, rank (-1: none),
 -- world, participants, waiting, redundant, deadline_in_us (-1: none), left_redundancy,
--- removed node...}; {"corrupt", field} when the round hash holds a non-number.
+-- removed node...}; {"corrupt", field} when the round hash holds a non-number (or lacks
+-- "inc"). leave, complete, keep_alive and standing never create the record: without one they
+-- answer the empty standing (keep_alive still writes the caller's keep-alive record).
 local H, P, W, R, A, U = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local op, node = ARGV[1], ARGV[2]
 local min_nodes, max_nodes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local last_call, dead_after = tonumber(ARGV[5]), tonumber(ARGV[6])
-local SWEEP_LIMIT, CHUNK = 1000, 1000
+local SWEEP_LIMIT, CHUNK = tonumber(ARGV[11]) or 1000, 1000
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -39,7 +42,12 @@ local FIELDS = {'inc', 'ver', 'round', 'complete', 'closed', 'world', 'deadline'
 
 local function load()
   local f = redis.call('HMGET', H, unpack(FIELDS))
-  if not f[1] then return nil end
+  if not f[1] then
+    for i = 2, #FIELDS do
+      if f[i] then return {corrupt = 'inc'} end  -- fields without an incarnation: not rdzv's
+    end
+    return nil
+  end
   local rec = {inc = f[1], complete = f[4] == '1', closed = f[5] == '1'}
   for _, i in ipairs({2, 3, 6, 8}) do
     rec[FIELDS[i]] = tonumber(f[i])
@@ -56,6 +64,13 @@ local function create()
   return {inc = ARGV[9], ver = 1, round = 0, complete = false, closed = false, world = 0, seq = 0, new = true}
 end
 
+-- Refresh the expiry of every key of the run (absent keys are skipped by PEXPIRE).
+local function touch()
+  for i = 1, #KEYS do
+    redis.call('PEXPIRE', KEYS[i], ARGV[7])
+  end
+end
+
 local function save(rec)
   redis.call('HSET', H, 'inc', rec.inc, 'ver', int(rec.ver), 'round', int(rec.round),
     'complete', rec.complete and '1' or '0', 'closed', rec.closed and '1' or '0',
@@ -65,9 +80,7 @@ local function save(rec)
   else
     redis.call('HDEL', H, 'deadline')
   end
-  for i = 1, #KEYS do
-    redis.call('PEXPIRE', KEYS[i], ARGV[7])
-  end
+  touch()
 end
 
 local function summary(rec)
@@ -76,14 +89,14 @@ local function summary(rec)
     tostring(rec.deadline ~= nil), tostring(redis.call('ZCARD', W) > 0), tostring(missing)}, ',')
 end
 
--- Save; bump the version and announce it when the summary changed since `before`.
+-- Save; bump the version when the summary changed since `before` (also in the call that
+-- created the record, as rounds.py does), and announce a bumped or new record.
 local function commit(rec, before)
-  if rec.new or summary(rec) ~= before then
-    if not rec.new then rec.ver = rec.ver + 1 end
-    save(rec)
+  local bumped = summary(rec) ~= before
+  if bumped then rec.ver = rec.ver + 1 end
+  save(rec)
+  if bumped or rec.new then
     redis.call('PUBLISH', ARGV[8], rec.inc .. ':' .. int(rec.ver))
-  else
-    save(rec)
   end
 end
 
@@ -167,16 +180,21 @@ end
 
 if op == 'keep_alive' then
   beat(node)
-  if not rec then return standing(nil) end
+  if not rec then
+    touch()  -- the keep-alive record must expire with the run
+    return standing(nil)
+  end
   local before, removed = summary(rec), {}
   if ARGV[10] == '1' then
     local lapsed = redis.call('ZRANGEBYSCORE', U, '-inf', '(' .. int(now), 'LIMIT', 0, SWEEP_LIMIT)
     for _, who in ipairs(lapsed) do
-      redis.call('ZREM', A, who)
-      redis.call('ZREM', U, who)
-      if redis.call('ZSCORE', P, who) or redis.call('ZSCORE', W, who) or redis.call('ZSCORE', R, who) then
-        remove(rec, who)
-        removed[#removed + 1] = who
+      if who ~= node then  -- never the caller (its record was just renewed anyway)
+        redis.call('ZREM', A, who)
+        redis.call('ZREM', U, who)
+        if redis.call('ZSCORE', P, who) or redis.call('ZSCORE', W, who) or redis.call('ZSCORE', R, who) then
+          remove(rec, who)
+          removed[#removed + 1] = who
+        end
       end
     end
   end

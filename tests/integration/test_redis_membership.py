@@ -1,5 +1,7 @@
-"""The Redis membership (``scripts/round.lua``) against the contract suite, plus what only a
-real server shows: one command per operation, data loss, a corrupt record."""
+"""The Redis membership (``scripts/round.lua``) against the contract suite (which includes a
+seeded differential run against :mod:`rdzv_core.rounds`), plus what only a real server shows:
+one command per operation (counted by the server's slow log), the ``"<inc>:<ver>"``
+announcements, key expiry, one private client per backend, data loss, a corrupt record."""
 
 from __future__ import annotations
 
@@ -44,27 +46,97 @@ def private(own_redis_server):
     raw.close()
 
 
-def test_each_operation_is_one_command(private, monkeypatch):
-    _, _, make = private
-    backend = make()
-    backend.round_standing("warm-up")  # loads the script once
-    sent: list[str] = []
-    redis = backend._client.redis
-    inner = redis.execute_command
-    monkeypatch.setattr(redis, "execute_command", lambda *args, **kw: sent.append(str(args[0])) or inner(*args, **kw))
-    calls = [
-        lambda: backend.join_round("a", SPEC),
-        lambda: backend.join_round("b", SPEC),
-        lambda: backend.keep_alive_round("a", SPEC, True),
-        lambda: backend.complete_round("a", SPEC, 0),
-        lambda: backend.round_standing("a"),
-        lambda: backend.leave_round("b", SPEC),
-        lambda: backend.close_rendezvous("a"),
+def _top_level_commands(raw, since_id):
+    """The commands clients sent since slow-log entry ``since_id`` (``slowlog-log-slower-than
+    0`` logs every command; the ones a script runs are logged with the address ``?:0``), minus
+    the raw client's own."""
+    own = raw.client_info()["addr"]
+    entries = raw.slowlog_get(1000)
+    return [
+        e["command"].split()[0].decode().upper()
+        for e in reversed(entries)
+        if e["id"] > since_id and e["client_address"].decode() not in (own, "?:0")
     ]
-    for call in calls:
-        sent.clear()
+
+
+def test_each_operation_is_one_command_on_the_server(private):
+    _, raw, make = private
+    raw.config_set("slowlog-log-slower-than", 0)
+    raw.config_set("slowlog-max-len", 1000)
+    backend = make()
+    backend.round_standing("warm-up")  # loads the script once (NOSCRIPT -> SCRIPT LOAD)
+    calls = {
+        "join a": lambda: backend.join_round("a", SPEC),
+        "join b": lambda: backend.join_round("b", SPEC),
+        "join r": lambda: backend.join_round("r", RoundSpec(1, 2, 5.0, 5.0)),
+        "keep-alive + sweep": lambda: backend.keep_alive_round("a", SPEC, True),
+        "keep-alive": lambda: backend.keep_alive_round("a", SPEC, False),
+        "complete": lambda: backend.complete_round("a", SPEC, 0),
+        "standing": lambda: backend.round_standing("a"),
+        "leave": lambda: backend.leave_round("b", SPEC),
+        "close": lambda: backend.close_rendezvous("a"),
+    }
+    for what, call in calls.items():
+        since = raw.slowlog_get(1)[0]["id"]
         call()
-        assert sent == ["EVALSHA"]
+        assert _top_level_commands(raw, since) == ["EVALSHA"], what
+    seen = backend.round_standing("a").change_id
+    since = raw.slowlog_get(1)[0]["id"]
+    assert backend._client.notifier.wait_subscribed(5.0)
+    assert backend.wait_for_round_change(seen, 0) is False  # answered by the listener, or one HMGET
+    assert _top_level_commands(raw, since) in ([], ["HMGET"])
+
+
+def test_changes_are_announced_as_incarnation_and_version(private):
+    _, raw, make = private
+    backend = make()
+    pubsub = raw.pubsub()
+    pubsub.subscribe(backend.keys.round_channel)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    created = backend.join_round("a", SPEC)  # new record
+    unchanged = backend.join_round("a", SPEC)  # no summary change: not announced
+    started = backend.join_round("b", SPEC)  # min reached: the last call starts
+    messages = [pubsub.get_message(timeout=5) for _ in range(2)]
+    assert [m["data"].decode() for m in messages] == [f"{created.incarnation}:{created.version}", f"{started.incarnation}:{started.version}"]
+    assert unchanged.version == created.version and pubsub.get_message(timeout=0.2) is None
+    pubsub.close()
+
+
+def test_every_write_refreshes_the_expiry_of_the_run(private):
+    _, raw, make = private
+    backend = make()
+    backend.keep_alive_round("a", SPEC, True)  # no record: only the keep-alive is written
+    assert not raw.exists(backend.keys.round)
+    assert 0 < raw.pttl(backend.keys.alive) and 0 < raw.pttl(backend.keys.alive_until)
+    backend.join_round("a", SPEC)
+    backend.join_round("b", SPEC)
+    backend.leave_round("b", SPEC)
+    backend.join_round("b", RoundSpec(1, 2, 5.0, 5.0))
+    backend.join_round("w", RoundSpec(1, 2, 5.0, 5.0))  # the round is full: redundancy list
+    for key in (backend.keys.round, backend.keys.participants, backend.keys.redundancy_list, backend.keys.alive, backend.keys.alive_until):
+        assert 0 < raw.pttl(key) <= backend._ttl_ms, key
+
+
+def test_a_private_client_per_backend(private):
+    from rdzv_redis import create_backend
+
+    server, _, make = private
+    one, two = make(), make()
+    assert one._client is not two._client and one._client.notifier is not two._client.notifier
+    params = RendezvousParameters("redis", f"{server.host}:{server.port}", "shared-run", 1, 1)
+    (a, a_store), (b, b_store) = create_backend(params), create_backend(params)
+    try:
+        assert a._client is b._client  # the default: one client per process and configuration
+    finally:
+        for thing in (a, a_store, b, b_store):
+            thing.close()
+    backend, store = create_backend(params, shared=False)
+    try:
+        assert backend._client is store._client and backend._client is not one._client
+    finally:
+        backend.close()
+        store.close()
+    assert backend._client._closed  # the last reference closed it
 
 
 def test_data_loss_gives_the_empty_standing_and_a_new_incarnation(private):
@@ -85,8 +157,23 @@ def test_a_corrupt_record_is_a_state_error(private):
     raw.hset(backend.keys.round, "round", "not-a-number")
     with pytest.raises(RendezvousStateError, match="round"):
         backend.join_round("b", SPEC)
+    for call in (lambda: backend.round_standing("a"), lambda: backend.keep_alive_round("a", SPEC, True), backend.membership_state):
+        with pytest.raises(RendezvousStateError):
+            call()
+    assert backend.wait_for_round_change(("x", 1), 0) is True  # differs; the next operation reports it
+    raw.hdel(backend.keys.round, "round")
+    raw.hset(backend.keys.round, "round", "0")
+    raw.hdel(backend.keys.round, "inc")  # fields without an incarnation: not rdzv's either
+    with pytest.raises(RendezvousStateError, match="inc"):
+        backend.join_round("b", SPEC)
+
+
+def test_a_key_of_the_wrong_type_is_a_state_error(private):
+    _, raw, make = private
+    backend = make()
+    raw.set(backend.keys.participants, "x")
     with pytest.raises(RendezvousStateError):
-        backend.round_standing("a")
+        backend.join_round("a", SPEC)
 
 
 def test_all_keys_share_one_slot(redis_backend_factory):

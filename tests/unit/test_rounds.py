@@ -1,4 +1,5 @@
-"""The reference membership implementation (MemoryMembership) against the contract suite."""
+"""The reference membership implementation (MemoryMembership) against the contract suite:
+directly, and through the memory backend that the ``memory`` plug-in hands to handlers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ pytestmark = pytest.mark.unit
 
 
 class TestMemoryMembership(MembershipContract):
+    @pytest.fixture
+    def membership(self):
+        run = MemoryMembership(f"run-{uuid.uuid4().hex[:8]}")
+        return lambda: run
+
+
+class TestMemoryBackendMembership(MembershipContract):
     @pytest.fixture
     def membership(self):
         run, store = MemoryMembership(f"run-{uuid.uuid4().hex[:8]}"), HashStore()
