@@ -836,3 +836,29 @@ def _get(q: Any, deadline: float) -> tuple[str, int, Any]:
         return q.get(timeout=remaining)
     except queue_mod.Empty:
         raise TimeoutError from None
+
+
+def await_ready(q: Any, nprocs: int, deadline: float) -> dict[int, dict[str, Any]]:
+    """Wait until all ``nprocs`` node processes reported ``ready`` (their payloads by pid).
+
+    Raises:
+        RuntimeError: a node process reported an error during setup.
+        TimeoutError: not all were ready by ``deadline`` (monotonic s).
+    """
+    ready: dict[int, dict[str, Any]] = {}
+    while len(ready) < nprocs:
+        kind, pid, payload = _get(q, deadline)
+        if kind == "error":
+            raise RuntimeError(f"node process {pid} failed during setup:\n{payload}")
+        if kind == "ready":
+            ready[pid] = payload
+    return ready
+
+
+def client_sharing(row: dict[str, Any], ready: dict[int, dict[str, Any]], what: str) -> None:
+    """Record in ``row`` how the node processes shared clients; warn loudly on a fallback."""
+    sharing = sorted({r.get("client_sharing", "?") for r in ready.values()})
+    row["client_sharing"] = sharing[0] if len(sharing) == 1 else sharing
+    if any("FALLBACK" in m for m in sharing):
+        row.setdefault("warnings", []).append("client sharing: " + "; ".join(sharing))
+        warn_loudly(f"{what}: " + "; ".join(sharing))

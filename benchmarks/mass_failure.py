@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _harness as H  # noqa: E402
 import _nodes as N  # noqa: E402
-from _harness import _get, log, make_server, split, warn_loudly  # noqa: E402
+from _harness import _get, log, make_server, split  # noqa: E402
 
 KEEP_ALIVE_S = 1.0
 MAX_ATTEMPT = 2
@@ -88,18 +88,8 @@ def run_once(backend: str, n: int, procs: int, timeout: float, settle: float = 1
             p = ctx.Process(target=N.mass_child_main, args=(spec, part, q, go, stop, failed), daemon=True)
             p.start()
             children.append(p)
-        ready: dict[int, dict[str, Any]] = {}
-        deadline = time.monotonic() + max(120.0, timeout)
-        while len(ready) < nprocs:
-            kind, pid, payload = _get(q, deadline)
-            if kind == "error":
-                raise RuntimeError(f"node process {pid} failed during setup:\n{payload}")
-            if kind == "ready":
-                ready[pid] = payload
-        sharing = sorted({r.get("client_sharing", "?") for r in ready.values()})
-        row["client_sharing"] = sharing[0] if len(sharing) == 1 else sharing
-        if any("FALLBACK" in m for m in sharing):
-            warn_loudly(f"{backend} N={n}: " + "; ".join(sharing))
+        ready = H.await_ready(q, nprocs, time.monotonic() + max(120.0, timeout))
+        H.client_sharing(row, ready, f"{backend} N={n}")
         ranks: dict[int, list[tuple]] = {}  # node -> its rank reports, in order
         errors: list[tuple] = []
 

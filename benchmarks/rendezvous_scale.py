@@ -97,20 +97,9 @@ def run_round(
             p = ctx.Process(target=N.child_main, args=(spec, part, q, go, abort, stop, last_go, joined, slot, reqs), daemon=True)
             p.start()
             children.append(p)
-        ready: dict[int, dict[str, Any]] = {}
-        setup_deadline = time.monotonic() + max(120.0, timeout)
-        while len(ready) < nprocs:
-            kind, pid, payload = _get(q, setup_deadline)
-            if kind == "error":
-                raise RuntimeError(f"node process {pid} failed during setup:\n{payload}")
-            if kind == "ready":
-                ready[pid] = payload
+        ready = H.await_ready(q, nprocs, time.monotonic() + max(120.0, timeout))
         row["setup_s"] = round(max(r["setup_s"] for r in ready.values()), 3)
-        sharing = sorted({r.get("client_sharing", "?") for r in ready.values()})
-        row["client_sharing"] = sharing[0] if len(sharing) == 1 else sharing
-        if any("FALLBACK" in m for m in sharing):
-            row.setdefault("warnings", []).append("client sharing: " + "; ".join(sharing))
-            warn_loudly(f"{backend} N={n}: " + "; ".join(sharing))
+        H.client_sharing(row, ready, f"{backend} N={n}")
         if server.kind == "redis":
             row["redis_maxclients"] = getattr(server, "maxclients", None)
         spies = _start_pyspy(pyspy_dir, backend, n, list(ready)) if pyspy_dir else []

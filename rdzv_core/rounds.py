@@ -291,16 +291,10 @@ class MemoryMembership:
         return self._apply(lambda rec, now: join(rec, node, spec, now))
 
     def leave_round(self, node: str, spec: RoundSpec) -> Standing:
-        with self._cond:
-            if self._rec is None:
-                return standing(None, node, self._clock())
-        return self._apply(lambda rec, now: leave(rec, node, spec, now))
+        return self._apply(lambda rec, now: leave(rec, node, spec, now), create=False)
 
     def complete_round(self, node: str, spec: RoundSpec, round_: int) -> Standing:
-        with self._cond:
-            if self._rec is None:
-                return standing(None, node, self._clock())
-        return self._apply(lambda rec, now: complete(rec, node, spec, round_, now))
+        return self._apply(lambda rec, now: complete(rec, node, spec, round_, now), create=False)
 
     def keep_alive_round(self, node: str, spec: RoundSpec, sweep: bool) -> tuple[Standing, list[str]]:
         with self._cond:

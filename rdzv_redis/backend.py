@@ -41,7 +41,7 @@ import functools
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
@@ -196,19 +196,28 @@ class RedisRendezvousBackend(RendezvousBackend):
             caller's next read reports it), ``False`` after ``timeout``.
         """
         deadline = time.monotonic() + max(0.0, timeout)
+        return self._wait_announced(
+            self._keys.state_channel, deadline, lambda announced: self._changed(announced, token, deadline), trust_latest=timeout > 0
+        )
+
+    def _wait_announced(self, channel: str, deadline: float, changed: Callable[[bytes | None], bool], *, trust_latest: bool = True) -> bool:
+        """The race-free wait of both notifications (see :mod:`rdzv_redis.notify`): register a
+        waiter on ``channel``, check ``changed(newest announcement or None)``, then sleep until a
+        message or ``deadline`` (monotonic s) and check again; ``None`` (nothing announced, or
+        the listener reconnected) makes ``changed`` ask the server. Returns whether it changed."""
         notifier = self._client.notifier
-        channel = self._keys.state_channel
         with notifier.waiter(channel) as waiter:
-            changed = self._changed(notifier.latest(channel) if timeout > 0 else None, token, deadline)
-            while not changed:
+            if changed(notifier.latest(channel) if trust_latest else None):
+                return True
+            while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not notifier.sleep(waiter, remaining):
                     return False
                 waiter.clear()
                 announced = None if waiter.resync else waiter.last_payload  # resync: ask the server
                 waiter.resync = False
-                changed = self._changed(announced, token, deadline)
-            return True
+                if changed(announced):
+                    return True
 
     def _changed(self, announced: bytes | None, token: Token | None, deadline: float) -> bool:
         """Whether the state changed from ``token``, judged from an announced token when
@@ -467,24 +476,12 @@ class RedisRendezvousBackend(RendezvousBackend):
             RendezvousConnectionError: the read failed until the timeout.
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        notifier, channel = self._client.notifier, self._keys.round_channel
 
         def changed(announced: bytes | None) -> bool:
             verdict = _round_differs(announced, seen)
             return verdict if verdict is not None else self._read_round_id(deadline) != (seen or ("", 0))
 
-        with notifier.waiter(channel) as waiter:
-            if changed(notifier.latest(channel)):
-                return True
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not notifier.sleep(waiter, remaining):
-                    return False
-                waiter.clear()
-                announced = None if waiter.resync else waiter.last_payload  # resync: ask the server
-                waiter.resync = False
-                if changed(announced):
-                    return True
+        return self._wait_announced(self._keys.round_channel, deadline, changed)
 
     def _read_round_id(self, deadline: float) -> tuple[str, int]:
         """``(inc, ver)`` of the record (``HMGET rdzv:{R}:round inc ver``), ``("", 0)``

@@ -356,12 +356,7 @@ class RedisClient:
         with cls._registry_lock:
             client = cls._registry.get(key)
             if client is None:
-                client = cls(config)
-                try:
-                    client.call("PING", client.redis.ping)
-                except BaseException:
-                    client._shutdown()
-                    raise
+                client = cls._pinged(config)
                 cls._registry[key] = client
             client._refs += 1
             return client
@@ -374,13 +369,19 @@ class RedisClient:
         Raises:
             RendezvousConnectionError, ImportError: as :meth:`acquire`.
         """
+        client = cls._pinged(config)
+        client._refs = 1
+        return client
+
+    @classmethod
+    def _pinged(cls, config: RedisConfig) -> RedisClient:
+        """A new client without references that answered ``PING`` (shut down if it did not)."""
         client = cls(config)
         try:
             client.call("PING", client.redis.ping)
         except BaseException:
             client._shutdown()
             raise
-        client._refs = 1
         return client
 
     def retain(self) -> None:

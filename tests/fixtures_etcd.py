@@ -9,13 +9,18 @@
 * ``make_etcd`` — a factory ``(api, run_id=None, **config) -> (backend, store)`` for fresh
   runs; everything it creates is closed at the end of the test.
 * ``unique_run_id()``, ``etcd_params()``, ``raw_put()`` — plain helpers.
+* ``private_etcd(prefix)`` — a context manager: a private etcd (local binary) whose data dir
+  is on tmpfs when there is one, for tests that freeze, kill or wipe it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import shutil
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -28,6 +33,26 @@ from rdzv_core.api import RendezvousParameters
 
 ETCD_IMAGE = os.environ.get("RDZV_ETCD_IMAGE", "quay.io/coreos/etcd:v3.5.17")
 PROVIDER_ENV = "RDZV_ETCD_PROVIDER"
+
+
+@contextlib.contextmanager
+def private_etcd(prefix: str, *, enable_v2: bool = False) -> Iterator[Any]:
+    """Yield a private, started :class:`rdzv_etcd.server.EtcdServer` (skips the test when there
+    is no etcd binary). Its data dir, ``server.data_dir``, is on tmpfs when there is one: etcd
+    fsyncs every write. Stopped and removed at the end."""
+    from rdzv_etcd.server import EtcdServer
+
+    base = tempfile.mkdtemp(prefix=f"rdzv-etcd-{prefix}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        server = EtcdServer(enable_v2=enable_v2, data_dir=os.path.join(base, "data")).start()
+    except FileNotFoundError as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def unique_run_id(prefix: str = "run") -> str:

@@ -12,9 +12,7 @@ and only guard against hangs.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -25,7 +23,7 @@ from typing import Any
 import pytest
 
 from rdzv_core.api import RendezvousParameters, RendezvousTimeoutError
-from tests.fixtures_etcd import unique_run_id
+from tests.fixtures_etcd import private_etcd, unique_run_id
 from tests.integration.rounds import agent, assert_one_round, role_of, run_all, wait_until
 from tests.nodeproc import Node, NodeProcess, create_node
 
@@ -67,26 +65,14 @@ def server(request):
         # restart() without keep_data: no persistence, every key is gone
         yield ChurnServer("redis", redis.endpoint, {"retry_timeout": 10}, redis.restart)
         return
-    from rdzv_etcd.server import EtcdServer
+    with private_etcd("churn") as etcd:
 
-    base = tempfile.mkdtemp(prefix="rdzv-etcd-churn-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    data_dir = os.path.join(base, "data")
-    try:
-        etcd = EtcdServer(data_dir=data_dir).start()
-    except FileNotFoundError as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(str(exc))
+        def lose_data() -> None:
+            etcd.halt(kill=True)
+            shutil.rmtree(etcd.data_dir)  # a new, empty member on the same port
+            etcd.restart()
 
-    def lose_data() -> None:
-        etcd.halt(kill=True)
-        shutil.rmtree(data_dir)  # a new, empty member on the same port
-        etcd.restart()
-
-    try:
         yield ChurnServer("etcd-v3", etcd.endpoint, {"read_timeout": 5}, lose_data)
-    finally:
-        etcd.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # -- runs ----------------------------------------------------------------------------------------

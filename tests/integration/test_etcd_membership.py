@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import threading
 import time
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 
 from rdzv_core.backend import AtomicMembership, Role, RoundSpec, Standing
 from rdzv_core.rounds import MemoryMembership
-from tests.fixtures_etcd import unique_run_id
+from tests.fixtures_etcd import private_etcd, unique_run_id
 
 pytestmark = pytest.mark.integration
 
@@ -32,20 +31,9 @@ except ImportError:  # pragma: no cover - depends on the other engineer's progre
 
 @pytest.fixture(scope="module")
 def own_etcd():
-    """A private etcd that these tests may wipe; data on tmpfs when there is one."""
-    from rdzv_etcd.server import EtcdServer
-
-    base = tempfile.mkdtemp(prefix="rdzv-etcd-membership-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
-        server = EtcdServer(data_dir=os.path.join(base, "data")).start()
-    except FileNotFoundError as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(str(exc))
-    try:
+    """A private etcd that these tests may wipe."""
+    with private_etcd("membership") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

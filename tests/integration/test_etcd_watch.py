@@ -10,12 +10,11 @@ keeps ending must back off, not re-open in a tight loop. Every wait is bounded.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
-import os
 import shutil
 import socketserver
-import tempfile
 import threading
 import time
 import urllib.error
@@ -26,7 +25,7 @@ import pytest
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters
 from rdzv_etcd.backend import create_backend
-from tests.fixtures_etcd import unique_run_id
+from tests.fixtures_etcd import private_etcd, unique_run_id
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +35,9 @@ MAX_WATCH_REQUESTS = 20
 
 @pytest.fixture(scope="module")
 def own_etcd():
-    """A private etcd (v2 enabled) that these tests may wipe; data on tmpfs when there is one."""
-    from rdzv_etcd.server import EtcdServer
-
-    base = tempfile.mkdtemp(prefix="rdzv-etcd-watch-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
-        server = EtcdServer(enable_v2=True, data_dir=os.path.join(base, "data")).start()
-    except FileNotFoundError as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(str(exc))
-    try:
+    """A private etcd (v2 enabled) that these tests may wipe."""
+    with private_etcd("watch", enable_v2=True) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -257,9 +245,10 @@ class _Proxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
-def start_proxy(upstream: str, watch_answer: bytes):
+@contextlib.contextmanager
+def proxy_to(upstream: str, watch_answer: bytes):
     """An HTTP proxy to etcd at ``upstream`` that answers every ``POST /v3/watch`` with 200 and
-    ``watch_answer`` (then closes); counts them in ``proxy.watches``."""
+    ``watch_answer`` (then closes); counts them in ``proxy.watches``; shut down at the end."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -296,7 +285,11 @@ def start_proxy(upstream: str, watch_answer: bytes):
     server = _Proxy(("127.0.0.1", 0), Handler)
     server.watches = 0
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _error(grpc_code: int, http_code: int, message: str) -> bytes:
@@ -310,8 +303,7 @@ DENIED = _error(7, 403, "etcdserver: permission denied")
 
 @pytest.mark.parametrize("answer", [b"", UNAVAILABLE, CLOSING], ids=["closed-at-once", "unavailable", "closing"])
 def test_v3_watch_stream_that_ends_at_once_backs_off(own_etcd, make_backend, answer):
-    proxy = start_proxy(own_etcd.url, answer)
-    try:
+    with proxy_to(own_etcd.url, answer) as proxy:
         backend = make_backend(f"127.0.0.1:{proxy.server_address[1]}", "v3")
         _, token, _ = backend.set_state(b"state")
         start = time.monotonic()
@@ -321,14 +313,10 @@ def test_v3_watch_stream_that_ends_at_once_backs_off(own_etcd, make_backend, ans
         print(f"\n[measured] etcd-v3 watch answered {answer[:20]!r}: gave up after {seconds:.2f} s, {proxy.watches} watch request(s)")
         assert seconds < 3.0 + 1.5
         assert 2 <= proxy.watches <= MAX_WATCH_REQUESTS
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
 
 
 def test_v3_watch_refused_by_the_server_fails_at_once(own_etcd, make_backend):
-    proxy = start_proxy(own_etcd.url, DENIED)
-    try:
+    with proxy_to(own_etcd.url, DENIED) as proxy:
         backend = make_backend(f"127.0.0.1:{proxy.server_address[1]}", "v3")
         _, token, _ = backend.set_state(b"state")
         start = time.monotonic()
@@ -336,6 +324,3 @@ def test_v3_watch_refused_by_the_server_fails_at_once(own_etcd, make_backend):
             backend.wait_for_change(token, 3)
         assert time.monotonic() - start < 1.0
         assert proxy.watches == 1
-    finally:
-        proxy.shutdown()
-        proxy.server_close()

@@ -18,7 +18,7 @@ import pytest
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousTimeoutError
 from rdzv_core.registry import get_rendezvous_handler
-from tests.fixtures_etcd import etcd_params
+from tests.fixtures_etcd import etcd_params, private_etcd
 from tests.integration.rounds import assert_one_round, rendezvous, timed
 
 pytestmark = pytest.mark.integration
@@ -31,22 +31,9 @@ RETRY_WINDOW = 3.0
 
 @pytest.fixture(scope="module")
 def own_etcd():
-    """A private etcd (v2 enabled) that the tests of this module may freeze and restart; its
-    data dir is on tmpfs when there is one (etcd fsyncs every write: 100 handlers on a disk
-    take seconds)."""
-    from rdzv_etcd.server import EtcdServer
-
-    base = tempfile.mkdtemp(prefix="rdzv-etcd-rel-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
-        server = EtcdServer(enable_v2=True, data_dir=os.path.join(base, "data")).start()
-    except FileNotFoundError as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(str(exc))
-    try:
+    """A private etcd (v2 enabled) that the tests of this module may freeze and restart."""
+    with private_etcd("rel", enable_v2=True) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
