@@ -107,6 +107,12 @@ class _StateHolder:
             has_set = None
             current = self.call(self._backend.get_state)
         if current is None:
+            if self.token is not None:
+                # The state vanished (the server lost its data, or the keys expired): so did the
+                # keep-alive records, which is no sign of death. Forget this node's verdicts and
+                # sweep no one until every node had a dead-node timeout to keep alive again.
+                self._dead.clear()
+                self._guard.note_outage()
             self.state, self.token = RendezvousState(run_id=self._settings.run_id), None
         else:
             self.state, self.token = decode_state(current[0], self._settings.run_id), current[1]

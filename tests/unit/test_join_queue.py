@@ -143,3 +143,22 @@ def test_a_redundant_node_gets_a_fresh_join_deadline_when_room_appears():
     assert sorted([info.rank, info_b.rank]) == [0, 1] and info.world_size == 2
     for h in (b, spare):
         h.shutdown()
+
+
+def test_a_vanished_state_clears_dead_verdicts_and_starts_the_outage_grace():
+    """The server lost the state and with it the keep-alive records: a node must not go on
+    removing the nodes it judged dead in the lost state (they re-join with fresh records)."""
+    from rdzv_core.dynamic.executor import _StateHolder
+    from rdzv_core.dynamic.liveness import _StateLiveness
+
+    run = Run("vanish")
+    handler = run.handler(2, 2)
+    backend = run.backend()
+    holder = _StateHolder(backend, handler.settings, _StateLiveness(handler.settings), "me", lambda nodes: None)
+    backend.set_state(b"")  # any state: the holder reads a token
+    holder._dead.add("other")
+    holder.token = backend.get_state()[1]
+    backend.lose_data()
+    holder.sync()
+    assert holder.token is None and not holder._dead
+    assert not holder._guard.may_sweep
