@@ -187,26 +187,29 @@ class RendezvousStoreInfo:
     master_port: int
 
     @staticmethod
-    def build(rank: int, store: Store, local_addr: str | None, server_port: int | None = None) -> RendezvousStoreInfo:
-        """Agree on the bootstrap address through ``store``.
+    def build(rank: int, store: Store, local_addr: str | None, server_port: int | None = None, timeout: float | None = None) -> RendezvousStoreInfo:
+        """Agree on the bootstrap address through ``store`` (the keys torch uses).
 
         Rank 0 publishes its address (``local_addr`` or its FQDN) and ``server_port`` (or a free
-        port) under the keys ``MASTER_ADDR`` and ``MASTER_PORT``; every rank then reads them
-        (blocking ``Store.get``, bounded by the store timeout).
+        port) under the keys ``MASTER_ADDR`` and ``MASTER_PORT`` with one ``multi_set`` and keeps
+        what it wrote; every other rank reads both with one blocking ``multi_get``, bounded by
+        ``timeout`` seconds (``None``: the store's timeout). torch's rank 0 reads its own keys
+        back and the others read them one by one: two requests more per node.
 
         Raises:
-            RendezvousTimeoutError: rank 0 did not publish within the store timeout.
+            StoreTimeoutError: rank 0 did not publish them in time.
+            ValueError: the stored port is not an integer.
         """
+        keys = [RendezvousStoreInfo.MASTER_ADDR_KEY, RendezvousStoreInfo.MASTER_PORT_KEY]
         if rank == 0:
             from rdzv_core.utils import get_free_port
 
             addr = local_addr or socket.getfqdn()
             port = server_port or get_free_port()
-            store.set(RendezvousStoreInfo.MASTER_ADDR_KEY, addr.encode())
-            store.set(RendezvousStoreInfo.MASTER_PORT_KEY, str(port).encode())
-        addr = store.get(RendezvousStoreInfo.MASTER_ADDR_KEY).decode()
-        port = int(store.get(RendezvousStoreInfo.MASTER_PORT_KEY).decode())
-        return RendezvousStoreInfo(master_addr=addr, master_port=port)
+            store.multi_set(keys, [addr.encode(), str(port).encode()])
+            return RendezvousStoreInfo(master_addr=addr, master_port=port)
+        raw_addr, raw_port = store.multi_get(keys, timeout)
+        return RendezvousStoreInfo(master_addr=raw_addr.decode(), master_port=int(raw_port.decode()))
 
 
 class RendezvousInfo:

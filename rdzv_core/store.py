@@ -146,13 +146,16 @@ class Store(ABC):
     def num_keys(self) -> int:
         """Return the number of keys in this store's namespace."""
 
-    def multi_get(self, keys: Sequence[str]) -> list[bytes]:
-        """Return the values of ``keys`` in order, blocking until all exist.
+    def multi_get(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> list[bytes]:
+        """Return the values (bytes) of ``keys`` in order, blocking until all exist.
+
+        Args:
+            timeout: ``timedelta`` or float seconds; ``None`` means :attr:`timeout`.
 
         Raises:
-            StoreTimeoutError: some key did not appear within :attr:`timeout`.
+            StoreTimeoutError: some key did not appear in time.
         """
-        self.wait(keys)
+        self.wait(keys, timeout)
         return [self.get(key) for key in keys]
 
     def multi_set(self, keys: Sequence[str], values: Sequence[bytes | str]) -> None:
@@ -223,8 +226,8 @@ class PrefixStore(Store):
         """Return the number of keys of the underlying store (as torch's ``PrefixStore``)."""
         return self.underlying_store.num_keys()
 
-    def multi_get(self, keys: Sequence[str]) -> list[bytes]:
-        return self.underlying_store.multi_get([self._key(k) for k in keys])
+    def multi_get(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> list[bytes]:
+        return self.underlying_store.multi_get([self._key(k) for k in keys], timeout)
 
     def multi_set(self, keys: Sequence[str], values: Sequence[bytes | str]) -> None:
         self.underlying_store.multi_set([self._key(k) for k in keys], values)
@@ -314,9 +317,9 @@ class HashStore(Store):
         with self._cond:
             return len(self._data)
 
-    def multi_get(self, keys: Sequence[str]) -> list[bytes]:
+    def multi_get(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> list[bytes]:
         with self._cond:
-            self._wait_locked(keys, None)
+            self._wait_locked(keys, timeout)
             return [self._data[k] for k in keys]
 
     def append(self, key: str, value: bytes | str) -> None:

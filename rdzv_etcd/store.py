@@ -128,9 +128,14 @@ class EtcdStore(Store):
         """
         return self._wait_values([key], self.timeout)[0]
 
-    def multi_get(self, keys: Sequence[str]) -> list[bytes]:
-        """Return the values of ``keys`` in order, watching for missing ones up to :attr:`timeout`."""
-        return self._wait_values(keys, self.timeout)
+    def multi_get(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> list[bytes]:
+        """Return the values of ``keys`` in order, watching for missing ones up to ``timeout``
+        (timedelta or seconds; ``None`` = :attr:`timeout`).
+
+        Raises:
+            StoreTimeoutError: some keys did not appear in time.
+        """
+        return self._wait_values(keys, self.timeout if timeout is None else timeout)
 
     def wait(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> None:
         """Block until all ``keys`` exist (``timeout``: timedelta or seconds; ``None`` =

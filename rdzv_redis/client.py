@@ -454,6 +454,7 @@ class RedisClient:
             "socket_keepalive": True,
             "retry": _no_retry(),  # retries are ours (call()), bounded and classified
             "client_name": "rdzv",
+            **_no_lib_info(),
         }
         if config.tls:
             kwargs.update(
@@ -537,6 +538,23 @@ class RedisClient:
         """Remove the password from ``text`` (defence in depth: redis-py does not echo it)."""
         password = self.config.password
         return text.replace(password, "***") if password else text
+
+
+@functools.cache
+def _no_lib_info() -> dict[str, Any]:
+    """Pool keywords that turn off redis-py's ``CLIENT SETINFO LIB-NAME/LIB-VER`` on connect.
+
+    redis-py sends both on every new connection (two round trips more, after ``HELLO`` and
+    ``CLIENT SETNAME rdzv``), and before that reads its own version from the installed
+    package metadata (a scan of ``sys.path`` per connection). ``CLIENT SETNAME rdzv`` already
+    names the client in ``CLIENT LIST``. redis-py >= 7.1 takes ``driver_info=None``; older
+    versions ``lib_name=None, lib_version=None``.
+    """
+    try:
+        import redis.driver_info  # noqa: F401
+    except ImportError:
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": None}
 
 
 def _no_retry() -> Any:

@@ -154,16 +154,19 @@ class RedisStore(Store):
         check_key(key)
         return self._block([key], None, lambda: self._client.call("store get", lambda: self._client.redis.hget(self._hash, key)), lambda value: value is not None)
 
-    def multi_get(self, keys: Sequence[str]) -> list[bytes]:
+    def multi_get(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> list[bytes]:
         """Return the values of ``keys`` in order (``HMGET``), blocking until all exist.
 
+        Args:
+            timeout: ``timedelta`` or float seconds; ``None`` means :attr:`timeout`.
+
         Raises:
-            StoreTimeoutError: some key did not appear within :attr:`timeout`.
+            StoreTimeoutError: some key did not appear in time.
         """
         keys = [check_key(k) for k in keys]
         if not keys:
             return []
-        return self._block(keys, None, lambda: self._client.call("store multi_get", lambda: self._client.redis.hmget(self._hash, keys)), lambda values: None not in values)
+        return self._block(keys, timeout, lambda: self._client.call("store multi_get", lambda: self._client.redis.hmget(self._hash, keys)), lambda values: None not in values)
 
     def wait(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> None:
         """Block until all ``keys`` exist.

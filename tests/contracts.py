@@ -154,6 +154,25 @@ class StoreContract:
         with pytest.raises(StoreTimeoutError):
             store.multi_get(["present", "absent"])
 
+    def test_multi_get_timeout_argument(self, store):
+        store.set("mt1", b"1")
+        store.set_timeout(30)
+        started = time.monotonic()
+        with pytest.raises(StoreTimeoutError):
+            store.multi_get(["mt1", "mt-absent"], timeout=0.2)
+        assert time.monotonic() - started < 20  # the argument, not the store's 30 s, bounded it
+        assert store.multi_get(["mt1"], timeout=timedelta(seconds=0.2)) == [b"1"]
+
+        def later() -> None:
+            store.set("mt2", b"2")
+
+        timer = threading.Timer(0.1, later)
+        timer.start()
+        try:
+            assert store.multi_get(["mt2", "mt1"], timeout=10) == [b"2", b"1"]
+        finally:
+            timer.join()
+
     def test_append(self, store):
         store.append("ap", b"ab")
         store.append("ap", "cd")

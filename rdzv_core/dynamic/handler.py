@@ -246,19 +246,22 @@ class DynamicRendezvousHandler(RendezvousHandler):
         except RendezvousError as exc:
             self._emit("error", f"The node '{self._this_node}' failed to join the rendezvous '{run_id}': {type(exc).__name__}: {exc}", logging.WARNING)
             raise
-        self._start_heartbeats()
         # The round's store: its prefix names the incarnation too on the membership path, so a
         # round re-formed after the server lost its data never reads the lost round's keys.
         incarnation = "" if self._joined_at is None or not self._joined_at[0] else f".{self._joined_at[0]}"
         store = PrefixStore(f"rdzv.{run_id}.{round_}{incarnation}", self._store)
-        if rank != 0:
-            # Rank 0 publishes the bootstrap address right after the round completes. Wait for
-            # it within the join deadline (at least a heartbeat timeout), not the store's own
-            # timeout (300 s by default): a rank 0 that died or lost the backend must not hold
-            # the others here for minutes.
+        if rank == 0:
+            # The others wait for this: publish before starting the keep-alive thread.
+            self._bootstrap_store_info = RendezvousStoreInfo.build(rank, store, local_addr=self._this_node.addr)
+            self._start_heartbeats()
+        else:
+            # Keep-alives run while this node waits for rank 0, which publishes right after the
+            # round completes. The wait is bounded by the join deadline (at least a heartbeat
+            # timeout), not the store's own timeout (300 s by default): a rank 0 that died or
+            # lost the backend must not hold the others here for minutes.
+            self._start_heartbeats()
             wait = max(deadline - self._clock.monotonic(), self._settings.timeout.heartbeat.total_seconds())
-            store.wait([RendezvousStoreInfo.MASTER_ADDR_KEY, RendezvousStoreInfo.MASTER_PORT_KEY], min(wait, store.timeout.total_seconds()))
-        self._bootstrap_store_info = RendezvousStoreInfo.build(rank, store, local_addr=self._this_node.addr)
+            self._bootstrap_store_info = RendezvousStoreInfo.build(rank, store, self._this_node.addr, timeout=min(wait, store.timeout.total_seconds()))
         self._emit("completed", f"The node '{self._this_node}' has joined round {round_} of the rendezvous '{run_id}' as rank {rank} in a world of size {world_size}.", rank=rank, world_size=world_size)
         return RendezvousInfo(store, rank, world_size, self._bootstrap_store_info)
 

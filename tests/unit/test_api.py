@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -214,6 +215,34 @@ def test_store_info_build_defaults_to_fqdn_and_a_free_port(monkeypatch):
 def test_store_info_build_times_out_when_rank0_never_publishes():
     with pytest.raises(RendezvousTimeoutError):
         RendezvousStoreInfo.build(1, HashStore(timeout=0.1), "h")
+
+
+def test_store_info_build_timeout_argument_bounds_the_wait():
+    started = time.monotonic()
+    with pytest.raises(RendezvousTimeoutError):
+        RendezvousStoreInfo.build(1, HashStore(timeout=60), "h", timeout=0.1)
+    assert time.monotonic() - started < 30
+
+
+class _CountingStore(HashStore):
+    def __init__(self) -> None:
+        super().__init__(timeout=5)
+        self.calls: list[str] = []
+
+    def __getattribute__(self, name):
+        if name in ("set", "get", "multi_set", "multi_get", "wait"):
+            object.__getattribute__(self, "calls").append(name)
+        return object.__getattribute__(self, name)
+
+
+def test_store_info_build_is_one_store_request_per_rank():
+    """Rank 0 writes both keys at once and keeps them; the others read both at once."""
+    store = _CountingStore()
+    RendezvousStoreInfo.build(0, store, "h0", server_port=7)
+    assert store.calls[0] == "multi_set" and "get" not in store.calls  # (HashStore's multi_set sets each key)
+    store.calls.clear()
+    assert RendezvousStoreInfo.build(1, store, "h1") == RendezvousStoreInfo("h0", 7)
+    assert store.calls[0] == "multi_get" and "get" not in store.calls
 
 
 def test_rendezvous_info_properties():
