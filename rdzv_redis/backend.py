@@ -202,11 +202,13 @@ class RedisRendezvousBackend(RendezvousBackend):
 
     def _wait_announced(self, channel: str, deadline: float, changed: Callable[[bytes | None], bool], *, trust_latest: bool = True) -> bool:
         """The race-free wait of both notifications (see :mod:`rdzv_redis.notify`): register a
-        waiter on ``channel``, check ``changed(newest announcement or None)``, then sleep until a
-        message or ``deadline`` (monotonic s) and check again; ``None`` (nothing announced, or
-        the listener reconnected) makes ``changed`` ask the server. Returns whether it changed."""
+        waiter on the tracked ``channel``, check ``changed(newest announcement or None)``, then
+        sleep until a message or ``deadline`` (monotonic s) and check again; ``None`` (nothing
+        announced, or the connection was re-made) makes ``changed`` ask the server. Returns
+        whether it changed."""
         notifier = self._client.notifier
-        with notifier.waiter(channel) as waiter:
+        with notifier.waiter([channel], deadline - time.monotonic()) as waiter:
+            waiter.resync = False  # the first check below reads the server unless latest() knows
             if changed(notifier.latest(channel) if trust_latest else None):
                 return True
             while True:

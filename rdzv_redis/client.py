@@ -6,10 +6,10 @@
   the master they name, across fail-overs (see :meth:`RedisConfig.from_params`).
 * :class:`RedisClient` — one per process and (endpoint, credentials, db, TLS, timeouts):
   a bounded blocking connection pool, the registered Lua scripts, and one
-  :class:`~rdzv_redis.notify.Notifier` (one pub/sub connection and listener thread).
-  Backends and stores :meth:`~RedisClient.acquire` it and :meth:`~RedisClient.release` it;
-  the last release closes it. Thousands of node objects in one process thus share a few
-  connections and a single listener thread.
+  :class:`~rdzv_redis.notify.Notifier` (one pub/sub connection, read by the waiting caller:
+  no listener thread). Backends and stores :meth:`~RedisClient.acquire` it and
+  :meth:`~RedisClient.release` it; the last release closes it. :meth:`~RedisClient.create`
+  makes a private one (one per node, as on separate machines).
 * :meth:`RedisClient.call` — runs one operation, retrying transient failures with a short
   jittered exponential back-off within a bounded budget, and maps redis-py's exceptions to
   the rendezvous API's: :class:`~rdzv_core.api.RendezvousConnectionError` (unreachable,
@@ -333,9 +333,9 @@ class RedisClient:
         self.scripts = {name: self.redis.register_script(source) for name, source in ALL_SCRIPTS.items()}
         self.notifier = Notifier(
             lambda: self.redis.pubsub(ignore_subscribe_messages=False),
-            self.redis.publish,
             config.display,
             self._scrub,
+            refused=lambda exc: isinstance(exc, self.errors.NoPermissionError) or _classify(self._redis_module, exc) == _AUTH,
         )
         self._refs = 0
         self._closed = False

@@ -23,20 +23,19 @@ Key                              Type    Content
 Channels (``PUBLISH``): ``rdzv:{R}:state:changed`` carries each new token;
 ``rdzv:{R}:round:changed`` carries ``"<inc>:<ver>"`` of the membership after each announced
 transition;
-``rdzv:{R}:store:set`` carries the name of each store key written. All channels start
-with :data:`CHANNEL_PREFIX`; one pattern subscription per client receives them all.
+``rdzv:{R}:store:set:<key>`` carries the name of store key ``<key>`` each time it is written
+(one channel per key: a blocked ``get`` subscribes to the keys it waits for and hears nothing
+else). Clients ``SUBSCRIBE`` to the channels they need, never to a pattern.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CHANNEL_PREFIX", "CHANNEL_PATTERN", "RunKeys"]
+__all__ = ["CHANNEL_PREFIX", "RunKeys"]
 
 #: Every key and channel of rdzv starts with this.
 CHANNEL_PREFIX = "rdzv:"
-#: The one pattern a client's listener subscribes to (``PSUBSCRIBE``).
-CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
 
 
 @dataclass(frozen=True)
@@ -110,8 +109,9 @@ class RunKeys:
         return [self.round, self.participants, self.wait_list, self.redundancy_list, self.alive, self.alive_until, self.state, self.store, self.joins, self.joins_seq]
 
     @property
-    def store_channel(self) -> str:
-        return self.store + ":set"
+    def store_channel_prefix(self) -> str:
+        """``rdzv:{R}:store:set:`` — store key ``k`` is announced on this + ``k``."""
+        return self.store + ":set:"
 
     def all_keys(self) -> list[str]:
         """Every data key of the run, state first (used to refresh expiry and to clean up)."""

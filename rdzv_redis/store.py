@@ -2,10 +2,11 @@
 
 All keys of a store live as fields of the HASH ``rdzv:{R}:store`` (see :mod:`rdzv_redis.keys`):
 ``num_keys`` is ``HLEN`` of this store only, and every command touches one slot. Writes run
-as small Lua scripts that also ``PUBLISH`` the written key on ``rdzv:{R}:store:set`` and
-refresh the hash's expiry. Blocking reads (``get``, ``wait``, ``multi_get``) register with the
-client's pub/sub listener, check the hash, and sleep until one of their keys is announced —
-no polling.
+as small Lua scripts that also ``PUBLISH`` each written key ``k`` on
+``rdzv:{R}:store:set:k`` and refresh the hash's expiry. A blocking read (``get``, ``wait``,
+``multi_get``) first reads the hash; only when a key is missing does it ``SUBSCRIBE`` to the
+channels of its keys (on the client's pub/sub connection), read again and sleep until one of
+them is announced — no polling, and no message about any other key.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class RedisStore(Store):
         self._run_id = run_id
         keys = RunKeys(run_id, store_name=name)
         self._hash = keys.store
-        self._channel = keys.store_channel
+        self._channel_prefix = keys.store_channel_prefix
         self._ttl_ms = int(1000 * (client.config.key_ttl if key_ttl is None else key_ttl))
         self._closed = False
 
@@ -69,7 +70,7 @@ class RedisStore(Store):
 
     def _script(self, name: str, what: str, args: list[Any], *, idempotent: bool = True) -> Any:
         script = self._client.scripts[name]
-        full_args = [self._channel, self._ttl_ms, *args]
+        full_args = [self._channel_prefix, self._ttl_ms, *args]
         return self._client.call(what, lambda: script(keys=[self._hash], args=full_args), idempotent=idempotent)
 
     def set(self, key: str, value: bytes | str) -> None:
@@ -105,7 +106,7 @@ class RedisStore(Store):
         check_key(key)
         script = self._client.scripts["store_add"]
         response_error = self._client.errors.ResponseError
-        args = [self._channel, self._ttl_ms, key, amount]
+        args = [self._channel_prefix, self._ttl_ms, key, amount]
 
         def run() -> int:
             try:
@@ -198,11 +199,17 @@ class RedisStore(Store):
         return [bool(flag) for flag in flags]
 
     def _block(self, keys: list[str], timeout: timedelta | float | None, fetch: Callable[[], T], ready: Callable[[T], bool]) -> T:
-        """Return ``fetch()`` once ``ready`` says so, re-fetching whenever one of ``keys`` is
-        announced on the store's channel; raise :class:`StoreTimeoutError` at the deadline."""
+        """Return ``fetch()`` once ``ready`` says so; until then subscribe to the channels of
+        ``keys`` and re-fetch whenever one is announced; raise :class:`StoreTimeoutError` at
+        the deadline. The first fetch comes before subscribing: a key that is there costs one
+        request."""
         seconds = to_seconds(self.timeout if timeout is None else timeout)
         deadline = time.monotonic() + seconds
-        with self._client.notifier.waiter(self._channel, keys) as waiter:
+        result = fetch()
+        if ready(result):
+            return result
+        channels = [self._channel_prefix + key for key in dict.fromkeys(keys)]
+        with self._client.notifier.waiter(channels, deadline - time.monotonic()) as waiter:
             while True:
                 waiter.clear()
                 result = fetch()

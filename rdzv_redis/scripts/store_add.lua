@@ -1,7 +1,7 @@
 -- Atomically add to an integer counter in a store hash (RedisStore.add).
 --
 -- KEYS[1]      the store hash  rdzv:{R}:store
--- ARGV[1]      the channel to PUBLISH the key on
+-- ARGV[1]      the channel prefix: the key is PUBLISHed on ARGV[1] .. key
 -- ARGV[2]      key expiry in milliseconds
 -- ARGV[3]      the key
 -- ARGV[4]      the amount (a decimal integer)
@@ -10,5 +10,5 @@
 -- value is not a decimal integer (HINCRBY's own check); nothing is written then.
 local value = redis.call('HINCRBY', KEYS[1], ARGV[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[1] .. ARGV[3], ARGV[3])
 return value

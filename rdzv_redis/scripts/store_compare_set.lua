@@ -1,7 +1,7 @@
 -- c10d compare-and-set on a store hash (RedisStore.compare_set).
 --
 -- KEYS[1]      the store hash  rdzv:{R}:store
--- ARGV[1]      the channel to PUBLISH the key on when it is set
+-- ARGV[1]      the channel prefix: the key is PUBLISHed on ARGV[1] .. key when it is set
 -- ARGV[2]      key expiry in milliseconds
 -- ARGV[3]      the key
 -- ARGV[4]      the expected value ("" = only if the key is absent)
@@ -19,5 +19,5 @@ elseif current ~= ARGV[4] then
 end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[1] .. ARGV[3], ARGV[3])
 return ARGV[5]

@@ -1,7 +1,7 @@
 -- Set fields of a store hash and announce them (RedisStore.set / multi_set).
 --
 -- KEYS[1]      the store hash  rdzv:{R}:store
--- ARGV[1]      the channel to PUBLISH each set key on
+-- ARGV[1]      the channel prefix: each set key is PUBLISHed on ARGV[1] .. key
 -- ARGV[2]      key expiry in milliseconds
 -- ARGV[3..n]   key, value, key, value, ...
 --
@@ -11,6 +11,6 @@ for i = 3, #ARGV, 2 do
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 for i = 3, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[1], ARGV[i])
+  redis.call('PUBLISH', ARGV[1] .. ARGV[i], ARGV[i])
 end
 return (#ARGV - 2) / 2

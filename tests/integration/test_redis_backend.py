@@ -17,8 +17,14 @@ from rdzv_redis.keys import RunKeys
 pytestmark = pytest.mark.integration
 
 
-def listener_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("rdzv-redis-listener")]
+def rdzv_threads() -> list[threading.Thread]:
+    """Threads of rdzv_redis (only the reconnect thread exists, and only while connecting)."""
+    return [t for t in threading.enumerate() if t.name.startswith("rdzv-redis")]
+
+
+def pubsub_connections(redis_raw, channel: str) -> int:
+    """Pub/sub connections subscribed to ``channel`` (``PUBSUB NUMSUB``)."""
+    return int(dict(redis_raw.pubsub_numsub(channel))[channel.encode()])
 
 
 def _fill_membership(backend) -> None:
@@ -155,24 +161,28 @@ def test_heartbeat_ages_of_many_nodes_in_order(redis_backend_factory):
     assert backend.heartbeat_ages([]) == []
 
 
-def test_clients_are_shared_and_closed_with_the_last_user(redis_backend_factory, redis_run_id):
+def test_clients_are_shared_and_closed_with_the_last_user(redis_backend_factory, redis_run_id, redis_raw):
     backend1, store1 = redis_backend_factory(redis_run_id, connect_timeout=4.25)
     backend2, store2 = redis_backend_factory(redis_run_id, connect_timeout=4.25)
     client = backend1._client
     assert backend2._client is client and store1._client is client and store2._client is client
-    backend1.wait_for_change(None, 0)  # starts the listener
-    assert any(client.config.display in t.name for t in listener_threads())
+    assert client.notifier.wait_subscribed(5)
+    channel = RunKeys(redis_run_id).round_channel
+    assert pubsub_connections(redis_raw, channel) == 1  # one connection for both backends
+    assert rdzv_threads() == []  # the waiters read it themselves: no listener thread
+    backend1.wait_for_change(None, 0)
     for thing in (backend1, store1, backend2, store2):
         thing.close()
         thing.close()  # idempotent
     assert client.config.connection_key() not in RedisClient._registry
-    assert not client.notifier._thread.is_alive()
+    assert not client.notifier.subscribed and pubsub_connections(redis_raw, channel) == 0
 
 
-def test_many_waiters_share_one_listener_and_wake_fast(redis_backend_factory, redis_run_id):
-    """200 node objects in one process: one listener thread; all wake on one write."""
-    before = len(listener_threads())
+def test_many_waiters_share_one_connection_and_wake_fast(redis_backend_factory, redis_run_id):
+    """200 node objects of one shared client waiting at once: one of them reads the pub/sub
+    socket for all (no listener thread); all wake on one write."""
     made = [redis_backend_factory(redis_run_id, connect_timeout=4.5)[0] for _ in range(200)]
+    assert made[0]._client.notifier.wait_subscribed(5)
     _, token, _ = made[0].set_state(b"v1")
     woke: list[float] = []
     lock = threading.Lock()
@@ -195,7 +205,7 @@ def test_many_waiters_share_one_listener_and_wake_fast(redis_backend_factory, re
         t.join(10)
     assert len(woke) == 200
     assert max(woke) - written_at < 1.0
-    assert len(listener_threads()) == before + 1  # the one listener of the shared client
+    assert rdzv_threads() == []
 
 
 def test_wake_up_latency(redis_backend_factory, redis_run_id):

@@ -232,12 +232,12 @@ def test_waiting_for_rank_0s_bootstrap_address_ends_by_the_join_deadline(redis_b
     for _ in range(2):
         backend, store = redis_backend_factory(redis_run_id)
 
-        def failing_set(key, value, real_set=store.set):
-            if key.endswith("MASTER_ADDR"):
+        def failing_multi_set(keys, values, real=store.multi_set):
+            if any(key.endswith("MASTER_ADDR") for key in keys):
                 raise RendezvousConnectionError("simulated: rank 0 lost the backend")
-            real_set(key, value)
+            real(keys, values)
 
-        store.set = failing_set
+        store.multi_set = failing_multi_set
         timeout = RendezvousTimeout(join=timedelta(seconds=join), last_call=timedelta(seconds=0.2), heartbeat=timedelta(seconds=1))
         handlers.append(DynamicRendezvousHandler.from_backend(redis_run_id, store, backend, 2, 2, local_addr="127.0.0.1", timeout=timeout))
     try:

@@ -29,7 +29,7 @@ PASSWORD = "rdzv-Us3r-Pw-4c2d"
 #: The ACL rules an rdzv user needs (README): its keys, its channels, these commands.
 RDZV_COMMANDS = (
     "+ping +hello +client|setname +get +getrange +set +incr +pexpire +time +evalsha +script|load "
-    "+multi +exec +publish +psubscribe +punsubscribe +hset +hget +hmget +hgetall +hexists +hdel +hlen +del "
+    "+multi +exec +publish +subscribe +unsubscribe +hset +hget +hmget +hgetall +hexists +hdel +hlen +del "
     "+hincrby +zadd +zcard +zmscore +zrange +zrangebyscore +zrank +zrem +zscore"
 ).split()
 BOUND = 30
@@ -105,9 +105,9 @@ def acl_server():
     with RedisServer(password=ADMIN_PASSWORD) as server:
         admin = redis.Redis(host=server.host, port=server.port, password=ADMIN_PASSWORD)
         admin.execute_command("ACL", "SETUSER", "rdzv", "reset", "on", f">{PASSWORD}", "~rdzv:*", "resetchannels", "&rdzv:*", *RDZV_COMMANDS)
-        admin.execute_command("ACL", "SETUSER", "job-a", "reset", "on", f">{PASSWORD}", "~rdzv:{job-a}:*", "resetchannels", "&rdzv:*", *RDZV_COMMANDS)
+        admin.execute_command("ACL", "SETUSER", "job-a", "reset", "on", f">{PASSWORD}", "~rdzv:{job-a}:*", "resetchannels", "&rdzv:{job-a}:*", *RDZV_COMMANDS)
         # may publish (the scripts do) but not subscribe
-        admin.execute_command("ACL", "SETUSER", "no-subscribe", "reset", "on", f">{PASSWORD}", "~rdzv:*", "resetchannels", "&rdzv:*", *[c for c in RDZV_COMMANDS if c not in ("+psubscribe", "+punsubscribe")])
+        admin.execute_command("ACL", "SETUSER", "no-subscribe", "reset", "on", f">{PASSWORD}", "~rdzv:*", "resetchannels", "&rdzv:*", *[c for c in RDZV_COMMANDS if c not in ("+subscribe", "+unsubscribe")])
         admin.set("not-rdzv", "secret data")
         server.admin = admin
         yield server
@@ -205,7 +205,12 @@ def test_acl_user_of_one_run_cannot_touch_another(acl_server, handlers):
     import redis
 
     endpoint = acl_server.endpoint
-    rendezvous(handlers.make(params(endpoint, "job-a", n=1, username="job-a", password=PASSWORD), 1))
+    acl_server.admin.execute_command("ACL", "LOG", "RESET")
+    own = handlers.make(params(endpoint, "job-a", n=1, username="job-a", password=PASSWORD), 1)
+    rendezvous(own)
+    # Its own run's channels are all it subscribes to: allowed, so it waits by pub/sub.
+    assert own[0].backend._client.notifier.wait_subscribed(5)
+    assert acl_server.admin.execute_command("ACL", "LOG") == []
     start = time.monotonic()
     with pytest.raises(RendezvousConnectionError, match="refused .*no permissions") as info:
         handlers.make(params(endpoint, "job-b", n=1, username="job-a", password=PASSWORD, retry_timeout=10), 1)[0].next_rendezvous()
@@ -220,9 +225,9 @@ def test_acl_user_of_one_run_cannot_touch_another(acl_server, handlers):
         as_user.close()
 
 
-def test_acl_user_without_subscribe_still_completes_by_polling(acl_server, handlers):
-    """A user denied PSUBSCRIBE: the listener cannot subscribe, waiters fall back to polling
-    (the state and the store's blocking reads alike)."""
+def test_acl_user_without_subscribe_still_completes_by_polling(acl_server, handlers, caplog):
+    """A user denied SUBSCRIBE: waiters fall back to polling (the state and the store's
+    blocking reads alike), and the client says so once as a warning."""
     group = handlers.make(params(acl_server.endpoint, "no-subscribe-run", username="no-subscribe", password=PASSWORD), 2)
     start = time.monotonic()
     infos = rendezvous(group)
@@ -235,6 +240,8 @@ def test_acl_user_without_subscribe_still_completes_by_polling(acl_server, handl
         assert later.result(timeout=BOUND) == b"seen"
     assert time.monotonic() - start < 10
     assert not group[0].backend._client.notifier.subscribed
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "refused the pub/sub" in r.getMessage()]
+    assert warnings and "+subscribe" in warnings[0] and PASSWORD not in "".join(warnings)
 
 
 # -- TLS ---------------------------------------------------------------------------------------
