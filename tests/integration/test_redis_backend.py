@@ -238,7 +238,7 @@ def test_wake_up_latency(redis_backend_factory, redis_run_id):
 
 @pytest.mark.parametrize("write_during_outage", [False, True])
 def test_waiters_survive_a_pubsub_disconnect(redis_backend_factory, redis_run_id, redis_raw, write_during_outage):
-    """CLIENT KILL of the pub/sub connection: the listener reconnects and waiters re-check,
+    """CLIENT KILL of the pub/sub connection: the notifier reconnects and waiters re-check,
     so a change made while nobody listened is not missed."""
     waiter_backend, _ = redis_backend_factory(redis_run_id)
     writer_backend, _ = redis_backend_factory(redis_run_id, connect_timeout=4.7)

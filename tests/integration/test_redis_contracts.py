@@ -1,7 +1,7 @@
 """The shared Store and RendezvousBackend contracts, run against a real Redis.
 
 The second client of each pair (``other_store``/``other_backend``) uses a different client
-configuration, so it has its own connection pool and pub/sub listener: the cross-client tests
+configuration, so it has its own connection pool and pub/sub connection: the cross-client tests
 really go through the server.
 """
 
