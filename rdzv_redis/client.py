@@ -328,11 +328,15 @@ class RedisClient:
         self.config = config
         self._redis_module = import_redis()
         self.errors = self._redis_module.exceptions
-        self._sentinel: Any = None
+        self._sentinels: list[Any] = []
         self.redis = self._make_redis(config)
+        # The pub/sub connection comes from a pool of its own: taken from the command pool, it
+        # would be the connection the PING at creation opened, and a new client's first
+        # command would pay for a connection handshake again.
+        self._pubsub_redis = self._make_redis(config)
         self.scripts = {name: self.redis.register_script(source) for name, source in ALL_SCRIPTS.items()}
         self.notifier = Notifier(
-            lambda: self.redis.pubsub(ignore_subscribe_messages=False),
+            lambda: self._pubsub_redis.pubsub(ignore_subscribe_messages=False),
             config.display,
             self._scrub,
             refused=lambda exc: isinstance(exc, self.errors.NoPermissionError) or _classify(self._redis_module, exc) == _AUTH,
@@ -403,9 +407,8 @@ class RedisClient:
     def _shutdown(self) -> None:
         self._closed = True
         self.notifier.close()
-        pools = [self.redis.connection_pool]
-        if self._sentinel is not None:
-            pools += [sentinel.connection_pool for sentinel in self._sentinel.sentinels]
+        pools = [self.redis.connection_pool, self._pubsub_redis.connection_pool]
+        pools += [sentinel.connection_pool for group in self._sentinels for sentinel in group.sentinels]
         for pool in pools:
             try:
                 pool.disconnect()
@@ -429,7 +432,8 @@ class RedisClient:
         }
         if config.tls:
             sentinel_kwargs.update(ssl=True, ssl_ca_certs=config.ssl_ca_certs, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile)
-        self._sentinel = Sentinel(list(config.sentinels), sentinel_kwargs=sentinel_kwargs)
+        sentinel = Sentinel(list(config.sentinels), sentinel_kwargs=sentinel_kwargs)
+        self._sentinels.append(sentinel)
         kwargs = self._pool_kwargs(config)
         for key in ("host", "port"):
             del kwargs[key]
@@ -439,7 +443,7 @@ class RedisClient:
             kwargs["connection_class"] = SentinelManagedSSLConnection
         else:
             kwargs.pop("connection_class", None)
-        return self._sentinel.master_for(config.sentinel_master, connection_pool_class=_blocking_sentinel_pool(), **kwargs)
+        return sentinel.master_for(config.sentinel_master, connection_pool_class=_blocking_sentinel_pool(), **kwargs)
 
     def _pool_kwargs(self, config: RedisConfig) -> dict[str, Any]:
         redis = self._redis_module
