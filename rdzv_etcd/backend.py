@@ -323,6 +323,9 @@ def create_backend(params: RendezvousParameters, api: Api | None = None) -> tupl
     password      its password (or env ``RDZV_ETCD_PASSWORD``); never logged      none
     read_timeout  seconds one request may take                                     60
     key_ttl       seconds the state outlives its last write                        7200
+    membership    v3: per-node membership keys and transactions                    ``true``
+                  (:mod:`rdzv_etcd.membership`); ``false``: the whole-state blob
+                  with the join queue (the v2 API always uses the blob)
     ============  ===============================================================  ==========
 
     Other keys that are not handler keys (``rdzv_core.dynamic.HANDLER_CONFIG_KEYS``) are
@@ -343,8 +346,17 @@ def create_backend(params: RendezvousParameters, api: Api | None = None) -> tupl
     api = api or _api_of(params.backend)
     warn_unknown_config(params.config, _known_config_keys(), params.backend)
     config = EtcdConfig.from_params(params)
+    membership = params.get_as_bool("membership")
+    if membership and api == "v2":
+        raise ValueError(f"The rendezvous configuration option 'membership' needs etcd's v3 API (backend 'etcd-v3'), not {params.backend!r} (got {params.get('membership')!r}).")
     kv = create_kv(config, api)
-    backend = EtcdRendezvousBackend(kv, params.run_id, key_ttl=config.key_ttl)
+    backend: EtcdRendezvousBackend
+    if api == "v3" and membership is not False:
+        from rdzv_etcd.membership import EtcdMembershipBackend
+
+        backend = EtcdMembershipBackend(kv, params.run_id, key_ttl=config.key_ttl)
+    else:
+        backend = EtcdRendezvousBackend(kv, params.run_id, key_ttl=config.key_ttl)
     store = EtcdStore(kv, backend.keys.store_prefix)
     _probe(kv, backend.keys.state)
     return backend, store

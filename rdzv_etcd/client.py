@@ -64,7 +64,7 @@ BACKOFF_FIRST, BACKOFF_CAP = 0.05, 1.0
 
 #: The configuration keys of the etcd backends (``--rdzv-conf``).
 ETCD_CONFIG_KEYS = frozenset(
-    {"protocol", "cacert", "cert", "key", "username", "password", "read_timeout", "key_ttl"}
+    {"protocol", "cacert", "cert", "key", "username", "password", "read_timeout", "key_ttl", "membership"}
 )
 
 #: Environment fallbacks for the credentials (parameters win).

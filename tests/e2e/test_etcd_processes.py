@@ -67,23 +67,24 @@ def start_nodes(processes, count, backend, endpoint, run_id, min_nodes, max_node
 
 
 def wait_for_participants(server, backend_name, run_id, count):
-    """Block (on etcd watches, bounded) until the run's state lists ``count`` participants."""
+    """Block (bounded) until the run lists ``count`` participants, read as ``rdzv status``
+    does (the membership keys on etcd-v3, the state on etcd-v2). Joins below ``min_nodes``
+    change no announced transition, so this looks every 50 ms."""
     import time
 
     from rdzv_core.api import RendezvousParameters
-    from rdzv_core.state import decode_state
+    from rdzv_core.status import read_state
     from rdzv_etcd.backend import create_backend
 
     observer, _ = create_backend(RendezvousParameters(backend_name, server.endpoint, run_id, 1, 3))
     try:
         deadline = time.monotonic() + BOUND
         while True:
-            current = observer.get_state()
-            if current is not None and len(decode_state(current[0], run_id).participants) >= count:
+            current = read_state(observer, run_id)
+            if current is not None and len(current.participants) >= count:
                 return
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"{count} participants never joined"
-            observer.wait_for_change(None if current is None else current[1], remaining)
+            assert time.monotonic() < deadline, f"{count} participants never joined"
+            time.sleep(0.05)
     finally:
         observer.close()
 

@@ -80,3 +80,15 @@ def role_of(handler):
     if key in state.participants:
         return "participant"
     return "waiting" if key in state.wait_list else "redundant" if key in state.redundancy_list else "none"
+
+
+def round_record(handler) -> object:
+    """What stays equal while a round is not rewritten: the membership's ``(incarnation,
+    version)`` on the membership path (one ``round_standing``), else the state blob's token."""
+    from rdzv_core.backend import AtomicMembership
+
+    backend = handler.backend
+    if isinstance(backend, AtomicMembership):
+        return backend.round_standing(handler.node.key).change_id
+    state = backend.get_state()
+    return None if state is None else state[1]

@@ -46,6 +46,19 @@ def test_capabilities_and_name(make_etcd, etcd_api):
     assert isinstance(backend, LivenessTracker)
 
 
+def test_v3_joins_through_the_membership_unless_turned_off(make_etcd):
+    from rdzv_core.backend import AtomicMembership
+
+    assert isinstance(make_etcd("v3")[0], AtomicMembership)
+    assert isinstance(make_etcd("v3", membership="true")[0], AtomicMembership)
+    assert not isinstance(make_etcd("v3", membership="false")[0], AtomicMembership)
+    assert not isinstance(make_etcd("v2")[0], AtomicMembership)
+    with pytest.raises(ValueError, match="'membership' needs etcd's v3 API.*'etcd-v2'"):
+        make_etcd("v2", membership="true")
+    with pytest.raises(ValueError, match="membership"):
+        make_etcd("v3", membership="maybe")
+
+
 def test_token_is_the_keys_version(make_etcd, etcd_api):
     backend, _ = make_etcd(etcd_api)
     _, token, _ = backend.set_state(b"s")

@@ -6,10 +6,11 @@ or of another run, a huge blob, a pickle whose ``__reduce__`` would create a mar
 execution. The same holds for garbage in the join queue and the liveness records, and for
 ``rdzv status`` reading the state.
 
-On Redis, rdzv's handler joins through the membership keys (``rdzv:{R}:round*``), not the
-state blob, which serves torch's backend contract: the planted-state tests read the blob through
-a state-based handler (what a consumer of that contract does), and the membership keys get
-garbage of their own (``test_garbage_in_the_membership_*``).
+On Redis and etcd v3, rdzv's handler joins through the membership keys (``rdzv:{R}:round*``,
+``<run>membership/``), not the state blob, which serves torch's backend contract: the
+planted-state tests read the blob through a state-based handler (what a consumer of that
+contract does), and the membership keys get garbage of their own
+(``test_garbage_in_the_membership_*``, ``test_garbage_in_the_etcd_membership_summary``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Target:
             self.params = etcd_params(self.server, name.split("-")[1], self.run_id, 1, 2, join_timeout=10, last_call_timeout=0.2)
         self.handler = get_rendezvous_handler(self.params)
         self.backend = self.handler.backend
-        if name == "redis" and blob:  # read the blob as a consumer of torch's contract does
+        if name in ("redis", "etcd-v3") and blob:  # read the blob as a consumer of torch's contract does
             self.handler._stop_heartbeats()
             self.handler = create_handler(self.handler._store, StateOnlyBackend(self.backend), self.params)
 
@@ -188,6 +189,8 @@ def test_status_cli_refuses_a_planted_pickle(target, tmp_path):
     marker = tmp_path / "pwned-by-status"
     if target.name == "redis":  # status reads the membership there
         target.raw_redis.hset(target.backend.keys.round, mapping={"inc": "x", "ver": pickle.dumps(Plant(str(marker))), "round": 0, "complete": 0, "closed": 0, "world": 0, "seq": 0})
+    elif target.name == "etcd-v3":  # and there
+        raw_put(target.server, "v3", target.backend.membership.summary_key, pickle.dumps(Plant(str(marker))))
     else:
         target.plant_framed(pickle.dumps(Plant(str(marker))))
     conf = "read_timeout=10" if target.name != "redis" else "retry_timeout=2"
@@ -239,6 +242,20 @@ def test_garbage_in_the_membership_record_is_a_state_error(request, field):
         target.handler.next_rendezvous()
         target.raw_redis.hset(target.backend.keys.round, field, pickle.dumps({"x": 1}))
         with pytest.raises(RendezvousStateError, match=field):
+            target.handler.is_closed()
+        with pytest.raises(RendezvousStateError):
+            target.handler.next_rendezvous()
+    finally:
+        target.close()
+
+
+@pytest.mark.parametrize("garbage", [b"not json", b'{"inc": 7, "ver": "x"}', b'{"inc": "a", "ver": 1}', pickle.dumps({"inc": "a"})])
+def test_garbage_in_the_etcd_membership_summary_is_a_state_error(request, garbage):
+    target = Target("etcd-v3", request, blob=False)
+    try:
+        target.handler.next_rendezvous()
+        raw_put(target.server, "v3", target.backend.membership.summary_key, garbage)
+        with pytest.raises(RendezvousStateError, match="membership summary"):
             target.handler.is_closed()
         with pytest.raises(RendezvousStateError):
             target.handler.next_rendezvous()
