@@ -14,6 +14,8 @@ Measured per run: whether every survivor got a rank in one new round (the same r
 exactly 0..S-1, world size S everywhere, each survivor re-joined once); seconds from the
 kill until the last survivor had its rank; compared with the bound dead_after (2 s) +
 last_call (3 s) + 1 s = 6 s. A run that exceeds ``--timeout`` is a failure (``timeout``).
+``--keep-alive-interval``, ``--keep-alive-max-attempt`` and ``--last-call`` change the
+settings, and the bound with them.
 
 torch (``--torch``): torch's ``DynamicRendezvousHandler`` over ``C10dRendezvousBackend``
 (a TCPStore client per node); its keep-alive is the handler's heartbeat thread. torch's
@@ -37,6 +39,7 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -45,13 +48,25 @@ import _harness as H  # noqa: E402
 import _nodes as N  # noqa: E402
 from _harness import _get, log, make_server, split  # noqa: E402
 
-KEEP_ALIVE_S = 1.0
-MAX_ATTEMPT = 2
-LAST_CALL_S = 3.0
-BOUND_S = KEEP_ALIVE_S * MAX_ATTEMPT + LAST_CALL_S + 1.0  # dead_after + last_call + 1 s
+
+@dataclass(frozen=True)
+class Timing:
+    """The handler settings of a run (seconds) and the bound its survivors must meet."""
+
+    keep_alive_s: float = 1.0
+    max_attempt: int = 2
+    last_call_s: float = 3.0
+
+    @property
+    def bound_s(self) -> float:
+        """dead_after + last_call + 1 s."""
+        return self.keep_alive_s * self.max_attempt + self.last_call_s + 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"keep_alive_interval_s": self.keep_alive_s, "keep_alive_max_attempt": self.max_attempt, "last_call_s": self.last_call_s, "bound_s": self.bound_s}
 
 
-def run_once(backend: str, n: int, procs: int, timeout: float, settle: float = 1.0) -> dict[str, Any]:
+def run_once(backend: str, n: int, procs: int, timeout: float, timing: Timing = Timing(), settle: float = 1.0) -> dict[str, Any]:
     """One run: form the round, kill the last node process, wait for the survivors."""
     row: dict[str, Any] = {"backend": backend, "nodes": n, "status": "ok", "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     server = make_server(N.SERVER_OF[backend])
@@ -74,9 +89,9 @@ def run_once(backend: str, n: int, procs: int, timeout: float, settle: float = 1
             "nodes": n,
             "min_nodes": max(1, (3 * n) // 4),
             "join_timeout": float(max(timeout, 60)),
-            "last_call": LAST_CALL_S,
-            "keep_alive_interval": KEEP_ALIVE_S,
-            "keep_alive_max_attempt": MAX_ATTEMPT,
+            "last_call": timing.last_call_s,
+            "keep_alive_interval": timing.keep_alive_s,
+            "keep_alive_max_attempt": timing.max_attempt,
             "client_sharing": "node",
             "failure_signal": backend in N.TORCH_BACKENDS,
         }
@@ -157,7 +172,7 @@ def run_once(backend: str, n: int, procs: int, timeout: float, settle: float = 1
                 row["status"] = "bad_round"
             elif early:
                 row["status"] = "rejoin_before_kill"
-            row["within_bound"] = row["kill_to_all_s"] <= BOUND_S
+            row["within_bound"] = row["kill_to_all_s"] <= timing.bound_s
     except Exception as exc:
         row["status"] = "error"
         row["error"] = f"{type(exc).__name__}: {exc}"[-2000:]
@@ -187,7 +202,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    headers = ["backend", "N", "S", "runs ok/total", "within 6 s", "p50 s", "max s", "failures"]
+    headers = ["backend", "N", "S", "runs ok/total", f"within {_timing_of(result).bound_s:g} s", "p50 s", "max s", "failures"]
     out = []
     for key, s in result["summary"].items():
         backend, n = key.rsplit(":", 1)
@@ -198,8 +213,14 @@ def table(result: dict[str, Any]) -> str:
     return H.fmt_table(headers, out)
 
 
+def _timing_of(result: dict[str, Any]) -> Timing:
+    s = result.get("settings", {})
+    return Timing(s.get("keep_alive_interval_s", 1.0), s.get("keep_alive_max_attempt", 2), s.get("last_call_s", 3.0))
+
+
 def print_tables(result: dict[str, Any], path: str) -> None:
-    print(f"\n## Mass failure: N/4 nodes SIGKILLed; survivors re-form (bound {BOUND_S:g} s = dead after {KEEP_ALIVE_S * MAX_ATTEMPT:g} s + last call {LAST_CALL_S:g} s + 1 s)\n")
+    t = _timing_of(result)
+    print(f"\n## Mass failure: N/4 nodes SIGKILLed; survivors re-form (bound {t.bound_s:g} s = dead after {t.keep_alive_s * t.max_attempt:g} s + last call {t.last_call_s:g} s + 1 s)\n")
     print(table(result))
     print("\nok = every survivor got a rank in one new round (ranks 0..S-1, world size S, one re-join each); p50/max over ok runs, kill -> last survivor's rank")
     if result.get("skipped"):
@@ -216,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=4, help="node processes; the last one is killed (default 4: a quarter of the nodes)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for the first round, and from the kill until every survivor has its rank")
     ap.add_argument("--keep-going", action="store_true", help="run larger N of a backend after a failed run")
+    ap.add_argument("--keep-alive-interval", type=float, default=Timing.keep_alive_s, help="seconds (default 1)")
+    ap.add_argument("--keep-alive-max-attempt", type=int, default=Timing.max_attempt, help="missed keep-alives before a node is dead (default 2)")
+    ap.add_argument("--last-call", type=float, default=Timing.last_call_s, help="seconds (default 3)")
     ap.add_argument("--output", default=os.path.join(H.RESULTS, "mass_failure.json"))
     ap.add_argument("--render", metavar="JSON", help="only print the table of an earlier run's JSON")
     args = ap.parse_args(argv)
@@ -224,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             print_tables(json.load(f), args.render)
         return 0
     H.raise_nofile()
+    timing = Timing(args.keep_alive_interval, args.keep_alive_max_attempt, args.last_call)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.torch and "torch-c10d" not in backends:
         backends.append("torch-c10d")
@@ -233,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": H.git_commit(),
         "machine": H.machine_description(),
         "args": vars(args),
-        "settings": {"keep_alive_interval_s": KEEP_ALIVE_S, "keep_alive_max_attempt": MAX_ATTEMPT, "last_call_s": LAST_CALL_S, "bound_s": BOUND_S, "min_nodes": "3N/4", "max_nodes": "N", "poll_s": [0.1, 0.5]},
+        "settings": {**timing.as_dict(), "min_nodes": "3N/4", "max_nodes": "N", "poll_s": [0.1, 0.5]},
         "skipped": {},
         "runs": [],
         "summary": {},
@@ -252,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for rep in range(args.repeat):
                 log(f"mass-failure {b} N={n} ({rep + 1}/{args.repeat}) ...")
-                row = run_once(b, n, args.procs, args.timeout)
+                row = run_once(b, n, args.procs, args.timeout, timing)
                 row["repeat"] = rep
                 log(f"  -> {row['status']} kill->all {row.get('kill_to_all_s')} s {row.get('error', '')}")
                 runs.append(row)

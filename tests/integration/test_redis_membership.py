@@ -88,6 +88,19 @@ def test_each_operation_is_one_command_on_the_server(private):
     assert _top_level_commands(raw, since) in ([], ["HMGET"])
 
 
+def test_a_change_announced_while_nobody_waited_is_seen_by_a_check_that_does_not_block(private):
+    """Nothing reads a client's pub/sub socket between waits: a check with timeout 0 (what
+    num_nodes_waiting() does) first reads what arrived, so the change is not missed."""
+    _, raw, make = private
+    a, b = make(), make()
+    assert a._client.notifier.wait_subscribed(5.0)
+    seen = a.join_round("a", SPEC).change_id
+    assert a.wait_for_round_change(seen, 0) is False
+    b.join_round("b", SPEC)  # min reached: the last call starts, announced
+    assert a.wait_for_round_change(seen, 0) is True
+    assert a.wait_for_round_change(a.round_standing("a").change_id, 0) is False
+
+
 def test_changes_are_announced_as_incarnation_and_version(private):
     _, raw, make = private
     backend = make()

@@ -129,3 +129,52 @@ def test_empty_batches(redis_backend_factory):
     assert store.multi_get([]) == []
     store.wait([])
     assert store.check([])
+
+
+def _subscribers(redis_raw, channels: list[str]) -> int:
+    return sum(int(count) for _, count in redis_raw.pubsub_numsub(*channels))
+
+
+def _until(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_concurrent_gets_on_one_client_each_wake_for_their_own_key(redis_backend_factory, redis_raw):
+    """Twenty threads block in get() on one shared client, each for its own key: one of them
+    reads the pub/sub socket for all (no listener thread); each returns when its own key is
+    written, and nobody stays subscribed once nobody waits."""
+    _, store = redis_backend_factory()
+    _, writer = redis_backend_factory(**OTHER_CLIENT)
+    store.set_timeout(20)
+    keys = [f"conc-{i}" for i in range(20)]
+    channels = [store._channel_prefix + key for key in keys]
+    results: dict[str, bytes] = {}
+    threads = [threading.Thread(target=lambda k=key: results.update({k: store.get(k)})) for key in keys]
+    for t in threads:
+        t.start()
+    _until(lambda: _subscribers(redis_raw, channels) == len(keys))  # all blocked, one channel each
+    for key in reversed(keys):
+        writer.set(key, key.upper())
+    for t in threads:
+        t.join(20)
+        assert not t.is_alive()
+    assert results == {key: key.upper().encode() for key in keys}
+    assert not [t for t in threading.enumerate() if t.name.startswith("rdzv-redis")]
+    _until(lambda: _subscribers(redis_raw, channels) == 0)
+
+
+def test_a_key_that_exists_costs_one_request_and_no_subscription(redis_backend_factory, redis_raw):
+    _, store = redis_backend_factory()
+    store.set("there", b"1")
+    assert store._client.notifier.wait_subscribed(5)  # the backend's own channels, made at creation
+
+    def subscribes() -> int:
+        return int(redis_raw.info("commandstats").get("cmdstat_subscribe", {}).get("calls", 0))
+
+    before = subscribes()
+    assert store.multi_get(["there"], timeout=5) == [b"1"]
+    assert store.get("there") == b"1"
+    assert subscribes() == before
