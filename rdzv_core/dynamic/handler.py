@@ -41,7 +41,7 @@ from rdzv_core.dynamic.ops import (
 )
 from rdzv_core.dynamic.settings import RendezvousEvent, RendezvousSettings, RendezvousTimeout
 from rdzv_core.state import NodeDesc, NodeDescGenerator, RendezvousState
-from rdzv_core.store import PrefixStore, Store
+from rdzv_core.store import PrefixStore, Store, StoreTimeoutError
 
 __all__ = ["DynamicRendezvousHandler", "create_handler"]
 
@@ -219,20 +219,44 @@ class DynamicRendezvousHandler(RendezvousHandler):
     # -- the handler API --------------------------------------------------------------------
 
     def next_rendezvous(self) -> RendezvousInfo:
-        """Leave the current round (if any), join the next, and block until it completes.
+        """Leave the current round (if any), join the next, and block until it completes and
+        rank 0 has published the bootstrap address.
+
+        A round that loses a member (declared dead, or gone) or is replaced while this node
+        waits for rank 0's address is of no use: the node joins the next round, within the
+        same join deadline.
 
         Raises:
             RendezvousClosedError: the rendezvous is closed.
             RendezvousGracefulExitError: this node is redundant and the rendezvous closed.
             RendezvousTimeoutError: no round completed within the join timeout.
+            StoreTimeoutError: rank 0 did not publish its address in time (a subclass).
             RendezvousConnectionError, RendezvousStateError: from the backend.
         """
         run_id = self._settings.run_id
         self._emit("joining", f"The node '{self._this_node}' attempts to join the next round of the rendezvous '{run_id}'.")
+        deadline = self._clock.monotonic() + self._settings.join_s
+        while True:
+            rank, world_size, round_ = self._join_round(deadline)
+            # The round's store: its prefix names the incarnation too on the membership path, so
+            # a round re-formed after the server lost its data never reads the lost round's keys.
+            incarnation = "" if self._joined_at is None or not self._joined_at[0] else f".{self._joined_at[0]}"
+            store = PrefixStore(f"rdzv.{run_id}.{round_}{incarnation}", self._store)
+            bootstrap = self._bootstrap(rank, store, deadline)
+            if bootstrap is not None:
+                break
+            self._emit("round_broken", f"Round {round_} of the rendezvous '{run_id}' lost a member before rank 0 published its address; the node '{self._this_node}' joins the next round.", logging.WARNING)
+        self._bootstrap_store_info = bootstrap
+        self._emit("completed", f"The node '{self._this_node}' has joined round {round_} of the rendezvous '{run_id}' as rank {rank} in a world of size {world_size}.", rank=rank, world_size=world_size)
+        return RendezvousInfo(store, rank, world_size, bootstrap)
+
+    def _join_round(self, deadline: float) -> tuple[int, int, int]:
+        """Stop the keep-alives, leave the current round and join the next (events on errors);
+        return ``(rank, world_size, round)``."""
+        run_id = self._settings.run_id
         self._stop_heartbeats()
         self._joined_round = None
         self._joined_at = None
-        deadline = self._clock.monotonic() + self._settings.join_s
         try:
             with self._lock:
                 rank, world_size, round_ = self._join(deadline)
@@ -246,24 +270,48 @@ class DynamicRendezvousHandler(RendezvousHandler):
         except RendezvousError as exc:
             self._emit("error", f"The node '{self._this_node}' failed to join the rendezvous '{run_id}': {type(exc).__name__}: {exc}", logging.WARNING)
             raise
-        # The round's store: its prefix names the incarnation too on the membership path, so a
-        # round re-formed after the server lost its data never reads the lost round's keys.
-        incarnation = "" if self._joined_at is None or not self._joined_at[0] else f".{self._joined_at[0]}"
-        store = PrefixStore(f"rdzv.{run_id}.{round_}{incarnation}", self._store)
+        return rank, world_size, round_
+
+    def _bootstrap(self, rank: int, store: Store, deadline: float) -> RendezvousStoreInfo | None:
+        """Agree on ``MASTER_ADDR``/``MASTER_PORT`` in the round's ``store`` and start the
+        keep-alives; ``None`` when the round broke while waiting for rank 0.
+
+        Rank 0 publishes before starting its keep-alive thread (the others wait for it). The
+        others keep alive while they wait, in slices of one keep-alive interval; after each
+        slice they look at their standing (one request), so a rank 0 that was declared dead
+        or a round that is gone ends the wait at once instead of at the join deadline. The wait
+        is bounded by the join deadline (at least a heartbeat timeout), never by the store's
+        own timeout (300 s by default).
+
+        Raises:
+            StoreTimeoutError: rank 0 did not publish by then.
+        """
         if rank == 0:
-            # The others wait for this: publish before starting the keep-alive thread.
-            self._bootstrap_store_info = RendezvousStoreInfo.build(rank, store, local_addr=self._this_node.addr)
+            info = RendezvousStoreInfo.build(rank, store, local_addr=self._this_node.addr)
             self._start_heartbeats()
-        else:
-            # Keep-alives run while this node waits for rank 0, which publishes right after the
-            # round completes. The wait is bounded by the join deadline (at least a heartbeat
-            # timeout), not the store's own timeout (300 s by default): a rank 0 that died or
-            # lost the backend must not hold the others here for minutes.
-            self._start_heartbeats()
-            wait = max(deadline - self._clock.monotonic(), self._settings.timeout.heartbeat.total_seconds())
-            self._bootstrap_store_info = RendezvousStoreInfo.build(rank, store, self._this_node.addr, timeout=min(wait, store.timeout.total_seconds()))
-        self._emit("completed", f"The node '{self._this_node}' has joined round {round_} of the rendezvous '{run_id}' as rank {rank} in a world of size {world_size}.", rank=rank, world_size=world_size)
-        return RendezvousInfo(store, rank, world_size, self._bootstrap_store_info)
+            return info
+        self._start_heartbeats()
+        until = self._clock.monotonic() + min(max(deadline - self._clock.monotonic(), self._settings.timeout.heartbeat.total_seconds()), store.timeout.total_seconds())
+        while True:
+            remaining = until - self._clock.monotonic()
+            slice_ = min(remaining, self._settings.interval_s)
+            try:
+                return RendezvousStoreInfo.build(rank, store, self._this_node.addr, timeout=max(0.0, slice_))
+            except StoreTimeoutError:
+                if slice_ >= remaining:
+                    raise
+                if self._round_broke():
+                    return None
+
+    def _round_broke(self) -> bool:
+        """Whether the round this node just joined lost a participant or is gone (one read)."""
+        with self._lock:
+            if self._membership is not None:
+                standing = self._membership.refresh()
+                return standing.missing > 0 or standing.role is not Role.PARTICIPANT or (standing.incarnation, standing.round) != self._joined_at
+            self._holder.sync()
+            state = self._holder.state
+            return _missing_participants(state) > 0 or state.round != self._joined_round or self._this_node.key not in state.participants
 
     def _join(self, deadline: float) -> tuple[int, int, int]:
         """Leave the current round and join the next; return ``(rank, world_size, round)``."""

@@ -226,7 +226,7 @@ class MembershipExecutor:
     def _time_out(self, standing: Standing, now: float) -> None:
         if standing.role in (Role.PARTICIPANT, Role.WAITING) and now <= self._deadline + _ROLLBACK_PERIOD:
             try:
-                standing = self.leave()
+                self.leave()  # the message below tells where the node stood when it timed out
             except RendezvousError:
                 pass  # best effort: its keep-alive lapses and the others remove it
         spec = self._spec

@@ -1,0 +1,73 @@
+"""The wait for rank 0's bootstrap address ends when the round breaks (real handlers, memory
+backend, real time with short intervals): a rank 0 that hangs before publishing and is
+declared dead must not hold the other nodes until the join deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from rdzv_core import api
+from rdzv_core.api import RendezvousConnectionError, RendezvousParameters
+from rdzv_core.registry import get_rendezvous_handler
+
+pytestmark = pytest.mark.unit
+
+BOUND = 20.0
+
+
+def test_a_rank_0_declared_dead_before_publishing_sends_the_others_to_the_next_round(monkeypatch):
+    params = RendezvousParameters(
+        "memory", "", f"bootstrap-{time.monotonic_ns()}", 2, 2,
+        join_timeout=BOUND, last_call_timeout=0.05, keep_alive_interval=0.1, keep_alive_max_attempt=2,
+    )  # fmt: skip
+    handlers = [get_rendezvous_handler(params) for _ in range(2)]
+    events: list[str] = []
+    for handler in handlers:
+        handler.add_event_listener(lambda event: events.append(event.name))
+    release, hung = threading.Event(), threading.Event()
+    hung_in: list[str] = []
+    real_build = api.RendezvousStoreInfo.build
+
+    def build(rank, store, local_addr, server_port=None, timeout=None):
+        if rank == 0 and not hung.is_set():  # the first rank 0 hangs, then loses the backend
+            hung_in.append(threading.current_thread().name)
+            hung.set()
+            release.wait(BOUND)
+            raise RendezvousConnectionError("simulated: rank 0 hung and lost the backend")
+        return real_build(rank, store, local_addr, server_port, timeout)
+
+    monkeypatch.setattr(api.RendezvousStoreInfo, "build", staticmethod(build))
+    outcomes: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        try:
+            outcomes[i] = handlers[i].next_rendezvous()
+        except Exception as exc:  # recorded; the test decides
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"node-{i}") for i in range(2)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    assert hung.wait(BOUND)
+    # The other node sweeps the silent rank 0 (dead after 0.2 s), leaves the broken round and
+    # waits in the next one: it does not sit in the bootstrap wait until the join deadline.
+    deadline = time.monotonic() + BOUND
+    while "round_broken" not in events:
+        assert time.monotonic() < deadline, events
+        time.sleep(0.01)
+    release.set()
+    failed = int(hung_in[0].split("-")[1])
+    threads[failed].join(BOUND)
+    assert isinstance(outcomes[failed], RendezvousConnectionError), outcomes
+    run(failed)  # its agent tries again at once: both meet in the next round
+    threads[1 - failed].join(BOUND)
+    infos = [outcomes[0], outcomes[1]]
+    assert sorted(info.rank for info in infos) == [0, 1] and {info.world_size for info in infos} == {2}
+    assert handlers[0].standing.round == handlers[1].standing.round >= 1
+    assert time.monotonic() - start < BOUND  # well before the join deadline
+    for handler in handlers:
+        handler.shutdown()
