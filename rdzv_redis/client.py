@@ -551,8 +551,8 @@ def _no_lib_info() -> dict[str, Any]:
     redis-py sends both on every new connection (two round trips more, after ``HELLO`` and
     ``CLIENT SETNAME rdzv``), and before that reads its own version from the installed
     package metadata (a scan of ``sys.path`` per connection). ``CLIENT SETNAME rdzv`` already
-    names the client in ``CLIENT LIST``. redis-py >= 7.1 takes ``driver_info=None``; older
-    versions ``lib_name=None, lib_version=None``.
+    names the client in ``CLIENT LIST``. A redis-py that has ``redis.driver_info`` takes
+    ``driver_info=None``; older ones take ``lib_name=None, lib_version=None``.
     """
     try:
         import redis.driver_info  # noqa: F401

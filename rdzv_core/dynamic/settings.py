@@ -127,7 +127,8 @@ class RendezvousEvent:
     """One transition of a node, given to event listeners (for metrics and tracing).
 
     ``name`` is one of ``joining``, ``completed``, ``waiting``, ``removed_dead_nodes``,
-    ``closed``, ``timed_out``, ``graceful_exit``, ``left``, ``error``.
+    ``round_broken`` (the round lost a member before rank 0 published its address: the node
+    joins the next one), ``closed``, ``timed_out``, ``graceful_exit``, ``left``, ``error``.
     """
 
     name: str
