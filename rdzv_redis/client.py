@@ -458,6 +458,11 @@ class RedisClient:
             "socket_keepalive": True,
             "retry": _no_retry(),  # retries are ours (call()), bounded and classified
             "client_name": "rdzv",
+            # RESP2: a new connection needs no HELLO, and (redis-py >= 8) no maintenance-
+            # notification handshake, which Redis < 8 refuses and redis-py logs; and a pub/sub
+            # message is a plain reply, not a RESP3 push that redis-py formats into a debug
+            # string and passes through logging.getLogger (a process-wide lock) every time.
+            "protocol": 2,
             **_no_lib_info(),
         }
         if config.tls:
