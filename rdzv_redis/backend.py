@@ -604,9 +604,11 @@ def create_backend(params: RendezvousParameters, *, shared: bool = True) -> tupl
     config = RedisConfig.from_params(params)
     warn_unknown_config(params.config, REDIS_CONFIG_KEYS | _handler_config_keys(), "redis")
     client = RedisClient.acquire(config) if shared else RedisClient.create(config)
-    backend = RedisRendezvousBackend(client, params.run_id)
+    # key_ttl is not part of the client's identity: a shared client may come from a config
+    # with another one, so each backend and store takes its own.
+    backend = RedisRendezvousBackend(client, params.run_id, key_ttl=config.key_ttl)
     client.retain()  # the store holds its own reference
-    return backend, RedisStore(client, params.run_id)
+    return backend, RedisStore(client, params.run_id, key_ttl=config.key_ttl)
 
 
 def _handler_config_keys() -> frozenset[str]:

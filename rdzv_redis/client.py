@@ -336,7 +336,9 @@ class RedisClient:
         self._pubsub_redis = self._make_redis(config)
         self.scripts = {name: self.redis.register_script(source) for name, source in ALL_SCRIPTS.items()}
         self.notifier = Notifier(
-            lambda: self._pubsub_redis.pubsub(ignore_subscribe_messages=False),
+            # As is: redis-py's default handler of RESP3 pub/sub pushes formats every message
+            # into a debug string and calls logging.getLogger (a process-wide lock) each time.
+            lambda: self._pubsub_redis.pubsub(ignore_subscribe_messages=False, push_handler_func=_as_is),
             config.display,
             self._scrub,
             refused=lambda exc: isinstance(exc, self.errors.NoPermissionError) or _classify(self._redis_module, exc) == _AUTH,
@@ -458,11 +460,6 @@ class RedisClient:
             "socket_keepalive": True,
             "retry": _no_retry(),  # retries are ours (call()), bounded and classified
             "client_name": "rdzv",
-            # RESP2: a new connection needs no HELLO, and (redis-py >= 8) no maintenance-
-            # notification handshake, which Redis < 8 refuses and redis-py logs; and a pub/sub
-            # message is a plain reply, not a RESP3 push that redis-py formats into a debug
-            # string and passes through logging.getLogger (a process-wide lock) every time.
-            "protocol": 2,
             **_no_lib_info(),
         }
         if config.tls:
@@ -547,6 +544,11 @@ class RedisClient:
         """Remove the password from ``text`` (defence in depth: redis-py does not echo it)."""
         password = self.config.password
         return text.replace(password, "***") if password else text
+
+
+def _as_is(response: Any) -> Any:
+    """The pub/sub push handler: hand the message on unchanged."""
+    return response
 
 
 @functools.cache

@@ -101,6 +101,17 @@ def test_wrong_redis_type_raises_state_error(redis_backend_factory, redis_raw):
         backend.get_state()
 
 
+def test_key_ttl_is_per_backend_on_a_shared_client(redis_backend_factory, redis_raw, redis_run_id):
+    """key_ttl is not part of a shared client's identity: each backend and store keeps its own."""
+    first, _ = redis_backend_factory(key_ttl=1000)
+    short, short_store = redis_backend_factory(f"{redis_run_id}-short", key_ttl=100)
+    assert short._client is first._client
+    short.set_state(b"v")
+    short_store.set("k", b"v")
+    assert 90_000 < redis_raw.pttl(short.keys.state) <= 100_000
+    assert 90_000 < redis_raw.pttl(short_store.hash_key) <= 100_000
+
+
 def test_keys_expire_and_writes_refresh_them(redis_backend_factory, redis_raw):
     backend, store = redis_backend_factory(key_ttl=100)
     _, token, _ = backend.set_state(b"v")
