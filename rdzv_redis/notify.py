@@ -123,6 +123,7 @@ class Notifier:
         self._scrub = scrub
         self._refused = refused
         self._warned = False
+        self._delay = 0.0  # seconds to wait before the next connection attempt
         self._cond = threading.Condition()
         self._pubsub: Any = None  # set while connected
         self._reading = False  # one thread reads the socket at a time
@@ -286,6 +287,7 @@ class Notifier:
             self._pending.pop(channel, None)
         if kind == "subscribe":
             self._confirmed.add(channel)
+            self._delay = 0.0  # the server takes our subscriptions: the shortest pause next time
         else:
             self._confirmed.discard(channel)
 
@@ -396,11 +398,19 @@ class Notifier:
         self._confirmed.clear()
         self._pending.clear()
         self._epoch += 1
+        self._back_off_locked()
         self._wake_all_locked()
         _close_quietly(pubsub, self._name)
         self._start_connector_locked()
 
     # -- connecting (a thread of its own, only while not connected) ---------------------------
+
+    def _back_off_locked(self) -> None:
+        """Lengthen the pause before the next connection attempt (jittered, doubling up to
+        :data:`RECONNECT_BACKOFF` ``[1]``); a confirmed subscription resets it. A server that
+        accepts the connection but refuses the subscription is thus retried once a second,
+        not in a loop."""
+        self._delay = min(max(2 * self._delay, RECONNECT_BACKOFF[0]), RECONNECT_BACKOFF[1])
 
     def _start_connector_locked(self) -> None:
         if self._connector is None and not self._closed and self._wanted:
@@ -408,20 +418,21 @@ class Notifier:
             self._connector.start()
 
     def _connect_loop(self) -> None:
-        delay = RECONNECT_BACKOFF[0]
         try:
             while True:
                 with self._cond:
                     if self._closed or not self._wanted or self._pubsub is not None:
                         return
-                    channels = list(self._wanted)
+                    channels, delay = list(self._wanted), self._delay
+                if delay:
+                    time.sleep(random.uniform(delay / 2, delay))
                 try:
                     pubsub = self._make_pubsub()
                     pubsub.subscribe(*channels)
-                except Exception as exc:  # unreachable or refused: try again later
+                except Exception as exc:  # unreachable: try again later
                     logger.debug("Redis pub/sub of %s could not connect: %s", self._name, self._scrub(str(exc)))
-                    time.sleep(random.uniform(delay / 2, delay))
-                    delay = min(delay * 2, RECONNECT_BACKOFF[1])
+                    with self._cond:
+                        self._back_off_locked()
                     continue
                 with self._cond:
                     if self._closed:

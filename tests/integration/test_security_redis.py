@@ -19,6 +19,7 @@ import pytest
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters
 from rdzv_core.registry import get_rendezvous_handler
+from rdzv_core.store import StoreTimeoutError
 from rdzv_core.utils import get_free_port
 from rdzv_redis.server import RedisServer, find_redis_server
 
@@ -240,6 +241,13 @@ def test_acl_user_without_subscribe_still_completes_by_polling(acl_server, handl
         assert later.result(timeout=BOUND) == b"seen"
     assert time.monotonic() - start < 10
     assert not group[0].backend._client.notifier.subscribed
+    # Refused, it retries with a back-off (at most about once a second), not at every poll of
+    # a waiter: count the connections made while a get() waits 3 s for a key nobody writes.
+    connections = lambda: int(acl_server.admin.info("stats")["total_connections_received"])  # noqa: E731
+    before = connections()
+    with pytest.raises(StoreTimeoutError):
+        store.multi_get(["never"], timeout=3.0)
+    assert connections() - before <= 6
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "refused the pub/sub" in r.getMessage()]
     assert warnings and "+subscribe" in warnings[0] and PASSWORD not in "".join(warnings)
 
