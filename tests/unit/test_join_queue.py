@@ -122,10 +122,12 @@ def test_a_redundant_node_gets_a_fresh_join_deadline_when_room_appears():
     from rdzv_core.dynamic.ops import _exit_op
 
     run = Run("spare")
-    a, b = run.handler(1, 2), run.handler(1, 2)
+    # min = max = 2: the next round needs b and the spare, so it cannot complete with the spare
+    # alone before b re-joins (with min 1 it could, after the 0.3 s last call, on a slow machine).
+    a, b = run.handler(2, 2), run.handler(2, 2)
     with ThreadPoolExecutor(2) as pool:
         [f.result(timeout=BOUND) for f in [pool.submit(h.next_rendezvous) for h in (a, b)]]
-    spare = run.handler(1, 2, join=1.5)
+    spare = run.handler(2, 2, join=1.5)
     with ThreadPoolExecutor(2) as pool:
         future = pool.submit(spare.next_rendezvous)
         deadline = time.monotonic() + BOUND
