@@ -208,7 +208,6 @@ class RedisRendezvousBackend(RendezvousBackend):
         whether it changed."""
         notifier = self._client.notifier
         with notifier.waiter([channel], deadline - time.monotonic()) as waiter:
-            waiter.resync = False  # the first check below reads the server unless latest() knows
             if changed(notifier.latest(channel) if trust_latest else None):
                 return True
             while True:

@@ -160,7 +160,7 @@ class Notifier:
         """A context manager registering a :class:`Waiter` on ``channels`` (see the module
         docs). Entering it subscribes what is not subscribed yet and waits for the confirmation,
         up to ``timeout`` seconds or :data:`FALLBACK_POLL`, whichever is shorter; without one
-        in time the waiter starts with ``resync`` set."""
+        in time, :meth:`sleep` polls until it comes."""
         return _Registration(self, Waiter(channels), timeout)
 
     def track(self, channel: str) -> None:
@@ -298,11 +298,10 @@ class Notifier:
             for channel in waiter.channels:
                 self._waiters.setdefault(channel, set()).add(waiter)
                 self._want(channel)
-        # At most a poll interval: a refused or lost subscription must not hold the caller, who
-        # then starts with resync set and polls (sleep() still wakes on a late confirmation).
+        # At most a poll interval: a refused or lost subscription must not hold the caller; its
+        # sleeps then poll, and wake on a late confirmation (see sleep()).
         wait = min(max(0.0, timeout), FALLBACK_POLL)
-        if not self._block_until(lambda: self._all_confirmed(waiter.channels), time.monotonic() + wait):
-            waiter.resync = True
+        self._block_until(lambda: self._all_confirmed(waiter.channels), time.monotonic() + wait)
 
     def _remove(self, waiter: Waiter) -> None:
         with self._cond:

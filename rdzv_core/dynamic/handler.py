@@ -36,7 +36,6 @@ from rdzv_core.dynamic.ops import (
     _flush_op,
     _join_op,
     _keep_alive_op,
-    _missing_participants,
     _Op,
 )
 from rdzv_core.dynamic.settings import RendezvousEvent, RendezvousSettings, RendezvousTimeout
@@ -308,10 +307,17 @@ class DynamicRendezvousHandler(RendezvousHandler):
         with self._lock:
             if self._membership is not None:
                 standing = self._membership.refresh()
-                return standing.missing > 0 or standing.role is not Role.PARTICIPANT or (standing.incarnation, standing.round) != self._joined_at
-            self._holder.sync()
-            state = self._holder.state
-            return _missing_participants(state) > 0 or state.round != self._joined_round or self._this_node.key not in state.participants
+            else:
+                self._holder.sync()
+                standing = self.standing
+            return standing.missing > 0 or not self._holds_joined_round(standing)
+
+    def _holds_joined_round(self, standing: Standing) -> bool:
+        """Whether ``standing`` still shows this node as a participant of the round it joined
+        (on the membership path: of the same incarnation too)."""
+        if standing.role is not Role.PARTICIPANT or standing.round != self._joined_round:
+            return False
+        return self._membership is None or (standing.incarnation, standing.round) == self._joined_at
 
     def _join(self, deadline: float) -> tuple[int, int, int]:
         """Leave the current round and join the next; return ``(rank, world_size, round)``."""
@@ -391,32 +397,26 @@ class DynamicRendezvousHandler(RendezvousHandler):
         """
         with self._lock:
             if self._membership is not None:
-                return self._membership_nodes_waiting(self._membership)
-            if self._holder.changed():
-                self._holder.sync()
-                if self._holder.dirty:
-                    self._executor.run(_flush_op, self._clock.monotonic() + self._settings.timeout.heartbeat.total_seconds())
-            state = self._holder.state
-            waiting = len(state.wait_list) + _missing_participants(state)
-            joined = self._joined_round
-            if not waiting and joined is not None and not state.closed and (state.round != joined or self._this_node.key not in state.participants):
-                return 1
+                standing = self._current_standing(self._membership)
+            else:
+                if self._holder.changed():
+                    self._holder.sync()
+                    if self._holder.dirty:
+                        self._executor.run(_flush_op, self._clock.monotonic() + self._settings.timeout.heartbeat.total_seconds())
+                standing = self.standing
+            waiting = standing.waiting + standing.missing
+            if not waiting and self._joined_round is not None and not standing.closed and not self._holds_joined_round(standing):
+                return 1  # the round this node holds a rank in is gone: the rank is stale
             return waiting
 
-    def _membership_nodes_waiting(self, ex: MembershipExecutor) -> int:
+    def _current_standing(self, ex: MembershipExecutor) -> Standing:
+        """The standing, read again only when a change was announced (or none is known)."""
         standing = ex.standing
         try:
             changed = standing is None or self._backend.wait_for_round_change(standing.change_id, 0)  # type: ignore[attr-defined]
         except RendezvousConnectionError:
             changed = True  # only a hint: the read that follows retries for the full budget
-        if changed or standing is None:
-            standing = ex.refresh()
-        waiting = standing.waiting + standing.missing
-        joined = self._joined_at
-        if not waiting and joined is not None and not standing.closed:
-            if (standing.incarnation, standing.round) != joined or standing.role is not Role.PARTICIPANT:
-                return 1  # the round this node holds a rank in is gone: the rank is stale
-        return waiting
+        return ex.refresh() if changed or standing is None else standing
 
     def shutdown(self) -> bool:
         """Stop keep-alives and close the rendezvous (as torch's handler does).
