@@ -347,6 +347,11 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
         import logging
 
         logging.basicConfig(level=logging.ERROR)
+        if spec.get("log_dir"):  # the nodes' rendezvous events, one file per process
+            trace = logging.FileHandler(os.path.join(spec["log_dir"], f"node-proc-{pid}.log"))
+            trace.setFormatter(logging.Formatter("%(created).3f %(threadName)s %(levelname)s %(message)s"))
+            logging.getLogger("rdzv_core").addHandler(trace)
+            logging.getLogger("rdzv_core").setLevel(logging.INFO)
         threading.stack_size(512 * 1024)
         nofile = H.raise_nofile()
         if spec.get("switch_interval"):

@@ -86,6 +86,7 @@ def run_round(
             "client_sharing": client_sharing,
             "switch_interval": switch_interval,
             "experiments": experiments or [],
+            "log_dir": os.environ.get("RDZV_BENCH_LOG_DIR"),
         }
         if experiments:
             row["experiments"] = experiments

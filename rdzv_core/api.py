@@ -6,6 +6,7 @@ against torch's API reads the same against rdzv.
 
 from __future__ import annotations
 
+import json
 import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -210,6 +211,28 @@ class RendezvousStoreInfo:
             return RendezvousStoreInfo(master_addr=addr, master_port=port)
         raw_addr, raw_port = store.multi_get(keys, timeout)
         return RendezvousStoreInfo(master_addr=raw_addr.decode(), master_port=int(raw_port.decode()))
+
+    def encode(self) -> str:
+        """This address as one str (JSON ``{"addr": str, "port": int}``), for a backend's
+        round record (:meth:`BootstrapRecord.publish_bootstrap <rdzv_core.backend.BootstrapRecord.publish_bootstrap>`)."""
+        return json.dumps({"addr": self.master_addr, "port": self.master_port}, separators=(",", ":"))
+
+    @staticmethod
+    def decode(text: str) -> RendezvousStoreInfo:
+        """The inverse of :meth:`encode`.
+
+        Raises:
+            ValueError: ``text`` is not such a JSON object (a non-empty ``addr`` str and a
+                ``port`` int in 1..65535); the message quotes it.
+        """
+        try:
+            fields = json.loads(text)
+            addr, port = fields["addr"], fields["port"]
+        except (ValueError, TypeError, KeyError):
+            addr = port = None
+        if not isinstance(addr, str) or not addr or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"The bootstrap address must be JSON {{\"addr\": str, \"port\": 1..65535}} (got {text!r:.200}).")
+        return RendezvousStoreInfo(master_addr=addr, master_port=port)
 
 
 class RendezvousInfo:

@@ -16,6 +16,10 @@ implements one of the small protocols below, the handler uses it:
   whole state: each call answers with the node's :class:`Standing` (O(1) bytes), so a round
   of N nodes costs O(1) requests and bytes per node. The handler prefers this capability
   over all the others; :mod:`rdzv_core.rounds` is its reference implementation.
+* :class:`BootstrapRecord` — with :class:`AtomicMembership`: rank 0 of a complete round
+  writes its bootstrap address into the round's record, and every member's standing carries
+  it, so a node learns its rank and ``MASTER_ADDR``/``MASTER_PORT`` from the same O(1)
+  answer instead of a separate blocking read of the round's store.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ __all__ = [
     "RoundSpec",
     "Standing",
     "AtomicMembership",
+    "BootstrapRecord",
+    "MAX_BOOTSTRAP_CHARS",
+    "check_bootstrap",
 ]
 
 #: A fencing token: opaque to the handler, compared only by the backend.
@@ -199,6 +206,9 @@ class Standing:
             ``None`` while fewer than ``min_nodes`` joined (or the round is complete).
         left_redundancy: Whether this very call moved the node out of the redundancy list
             (its join deadline starts again, as in torch).
+        bootstrap: What rank 0 of the complete round published with
+            :meth:`BootstrapRecord.publish_bootstrap` (str, opaque to the backend), else
+            ``None`` (always ``None`` while the round is open).
     """
 
     incarnation: str
@@ -214,6 +224,7 @@ class Standing:
     redundant: int
     deadline_in: float | None
     left_redundancy: bool = False
+    bootstrap: str | None = None
 
     @property
     def missing(self) -> int:
@@ -278,4 +289,36 @@ class AtomicMembership(Protocol):
     def membership_state(self) -> Any:
         """Return the whole membership as a :class:`~rdzv_core.state.RendezvousState`, or
         ``None`` without a record. O(N) bytes: for ``rdzv status``, never on a node's path."""
+        ...
+
+
+#: The longest bootstrap value (characters) a backend must accept.
+MAX_BOOTSTRAP_CHARS = 1024
+
+
+def check_bootstrap(value: str) -> str:
+    """Return ``value`` when it is a non-empty str of at most :data:`MAX_BOOTSTRAP_CHARS`
+    characters; else raise ``ValueError`` naming it."""
+    if not isinstance(value, str) or not value or len(value) > MAX_BOOTSTRAP_CHARS:
+        raise ValueError(f"A bootstrap value must be a non-empty str of at most {MAX_BOOTSTRAP_CHARS} characters (got {value!r:.80}).")
+    return value
+
+
+@runtime_checkable
+class BootstrapRecord(Protocol):
+    """An :class:`AtomicMembership` backend whose round record also holds rank 0's bootstrap
+    address (one request, announced like any other change of the record).
+
+    May raise :class:`~rdzv_core.api.RendezvousConnectionError`."""
+
+    def publish_bootstrap(self, node: str, round_: int, value: str) -> Standing:
+        """Record ``value`` (str, at most :data:`MAX_BOOTSTRAP_CHARS`) as the bootstrap of
+        round ``round_`` when that round is the current one, is complete, and ``node`` holds
+        rank 0 in it; the first value of a round stands (a retry is idempotent). The version
+        is bumped and announced, so waiting members wake; the value is cleared when the next
+        round opens. Answers ``node``'s standing (its ``bootstrap`` shows what stands).
+
+        Raises:
+            ValueError: ``value`` is empty or longer than :data:`MAX_BOOTSTRAP_CHARS`.
+        """
         ...

@@ -70,6 +70,9 @@ class MemoryRendezvousBackend(StoreRendezvousBackend):
     def close_rendezvous(self, node: str) -> Standing:
         return self._membership.close_rendezvous(node)
 
+    def publish_bootstrap(self, node: str, round_: int, value: str) -> Standing:
+        return self._membership.publish_bootstrap(node, round_, value)
+
     def wait_for_round_change(self, seen: tuple[str, int] | None, timeout: float) -> bool:
         return self._membership.wait_for_round_change(seen, timeout)
 

@@ -19,11 +19,13 @@ The record of a run (:class:`RoundRecord`):
 ``wait_list``      node -> arrival number
 ``redundancy``     node -> arrival number
 ``alive``          node -> server time (s) its keep-alive record lapses
+``bootstrap``      what rank 0 of the complete round published, ``None`` before
 =================  ==============================================================
 
 Only transitions that a waiting node must react to change the :func:`summary` and thereby the
 version (which the server announces): a new round, completion, close, the last call
-starting or stopping, the wait list or the missing participants becoming (non-)empty. A
+starting or stopping, the wait list or the missing participants becoming (non-)empty, rank 0
+publishing the round's bootstrap address. A
 burst of N joins therefore announces O(1) changes, not N.
 """
 
@@ -35,10 +37,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rdzv_core.backend import Role, RoundSpec, Standing
+from rdzv_core.backend import Role, RoundSpec, Standing, check_bootstrap
 from rdzv_core.state import RendezvousState
 
-__all__ = ["SWEEP_LIMIT", "RoundRecord", "summary", "join", "leave", "complete", "keep_alive", "close", "standing", "MemoryMembership"]
+__all__ = ["SWEEP_LIMIT", "RoundRecord", "summary", "join", "leave", "complete", "keep_alive", "close", "publish_bootstrap", "standing", "MemoryMembership"]
 
 #: At most this many lapsed nodes are removed by one sweep.
 SWEEP_LIMIT = 1000
@@ -60,13 +62,17 @@ class RoundRecord:
     redundancy: dict[str, int] = field(default_factory=dict)
     alive: dict[str, float] = field(default_factory=dict)
     seq: int = 0
+    bootstrap: str | None = None
 
 
-def summary(rec: RoundRecord) -> tuple[int, bool, bool, bool, bool, bool]:
+Summary = tuple[int, bool, bool, bool, bool, bool, bool]
+
+
+def summary(rec: RoundRecord) -> Summary:
     """What waiting nodes react to: ``(round, complete, closed, last call running,
-    wait list non-empty, participants missing)``."""
+    wait list non-empty, participants missing, bootstrap published)``."""
     missing = rec.complete and len(rec.participants) < rec.world_size
-    return rec.round, rec.complete, rec.closed, rec.deadline is not None, bool(rec.wait_list), missing
+    return rec.round, rec.complete, rec.closed, rec.deadline is not None, bool(rec.wait_list), missing, rec.bootstrap is not None
 
 
 def standing(rec: RoundRecord | None, node: str, now: float, left_redundancy: bool = False) -> Standing:
@@ -97,6 +103,7 @@ def standing(rec: RoundRecord | None, node: str, now: float, left_redundancy: bo
         len(rec.redundancy),
         deadline_in,
         left_redundancy,
+        rec.bootstrap if rec.complete else None,
     )
 
 
@@ -106,7 +113,7 @@ def _mark_complete(rec: RoundRecord) -> None:
     did not come: dead, or slow. Kept, they would make the members re-form again and again
     until swept; a slow one that is alive finds itself in no list at its next keep-alive and
     joins the wait list again."""
-    rec.complete, rec.deadline = True, None
+    rec.complete, rec.deadline, rec.bootstrap = True, None, None
     rec.participants = {node: rank for rank, node in enumerate(sorted(rec.participants))}
     rec.world_size = len(rec.participants)
     rec.wait_list.clear()
@@ -131,14 +138,14 @@ def _remove(rec: RoundRecord, node: str, spec: RoundSpec) -> None:
         if rec.complete:
             if not rec.participants:
                 rec.round += 1
-                rec.complete, rec.world_size, rec.deadline = False, 0, None
+                rec.complete, rec.world_size, rec.deadline, rec.bootstrap = False, 0, None, None
         elif len(rec.participants) < spec.min_nodes:
             rec.deadline = None
     rec.wait_list.pop(node, None)
     rec.redundancy.pop(node, None)
 
 
-def _bump(rec: RoundRecord, before: tuple[int, bool, bool, bool, bool, bool]) -> bool:
+def _bump(rec: RoundRecord, before: Summary) -> bool:
     """Bump the version when the summary changed; return whether it did (then announce)."""
     if summary(rec) != before:
         rec.version += 1
@@ -146,7 +153,7 @@ def _bump(rec: RoundRecord, before: tuple[int, bool, bool, bool, bool, bool]) ->
     return False
 
 
-def _reply(rec: RoundRecord, node: str, now: float, before: tuple[int, bool, bool, bool, bool, bool], left_redundancy: bool = False) -> tuple[Standing, bool]:
+def _reply(rec: RoundRecord, node: str, now: float, before: Summary, left_redundancy: bool = False) -> tuple[Standing, bool]:
     """Bump the version if the summary changed, then answer ``(standing, announce)``."""
     announce = _bump(rec, before)
     return standing(rec, node, now, left_redundancy), announce
@@ -225,6 +232,16 @@ def close(rec: RoundRecord, node: str, now: float) -> tuple[Standing, bool]:
     """Mark the rendezvous closed (:meth:`AtomicMembership.close_rendezvous`)."""
     before = summary(rec)
     rec.closed = True
+    return _reply(rec, node, now, before)
+
+
+def publish_bootstrap(rec: RoundRecord, node: str, round_: int, value: str, now: float) -> tuple[Standing, bool]:
+    """Record rank 0's bootstrap ``value`` for round ``round_`` (:meth:`BootstrapRecord.publish_bootstrap`):
+    only while that round is current and complete, only from its rank 0, and only once."""
+    check_bootstrap(value)
+    before = summary(rec)
+    if rec.round == round_ and rec.complete and rec.participants.get(node) == 0 and rec.bootstrap is None:
+        rec.bootstrap = value
     return _reply(rec, node, now, before)
 
 
@@ -311,6 +328,10 @@ class MemoryMembership:
 
     def close_rendezvous(self, node: str) -> Standing:
         return self._apply(lambda rec, now: close(rec, node, now))
+
+    def publish_bootstrap(self, node: str, round_: int, value: str) -> Standing:
+        check_bootstrap(value)  # also without a record
+        return self._apply(lambda rec, now: publish_bootstrap(rec, node, round_, value, now), create=False)
 
     def wait_for_round_change(self, seen: tuple[str, int] | None, timeout: float) -> bool:
         def changed() -> bool:

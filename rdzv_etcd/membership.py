@@ -8,8 +8,8 @@ key's UTF-8 bytes in hex, which keeps the byte order, so etcd's key order is the
 of the node keys the ranks follow)::
 
     <run>membership/summary           JSON: inc, ver, round, complete, closed, ws, deadline,
-                                      cut, waiting, missing (no lease: it must outlive quiet
-                                      rounds; written only on summary transitions)
+                                      cut, waiting, missing, boot (no lease: it must outlive
+                                      quiet rounds; written only on summary transitions)
     <run>membership/alive/<hex>       keep-alive record: the time it lapses (ms, fixed width)
     <run>membership/<inc>/p/<R>/<hex> a participant of round R
     <run>membership/<inc>/w/<R>/<hex> a wait-list entry made while round R was complete
@@ -48,6 +48,9 @@ of the node keys the ranks follow)::
   more than ``max_nodes`` keys only transiently. The rank of a member is the ``count_only``
   range ``[p/R/, p/R/<hex>)`` at revision ``cut``: every node computes the same ranks
   ``0..ws-1`` in sorted key order with one O(1) read, cached.
+* **Bootstrap** (:class:`~rdzv_core.backend.BootstrapRecord`): rank 0 compare-and-sets ``boot``
+  into the summary of its complete round (version + 1, so the watchers wake); it is cleared
+  when a round completes or the next one opens.
 * **Time.** etcd has no clock: deadlines and lapse times are the *client's* wall clock
   (``time.time()``), so hosts' clocks should agree within a fraction of ``last_call`` and
   ``dead_after``; only the safety-net leases run on the server's clock.
@@ -59,8 +62,8 @@ Requests per operation (no operation reads other nodes' keys; bytes are O(1)):
 first call, +1 lease grant per node, +1 per lost compare, +1 lease refresh per ``ttl / 3``);
 ``keep_alive_round`` 1 (sweep: + 1 sorted range, + 1 transaction per batch of lapsed nodes,
 + a CAS on a transition); ``leave_round`` 1 snapshot + 1 write + 0..1 CAS;
-``complete_round`` 1 snapshot + 0..1 CAS; ``round_standing`` 1; ``wait_for_round_change``
-1 read + 1 watch.
+``complete_round`` 1 snapshot + 0..1 CAS; ``publish_bootstrap`` 1 snapshot + 1 CAS;
+``round_standing`` 1; ``wait_for_round_change`` 1 read + 1 watch.
 
 Limits: the sweep's sorted range makes etcd sort all alive records server-side (O(N) CPU on
 the server per sweep, O(batch) bytes on the wire); lapse times and deadlines are client wall
@@ -85,7 +88,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rdzv_core.api import RendezvousStateError
-from rdzv_core.backend import Role, RoundSpec, Standing
+from rdzv_core.backend import Role, RoundSpec, Standing, check_bootstrap
 from rdzv_core.rounds import SWEEP_LIMIT
 from rdzv_core.state import RendezvousState
 from rdzv_etcd.backend import EtcdRendezvousBackend, create_backend
@@ -124,7 +127,7 @@ def _end(prefix: str) -> str:
 
 def _flags(s: dict[str, Any]) -> tuple[Any, ...]:
     """:func:`rdzv_core.rounds.summary` of a stored summary."""
-    return s["round"], s["complete"], s["closed"], s["deadline"] is not None, s["waiting"], s["missing"]
+    return s["round"], s["complete"], s["closed"], s["deadline"] is not None, s["waiting"], s["missing"], s.get("boot") is not None
 
 
 @dataclass
@@ -469,6 +472,7 @@ class EtcdMembership:
         return Standing(
             s["inc"], s["ver"], s["round"], s["complete"], s["closed"], role, rank, s["ws"],
             max(0, snap.count_p - overflow), snap.count_w, snap.count_r, deadline_in, left_redundancy,
+            s.get("boot") if s["complete"] else None,
         )  # fmt: skip
 
     def _derive(self, snap: _Snap, spec: RoundSpec) -> dict[str, Any] | None:
@@ -478,7 +482,7 @@ class EtcdMembership:
         count = snap.count_p
         if not s["complete"]:
             if not s["closed"] and spec.min_nodes <= count == spec.max_nodes:
-                n.update(complete=True, cut=snap.rev, ws=count, deadline=None, waiting=False, missing=False)
+                n.update(complete=True, cut=snap.rev, ws=count, deadline=None, waiting=False, missing=False, boot=None)
             else:
                 if count >= spec.min_nodes and s["deadline"] is None and not s["closed"]:
                     n["deadline"] = time.time() + spec.last_call
@@ -486,7 +490,7 @@ class EtcdMembership:
                     n["deadline"] = None
                 n["waiting"] = snap.count_w > 0
         elif count == 0:  # the last participant of a complete round left: the next opens
-            n.update(round=s["round"] + 1, complete=False, ws=0, cut=None, deadline=None, missing=False)
+            n.update(round=s["round"] + 1, complete=False, ws=0, cut=None, deadline=None, missing=False, boot=None)
             n["waiting"] = snap.count_w > 0  # the wait list of round R stays live in R + 1
         else:
             n["missing"] = count < s["ws"]
@@ -616,7 +620,7 @@ class EtcdMembership:
             )  # fmt: skip
             if not ready:
                 break
-            n = dict(s, complete=True, cut=snap.rev, ws=snap.count_p, deadline=None, waiting=False, missing=False, ver=s["ver"] + 1)
+            n = dict(s, complete=True, cut=snap.rev, ws=snap.count_p, deadline=None, waiting=False, missing=False, boot=None, ver=s["ver"] + 1)
             try:
                 result = self._txn(snap.raw, node, [], put_summary=json.dumps(n, separators=(",", ":")).encode())
             except OutcomeUnknownError:
@@ -651,6 +655,31 @@ class EtcdMembership:
             if snap.s["closed"]:
                 break
             n = dict(snap.s, closed=True, ver=snap.s["ver"] + 1)
+            try:
+                result = self._txn(snap.raw, node, [], put_summary=json.dumps(n, separators=(",", ":")).encode())
+            except OutcomeUnknownError:
+                result = None
+            snap = result if result is not None else self._snapshot(node)
+        return self._standing(snap)
+
+    def publish_bootstrap(self, node: str, round_: int, value: str) -> Standing:
+        """Record rank 0's bootstrap ``value`` in the summary of its complete round ``round_``
+        (a compare-and-set; see :meth:`BootstrapRecord.publish_bootstrap
+        <rdzv_core.backend.BootstrapRecord.publish_bootstrap>`).
+
+        Raises:
+            ValueError: ``value`` is empty or too long.
+        """
+        check_bootstrap(value)
+        snap = self._snapshot(node)
+        for _ in range(MAX_ATTEMPTS):
+            s = snap.s
+            if s is None or s["round"] != round_ or not s["complete"] or s.get("boot") is not None:
+                break
+            standing = self._standing(snap)
+            if standing.role is not Role.PARTICIPANT or standing.rank != 0:
+                break
+            n = dict(s, boot=value, ver=s["ver"] + 1)
             try:
                 result = self._txn(snap.raw, node, [], put_summary=json.dumps(n, separators=(",", ":")).encode())
             except OutcomeUnknownError:
@@ -741,6 +770,9 @@ class EtcdMembershipBackend(EtcdRendezvousBackend):
 
     def close_rendezvous(self, node: str) -> Standing:
         return self.membership.close_rendezvous(node)
+
+    def publish_bootstrap(self, node: str, round_: int, value: str) -> Standing:
+        return self.membership.publish_bootstrap(node, round_, value)
 
     def wait_for_round_change(self, seen: tuple[str, int] | None, timeout: float) -> bool:
         return self.membership.wait_for_round_change(seen, timeout)

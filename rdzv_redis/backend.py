@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
-from rdzv_core.backend import RendezvousBackend, Role, RoundSpec, Standing, Token
+from rdzv_core.backend import RendezvousBackend, Role, RoundSpec, Standing, Token, check_bootstrap
 from rdzv_core.rounds import SWEEP_LIMIT
 from rdzv_core.state import RendezvousState
 from rdzv_redis.client import REDIS_CONFIG_KEYS, RedisClient, RedisConfig
@@ -65,6 +65,8 @@ _HEADER_MAX = 64
 _NODES_PER_CALL = 512
 #: Upper bound (seconds) of the window in which a repeated keep-alive is skipped.
 _KEEP_ALIVE_DEDUP = 0.5
+#: The fixed fields of a ``round.lua`` standing (the removed nodes follow).
+_STANDING_FIELDS = 14
 
 
 class _Unreadable:
@@ -332,7 +334,7 @@ class RedisRendezvousBackend(RendezvousBackend):
 
     # -- AtomicMembership ---------------------------------------------------------------------
 
-    def _round(self, op: str, node: str, spec: RoundSpec | None = None, extra: str = "") -> list[Any]:
+    def _round(self, op: str, node: str, spec: RoundSpec | None = None, extra: str = "", value: str = "") -> list[Any]:
         """Run ``op`` of ``scripts/round.lua`` (exactly one ``EVALSHA``); return its raw reply.
 
         ARGV carries the spec in integers (last call and dead-node timeout in microseconds),
@@ -346,7 +348,7 @@ class RedisRendezvousBackend(RendezvousBackend):
         spec = spec or RoundSpec(1, 1, 0.0, 0.0)
         args = [
             op, node, spec.min_nodes, spec.max_nodes, int(spec.last_call * 1_000_000), int(spec.dead_after * 1_000_000),
-            self._ttl_ms, self._keys.round_channel, secrets.token_hex(8), extra, SWEEP_LIMIT,
+            self._ttl_ms, self._keys.round_channel, secrets.token_hex(8), extra, SWEEP_LIMIT, value,
         ]  # fmt: skip
         script = self._client.scripts["round"]
         reply = self._client.call(f"round {op}", lambda: script(keys=self._keys.round_keys(), args=args))
@@ -360,12 +362,13 @@ class RedisRendezvousBackend(RendezvousBackend):
     def _standing(self, reply: list[Any]) -> Standing:
         """The :class:`Standing` of a ``round.lua`` reply ``{inc, ver, round, complete, closed,
         role, rank|-1, world, participants, waiting, redundant, deadline_in_us|-1,
-        left_redundancy, removed...}`` (the one decoder of all operations)."""
+        left_redundancy, bootstrap|'', removed...}`` (the one decoder of all operations)."""
         try:
-            inc, ver, round_, complete, closed, role, rank, world, participants, waiting, redundant, deadline_in, left = reply[:13]
+            inc, ver, round_, complete, closed, role, rank, world, participants, waiting, redundant, deadline_in, left, boot = reply[:_STANDING_FIELDS]
             return Standing(
                 inc.decode(), int(ver), int(round_), bool(complete), bool(closed), Role(role.decode()), None if rank < 0 else int(rank),
                 int(world), int(participants), int(waiting), int(redundant), None if deadline_in < 0 else deadline_in / 1_000_000, bool(left),
+                boot.decode() or None,
             )  # fmt: skip
         except (TypeError, ValueError, AttributeError, UnicodeDecodeError) as exc:
             raise RendezvousStateError(
@@ -433,7 +436,7 @@ class RedisRendezvousBackend(RendezvousBackend):
             RendezvousConnectionError, RendezvousStateError: as :meth:`join_round`.
         """
         reply = self._round("keep_alive", node, spec, "1" if sweep else "0")
-        return self._standing(reply), [who.decode(errors="replace") for who in reply[13:]]
+        return self._standing(reply), [who.decode(errors="replace") for who in reply[_STANDING_FIELDS:]]
 
     def round_standing(self, node: str) -> Standing:
         """The standing of ``node`` (``round.lua`` op ``standing``: read-only, ``HMGET``,
@@ -452,6 +455,20 @@ class RedisRendezvousBackend(RendezvousBackend):
             RendezvousConnectionError, RendezvousStateError: as :meth:`join_round`.
         """
         return self._standing(self._round("close", node))
+
+    def publish_bootstrap(self, node: str, round_: int, value: str) -> Standing:
+        """Record rank 0's bootstrap ``value`` (str) for round ``round_`` (int): ``round.lua``
+        op ``bootstrap``, one ``EVALSHA`` (``ZSCORE`` of the caller in
+        ``rdzv:{R}:round:participants``, ``HSET rdzv:{R}:round boot``, ``PUBLISH
+        rdzv:{R}:round:changed``). Only rank 0 of the current, complete round ``round_`` is
+        heard, and only its first value (see
+        :meth:`BootstrapRecord.publish_bootstrap <rdzv_core.backend.BootstrapRecord.publish_bootstrap>`).
+
+        Raises:
+            ValueError: ``value`` is empty or longer than ``MAX_BOOTSTRAP_CHARS``.
+            RendezvousConnectionError, RendezvousStateError: as :meth:`join_round`.
+        """
+        return self._standing(self._round("bootstrap", node, None, str(round_), check_bootstrap(value)))
 
     def wait_for_round_change(self, seen: tuple[str, int] | None, timeout: float) -> bool:
         """Block until the membership's ``(incarnation, version)`` differs from ``seen``

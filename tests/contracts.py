@@ -31,7 +31,15 @@ import pytest
 
 from rdzv_core import rounds
 from rdzv_core.api import RendezvousStateError
-from rdzv_core.backend import ChangeNotifier, JoinQueue, LivenessTracker, Role, RoundSpec
+from rdzv_core.backend import (
+    MAX_BOOTSTRAP_CHARS,
+    BootstrapRecord,
+    ChangeNotifier,
+    JoinQueue,
+    LivenessTracker,
+    Role,
+    RoundSpec,
+)
 from rdzv_core.store import PrefixStore, StoreTimeoutError
 
 
@@ -463,8 +471,9 @@ class MembershipContract:
         the same standings (but the incarnation and the exact deadline) and the same state."""
         nodes = ["a", "B", "c10", "c9", "\u00fc", "\u65e5\u672c", "z"]
         m, rng, rec = membership(), random.Random(seed), None
+        publishes = isinstance(m, BootstrapRecord)
         for step in range(150):
-            node, op = rng.choice(nodes), rng.choice(["join"] * 4 + ["leave"] * 2 + ["complete", "keep_alive", "standing"])
+            node, op = rng.choice(nodes), rng.choice(["join"] * 4 + ["leave"] * 2 + ["complete", "keep_alive", "standing"] + (["bootstrap"] * 2 if publishes else []))
             if step == 110:
                 op = "close"
             now = time.time()
@@ -477,13 +486,19 @@ class MembershipContract:
             elif op == "standing":
                 got, want = m.round_standing(node), rounds.standing(rec, node, now)
             elif rec is None:
-                got = m.leave_round(node, spec) if op == "leave" else m.complete_round(node, spec, 0) if op == "complete" else m.keep_alive_round(node, spec, False)[0]
+                got = (
+                    m.leave_round(node, spec) if op == "leave" else m.complete_round(node, spec, 0) if op == "complete"
+                    else m.publish_bootstrap(node, 0, f"b{step}") if op == "bootstrap" else m.keep_alive_round(node, spec, False)[0]
+                )  # fmt: skip
                 want = rounds.standing(None, node, now)
             elif op == "leave":
                 got, want = m.leave_round(node, spec), rounds.leave(rec, node, spec, now)[0]
             elif op == "complete":
                 round_ = rec.round - rng.choice([0, 0, 1])
                 got, want = m.complete_round(node, spec, round_), rounds.complete(rec, node, spec, round_, now)[0]
+            elif op == "bootstrap":
+                round_ = rec.round - rng.choice([0, 0, 1])
+                got, want = m.publish_bootstrap(node, round_, f"b{step}"), rounds.publish_bootstrap(rec, node, round_, f"b{step}", now)[0]
             else:
                 got, want = m.keep_alive_round(node, spec, False)[0], rounds.keep_alive(rec, node, spec, False, now)[0]
             assert _comparable(got) == _comparable(want), f"seed {seed}, step {step}: {op}({node!r})"
@@ -491,6 +506,43 @@ class MembershipContract:
         assert (state.round, state.complete, state.closed, state.world_size, state.participants, state.wait_list, state.redundancy_list) == (
             expected.round, expected.complete, expected.closed, expected.world_size, expected.participants, expected.wait_list, expected.redundancy_list
         )
+
+    def _publisher(self, membership):
+        m = membership()
+        if not isinstance(m, BootstrapRecord):
+            pytest.skip("backend has no bootstrap record")
+        return m
+
+    def test_bootstrap_only_from_rank_0_of_the_complete_round_and_only_once(self, membership):
+        m, spec = self._publisher(membership), RoundSpec(min_nodes=2, max_nodes=2, last_call=5.0, dead_after=5.0)
+        m.join_round("b", spec)
+        assert m.publish_bootstrap("b", 0, "early").bootstrap is None  # open round: refused
+        done = m.join_round("a", spec)
+        assert done.complete and done.bootstrap is None
+        assert m.publish_bootstrap("b", 0, "rank 1").bootstrap is None  # not rank 0
+        assert m.publish_bootstrap("a", 1, "wrong round").bootstrap is None
+        published = m.publish_bootstrap("a", 0, '{"addr":"h","port":1}')
+        assert published.bootstrap == '{"addr":"h","port":1}' and published.version > done.version  # announced
+        again = m.publish_bootstrap("a", 0, "second")
+        assert again.bootstrap == '{"addr":"h","port":1}' and again.version == published.version  # the first stands
+        assert m.round_standing("b").bootstrap == '{"addr":"h","port":1}'
+        assert m.keep_alive_round("b", spec, False)[0].bootstrap == '{"addr":"h","port":1}'
+        assert m.round_standing("x").bootstrap == '{"addr":"h","port":1}'  # a round's fact, whoever asks
+        m.leave_round("a", spec)
+        reopened = m.leave_round("b", spec)
+        assert reopened.round == 1 and not reopened.complete and reopened.bootstrap is None
+        m.join_round("a", spec)
+        assert m.join_round("b", spec).bootstrap is None  # the next round starts without one
+
+    @pytest.mark.parametrize("value", ["", "x" * (MAX_BOOTSTRAP_CHARS + 1)], ids=["empty", "too-long"])
+    def test_bootstrap_rejects_bad_values(self, membership, value):
+        m = self._publisher(membership)
+        with pytest.raises(ValueError, match="bootstrap value"):
+            m.publish_bootstrap("a", 0, value)
+
+    def test_bootstrap_without_a_record_creates_none(self, membership):
+        m = self._publisher(membership)
+        assert m.publish_bootstrap("a", 0, "v").incarnation == "" and m.membership_state() is None
 
     def test_close_and_membership_state(self, membership):
         m = membership()
@@ -536,4 +588,5 @@ def _comparable(standing):
     return (
         bool(standing.incarnation), standing.version, standing.round, standing.complete, standing.closed, standing.role, standing.rank,
         standing.world_size, standing.participants, standing.waiting, standing.redundant, standing.deadline_in is None, standing.left_redundancy,
+        standing.bootstrap,
     )  # fmt: skip

@@ -20,12 +20,14 @@ from rdzv_core.api import (
     RendezvousHandler,
     RendezvousInfo,
     RendezvousParameters,
+    RendezvousStateError,
     RendezvousStoreInfo,
     RendezvousTimeoutError,
 )
-from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBackend, Role, Standing
+from rdzv_core.backend import AtomicMembership, BootstrapRecord, LivenessTracker, RendezvousBackend, Role, Standing
 from rdzv_core.dynamic.clock import SYSTEM_CLOCK, Clock
 from rdzv_core.dynamic.executor import _OpExecutor, _StateHolder
+from rdzv_core.dynamic.keepalive import KeepAliveTimer
 from rdzv_core.dynamic.liveness import _Liveness, _StateLiveness, _TrackerLiveness
 from rdzv_core.dynamic.membership import Joined, MembershipExecutor
 from rdzv_core.dynamic.ops import (
@@ -128,8 +130,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
         self._joined_at: tuple[str, int] | None = None
         self._lock = threading.RLock()
         self._listeners: list[Callable[[RendezvousEvent], None]] = []
-        self._heartbeat_stop: threading.Event | None = None
-        self._heartbeat_thread: threading.Thread | None = None
+        self._keep_alives = KeepAliveTimer(self._keep_alive_tick, settings.interval_s, f"rdzv-keep-alive-{node.local_id}", self._describe_keep_alive_error)
         self._bootstrap_store_info: RendezvousStoreInfo | None = None
         #: The round this node holds a rank in (set by next_rendezvous), else None.
         self._joined_round: int | None = None
@@ -235,16 +236,21 @@ class DynamicRendezvousHandler(RendezvousHandler):
         run_id = self._settings.run_id
         self._emit("joining", f"The node '{self._this_node}' attempts to join the next round of the rendezvous '{run_id}'.")
         deadline = self._clock.monotonic() + self._settings.join_s
-        while True:
-            rank, world_size, round_ = self._join_round(deadline)
-            # The round's store: its prefix names the incarnation too on the membership path, so
-            # a round re-formed after the server lost its data never reads the lost round's keys.
-            incarnation = "" if self._joined_at is None or not self._joined_at[0] else f".{self._joined_at[0]}"
-            store = PrefixStore(f"rdzv.{run_id}.{round_}{incarnation}", self._store)
-            bootstrap = self._bootstrap(rank, store, deadline)
-            if bootstrap is not None:
-                break
-            self._emit("round_broken", f"Round {round_} of the rendezvous '{run_id}' lost a member before rank 0 published its address; the node '{self._this_node}' joins the next round.", logging.WARNING)
+        self._keep_alives.start()  # once per handler, while the join waits anyway
+        try:
+            while True:
+                rank, world_size, round_ = self._join_round(deadline)
+                # The round's store: its prefix names the incarnation too on the membership path,
+                # so a round re-formed after the server lost its data never reads its keys.
+                incarnation = "" if self._joined_at is None or not self._joined_at[0] else f".{self._joined_at[0]}"
+                store = PrefixStore(f"rdzv.{run_id}.{round_}{incarnation}", self._store)
+                bootstrap = self._bootstrap(rank, store, deadline)
+                if bootstrap is not None:
+                    break
+                self._emit("round_broken", f"Round {round_} of the rendezvous '{run_id}' lost a member before rank 0 published its address; the node '{self._this_node}' joins the next round.", logging.WARNING)
+        except BaseException:
+            self._stop_heartbeats()  # a node without a round keeps no thread
+            raise
         self._bootstrap_store_info = bootstrap
         self._emit("completed", f"The node '{self._this_node}' has joined round {round_} of the rendezvous '{run_id}' as rank {rank} in a world of size {world_size}.", rank=rank, world_size=world_size)
         return RendezvousInfo(store, rank, world_size, bootstrap)
@@ -253,7 +259,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
         """Stop the keep-alives, leave the current round and join the next (events on errors);
         return ``(rank, world_size, round)``."""
         run_id = self._settings.run_id
-        self._stop_heartbeats()
+        self._keep_alives.disarm(self._tick_timeout_s())
         self._joined_round = None
         self._joined_at = None
         try:
@@ -272,25 +278,30 @@ class DynamicRendezvousHandler(RendezvousHandler):
         return rank, world_size, round_
 
     def _bootstrap(self, rank: int, store: Store, deadline: float) -> RendezvousStoreInfo | None:
-        """Agree on ``MASTER_ADDR``/``MASTER_PORT`` in the round's ``store`` and start the
+        """Agree on ``MASTER_ADDR``/``MASTER_PORT`` in the round's ``store`` and arm the
         keep-alives; ``None`` when the round broke while waiting for rank 0.
 
-        Rank 0 publishes before starting its keep-alive thread (the others wait for it). The
-        others keep alive while they wait, in slices of one keep-alive interval; after each
-        slice they look at their standing (one request), so a rank 0 that was declared dead
-        or a round that is gone ends the wait at once instead of at the join deadline. The wait
-        is bounded by the join deadline (at least a heartbeat timeout), never by the store's
-        own timeout (300 s by default).
+        Rank 0 publishes before arming its keep-alives (the others wait for it). The others
+        keep alive while they wait, in slices of one keep-alive interval; after each slice
+        they look at their standing (one request), so a rank 0 that was declared dead or a
+        round that is gone ends the wait at once instead of at the join deadline. The wait is
+        bounded by the join deadline (at least a heartbeat timeout), never by the store's own
+        timeout (300 s by default).
+
+        A backend with :class:`~rdzv_core.backend.BootstrapRecord` carries the address in the
+        round's record instead (:meth:`_bootstrap_from_record`: fewer requests per node).
 
         Raises:
             StoreTimeoutError: rank 0 did not publish by then.
         """
+        until = self._clock.monotonic() + min(max(deadline - self._clock.monotonic(), self._settings.timeout.heartbeat.total_seconds()), store.timeout.total_seconds())
+        if self._membership is not None and isinstance(self._backend, BootstrapRecord):
+            return self._bootstrap_from_record(rank, store, until)
         if rank == 0:
             info = RendezvousStoreInfo.build(rank, store, local_addr=self._this_node.addr)
-            self._start_heartbeats()
+            self._arm_keep_alives()
             return info
-        self._start_heartbeats()
-        until = self._clock.monotonic() + min(max(deadline - self._clock.monotonic(), self._settings.timeout.heartbeat.total_seconds()), store.timeout.total_seconds())
+        self._arm_keep_alives()
         while True:
             remaining = until - self._clock.monotonic()
             slice_ = min(remaining, self._settings.interval_s)
@@ -301,6 +312,54 @@ class DynamicRendezvousHandler(RendezvousHandler):
                     raise
                 if self._round_broke():
                     return None
+
+    def _bootstrap_from_record(self, rank: int, store: Store, until: float) -> RendezvousStoreInfo | None:
+        """The bootstrap through the round's record (:class:`~rdzv_core.backend.BootstrapRecord`).
+
+        Rank 0 writes ``MASTER_ADDR``/``MASTER_PORT`` to the round's store (torch's keys, for
+        whoever reads them there) and publishes them in the record (one request each); the
+        announcement wakes the others, which read their standing (one request) and find the
+        address in it. A member that learned of the completion late finds it in the standing
+        that gave it its rank: no request at all. Every wait is one keep-alive interval at
+        most and ends with a read of the node's standing, so a lost announcement, a round that
+        lost a member or a record that is gone ends the wait within an interval (``None``:
+        join the next round).
+
+        Raises:
+            StoreTimeoutError: rank 0 did not publish by ``until`` (monotonic s).
+            RendezvousStateError: the record holds an address rdzv did not write.
+        """
+        ex = self._membership
+        assert ex is not None
+        started = self._clock.monotonic()
+        if rank == 0:
+            info = RendezvousStoreInfo.build(rank, store, local_addr=self._this_node.addr)
+            with self._lock:
+                ex.publish_bootstrap(self._joined_round or 0, info.encode())
+        self._arm_keep_alives()
+        while True:
+            with self._lock:
+                standing = ex.standing
+                assert standing is not None
+                if standing.missing > 0 or not self._holds_joined_round(standing):
+                    return None
+                if standing.bootstrap is not None:
+                    return self._decode_bootstrap(standing.bootstrap)
+            remaining = until - self._clock.monotonic()
+            if remaining <= 0:
+                raise StoreTimeoutError(
+                    f"Rank 0 of round {standing.round} of the rendezvous '{self._settings.run_id}' did not publish its bootstrap address "
+                    f"within {until - started:.1f} s (the node '{self._this_node}' holds rank {rank})."
+                )
+            ex.wait_for_change(min(remaining, self._settings.interval_s))
+            with self._lock:
+                ex.refresh()
+
+    def _decode_bootstrap(self, text: str) -> RendezvousStoreInfo:
+        try:
+            return RendezvousStoreInfo.decode(text)
+        except ValueError as exc:
+            raise RendezvousStateError(f"The round record of the rendezvous '{self._settings.run_id}' holds a bootstrap address rdzv did not write: {exc}") from None
 
     def _round_broke(self) -> bool:
         """Whether the round this node just joined lost a participant or is gone (one read)."""
@@ -447,32 +506,26 @@ class DynamicRendezvousHandler(RendezvousHandler):
             if self._holder.check_dead():
                 self._executor.run(_flush_op, deadline)
 
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        # The first tick comes after half an interval (jittered): the join's last keep-alive is
-        # at most an interval old, so a node is never silent for more than 1.5 intervals, and
-        # the N keep-alives and sweeps of a large round do not all hit the moment it completes.
-        delay = self._settings.interval_s * self._clock.uniform(0.4, 0.6)
-        while not stop.wait(delay):
-            try:
-                self._keep_alive_tick()
-            except Exception as exc:
-                logger.warning("The keep-alive of node '%s' in the rendezvous '%s' failed: %s: %s", self._this_node, self._settings.run_id, type(exc).__name__, exc)
-            delay = self._settings.interval_s
+    def _arm_keep_alives(self) -> None:
+        """Tick once the join's last keep-alive is an interval old (membership path), so a
+        node is never silent for more than an interval; on the state path after half an
+        interval (jittered: the N keep-alives of a large round do not all come at once)."""
+        if self._membership is not None:
+            first_in = self._membership.next_beat_in()
+        else:
+            first_in = self._settings.interval_s * self._clock.uniform(0.4, 0.6)
+        self._keep_alives.arm(first_in)
 
-    def _start_heartbeats(self) -> None:
-        self._stop_heartbeats()
-        stop = threading.Event()
-        thread = threading.Thread(target=self._heartbeat_loop, args=(stop,), name=f"rdzv-keep-alive-{self._this_node.local_id}", daemon=True)
-        self._heartbeat_stop, self._heartbeat_thread = stop, thread
-        thread.start()
+    def _describe_keep_alive_error(self, exc: BaseException) -> str:
+        return f"The keep-alive of node '{self._this_node}' in the rendezvous '{self._settings.run_id}' failed: {type(exc).__name__}: {exc}"
+
+    def _tick_timeout_s(self) -> float:
+        """How long a keep-alive under way may take (seconds)."""
+        return self._settings.timeout.heartbeat.total_seconds() + self._settings.interval_s
 
     def _stop_heartbeats(self) -> None:
-        stop, thread = self._heartbeat_stop, self._heartbeat_thread
-        self._heartbeat_stop = self._heartbeat_thread = None
-        if stop is not None:
-            stop.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self._settings.timeout.heartbeat.total_seconds() + self._settings.interval_s)
+        """Stop the keep-alives and end their thread (a node that stops here falls silent)."""
+        self._keep_alives.stop(self._tick_timeout_s())
 
 
 def _positive_seconds(params: RendezvousParameters, key: str) -> float | None:

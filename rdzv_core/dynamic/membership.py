@@ -130,6 +130,16 @@ class MembershipExecutor:
             self._on_dead(removed)
         return self._learn(standing)
 
+    def next_beat_in(self) -> float:
+        """Seconds (float, >= 0) until this node's next keep-alive is due: an interval after
+        its last ``join_round`` or ``keep_alive_round``."""
+        return max(0.0, self._next_beat - self._clock.monotonic())
+
+    def publish_bootstrap(self, round_: int, value: str) -> Standing:
+        """Publish rank 0's bootstrap ``value`` for round ``round_`` (``publish_bootstrap``:
+        one request; the backend implements :class:`~rdzv_core.backend.BootstrapRecord`)."""
+        return self._learn(self._call(lambda: self._backend.publish_bootstrap(self._node, round_, value)))  # type: ignore[attr-defined]
+
     def leave(self) -> Standing:
         """Leave every list (``leave_round``: one request)."""
         return self._learn(self._call(lambda: self._backend.leave_round(self._node, self._spec)))
@@ -250,9 +260,11 @@ class MembershipExecutor:
                 return outcome
             timeout = outcome.until - self._clock.monotonic()
             if timeout > 0:
-                self.wake(self._wait_for_change(timeout))
+                self.wake(self.wait_for_change(timeout))
 
-    def _wait_for_change(self, timeout: float) -> bool:
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block until a change of the record is announced (``True``) or ``timeout`` seconds
+        pass (``False``); a failed notification counts as a change after a short pause."""
         seen = None if self.standing is None else self.standing.change_id
         try:
             return self._backend.wait_for_round_change(seen, timeout)

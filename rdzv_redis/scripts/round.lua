@@ -2,30 +2,33 @@
 -- (RedisRendezvousBackend's AtomicMembership; the spec is rdzv_core/rounds.py).
 --
 -- KEYS[1]      rdzv:{R}:round              HASH  inc, ver, round, complete, closed, world,
---                                                 deadline (server time, us; absent = none), seq
+--                                                 deadline (server time, us; absent = none), seq,
+--                                                 boot (rank 0's bootstrap; absent = none)
 -- KEYS[2]      rdzv:{R}:round:participants ZSET  node -> rank (0 until the round completes)
 -- KEYS[3]      rdzv:{R}:round:wait         ZSET  node -> arrival number (the wait list)
 -- KEYS[4]      rdzv:{R}:round:redundant    ZSET  node -> arrival number (the redundancy list)
 -- KEYS[5]      rdzv:{R}:alive              ZSET  node -> last keep-alive (server time, us)
 -- KEYS[6]      rdzv:{R}:alive:until        ZSET  node -> when its record lapses (us)
 -- KEYS[7..n]   the other keys of the run; every write refreshes their expiry too
--- ARGV[1]      the operation: join | leave | complete | keep_alive | standing | close
+-- ARGV[1]      the operation: join | leave | complete | keep_alive | standing | close | bootstrap
 -- ARGV[2]      the node
 -- ARGV[3..6]   min_nodes, max_nodes, last call (us), dead-node timeout (us)
 -- ARGV[7]      key expiry in milliseconds
 -- ARGV[8]      the channel on which a new "<inc>:<ver>" is PUBLISHed
 -- ARGV[9]      a fresh random hex id: the incarnation, if this call creates the record
--- ARGV[10]     complete: the round to complete; keep_alive: "1" to sweep lapsed nodes
+-- ARGV[10]     complete, bootstrap: the round; keep_alive: "1" to sweep lapsed nodes
 -- ARGV[11]     at most this many lapsed records are looked at by one sweep (SWEEP_LIMIT)
+-- ARGV[12]     bootstrap: the value rank 0 publishes
 --
 -- The version is bumped (and announced) only when the summary changes: round, complete,
--- closed, last call running, wait list non-empty, participants missing. A burst of joins
+-- closed, last call running, wait list non-empty, participants missing, bootstrap published.
+-- A burst of joins
 -- therefore announces O(1) changes.
 --
 -- Returns the caller's standing: {inc, ver, round, complete, closed, role, rank (-1: none),
 -- world, participants, waiting, redundant, deadline_in_us (-1: none), left_redundancy,
--- removed node...}; {"corrupt", field} when the round hash holds a non-number (or lacks
--- "inc"). leave, complete, keep_alive and standing never create the record: without one they
+-- bootstrap ('' : none), removed node...}; {"corrupt", field} when the round hash holds a non-number (or lacks
+-- "inc"). leave, complete, keep_alive, standing and bootstrap never create the record: without one they
 -- answer the empty standing (keep_alive still writes the caller's keep-alive record).
 local H, P, W, R, A, U = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local op, node = ARGV[1], ARGV[2]
@@ -38,7 +41,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local function int(x) return string.format('%d', x) end
 
-local FIELDS = {'inc', 'ver', 'round', 'complete', 'closed', 'world', 'deadline', 'seq'}
+local FIELDS = {'inc', 'ver', 'round', 'complete', 'closed', 'world', 'deadline', 'seq', 'boot'}
 
 local function load()
   local f = redis.call('HMGET', H, unpack(FIELDS))
@@ -48,7 +51,7 @@ local function load()
     end
     return nil
   end
-  local rec = {inc = f[1], complete = f[4] == '1', closed = f[5] == '1'}
+  local rec = {inc = f[1], complete = f[4] == '1', closed = f[5] == '1', boot = f[9] or nil}
   for _, i in ipairs({2, 3, 6, 8}) do
     rec[FIELDS[i]] = tonumber(f[i])
     if not rec[FIELDS[i]] then return {corrupt = FIELDS[i]} end
@@ -80,13 +83,19 @@ local function save(rec)
   else
     redis.call('HDEL', H, 'deadline')
   end
+  if rec.boot then
+    redis.call('HSET', H, 'boot', rec.boot)
+  else
+    redis.call('HDEL', H, 'boot')
+  end
   touch()
 end
 
 local function summary(rec)
   local missing = rec.complete and redis.call('ZCARD', P) < rec.world
   return table.concat({int(rec.round), tostring(rec.complete), tostring(rec.closed),
-    tostring(rec.deadline ~= nil), tostring(redis.call('ZCARD', W) > 0), tostring(missing)}, ',')
+    tostring(rec.deadline ~= nil), tostring(redis.call('ZCARD', W) > 0), tostring(missing),
+    tostring(rec.boot ~= nil)}, ',')
 end
 
 -- Save; bump the version when the summary changed since `before` (also in the call that
@@ -115,7 +124,7 @@ local function mark_complete(rec)
     end
     redis.call('ZADD', P, unpack(args))
   end
-  rec.complete, rec.deadline, rec.world = true, nil, #members
+  rec.complete, rec.deadline, rec.world, rec.boot = true, nil, #members, nil
   redis.call('DEL', W)  -- its entries predate the round and did not come (see rounds.py)
 end
 
@@ -136,7 +145,7 @@ local function remove(rec, who)
     local count = redis.call('ZCARD', P)
     if rec.complete then
       if count == 0 then
-        rec.round, rec.complete, rec.world, rec.deadline = rec.round + 1, false, 0, nil
+        rec.round, rec.complete, rec.world, rec.deadline, rec.boot = rec.round + 1, false, 0, nil, nil
       end
     elseif count < min_nodes then
       rec.deadline = nil
@@ -148,7 +157,7 @@ end
 
 local function standing(rec, left, removed)
   if not rec then
-    return {'', 0, 0, 0, 0, 'none', -1, 0, 0, 0, 0, -1, 0}
+    return {'', 0, 0, 0, 0, 'none', -1, 0, 0, 0, 0, -1, 0, ''}
   end
   local role, rank = 'none', -1
   local score = redis.call('ZSCORE', P, node)
@@ -164,7 +173,7 @@ local function standing(rec, left, removed)
   if rec.deadline then deadline_in = math.max(0, rec.deadline - now) end
   local reply = {rec.inc, rec.ver, rec.round, rec.complete and 1 or 0, rec.closed and 1 or 0, role, rank,
     rec.world, redis.call('ZCARD', P), redis.call('ZCARD', W), redis.call('ZCARD', R), deadline_in,
-    left and 1 or 0}
+    left and 1 or 0, rec.complete and rec.boot or ''}
   for _, who in ipairs(removed or {}) do reply[#reply + 1] = who end
   return reply
 end
@@ -200,6 +209,17 @@ if op == 'keep_alive' then
   end
   commit(rec, before)
   return standing(rec, false, removed)
+end
+
+if op == 'bootstrap' then
+  if not rec then return standing(nil) end
+  local before = summary(rec)
+  if rec.round == tonumber(ARGV[10]) and rec.complete and not rec.boot
+      and tonumber(redis.call('ZSCORE', P, node)) == 0 then
+    rec.boot = ARGV[12]
+  end
+  commit(rec, before)
+  return standing(rec)
 end
 
 if op == 'leave' or op == 'complete' then

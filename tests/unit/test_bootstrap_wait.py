@@ -71,3 +71,59 @@ def test_a_rank_0_declared_dead_before_publishing_sends_the_others_to_the_next_r
     assert time.monotonic() - start < BOUND  # well before the join deadline
     for handler in handlers:
         handler.shutdown()
+
+
+def _pair(name: str) -> list:
+    params = RendezvousParameters("memory", "", f"{name}-{time.monotonic_ns()}", 2, 2, join_timeout=BOUND, last_call_timeout=0.05, keep_alive_interval=0.5)
+    return [get_rendezvous_handler(params) for _ in range(2)]
+
+
+def _both(handlers: list) -> list:
+    outcomes: list[object] = [None, None]
+
+    def run(i: int) -> None:
+        try:
+            outcomes[i] = handlers[i].next_rendezvous()
+        except Exception as exc:  # recorded; the test decides
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(BOUND)
+    return outcomes
+
+
+def test_the_bootstrap_address_comes_with_the_standing_not_from_a_store_read(monkeypatch):
+    """With a BootstrapRecord backend, rank 0 publishes its address in the round's record and
+    the other ranks find it in their standing: nobody blocks on the round's store."""
+    from rdzv_core.store import HashStore
+
+    reads: list[list[str]] = []
+    real_multi_get = HashStore.multi_get
+    monkeypatch.setattr(HashStore, "multi_get", lambda self, keys, timeout=None: reads.append(list(keys)) or real_multi_get(self, keys, timeout))
+    handlers = _pair("record")
+    try:
+        infos = _both(handlers)
+        assert sorted(info.rank for info in infos) == [0, 1], infos
+        boot = {(info.bootstrap_store_info.master_addr, info.bootstrap_store_info.master_port) for info in infos}
+        assert len(boot) == 1 and reads == []
+        rank0 = next(info for info in infos if info.rank == 0)
+        assert rank0.store.get("MASTER_PORT") == str(rank0.bootstrap_store_info.master_port).encode()  # torch's keys too
+    finally:
+        for handler in handlers:
+            handler.shutdown()
+
+
+def test_a_bootstrap_address_rdzv_did_not_write_is_a_state_error(monkeypatch):
+    """Data from the backend is parsed, never trusted: a bad address names itself."""
+    monkeypatch.setattr(api.RendezvousStoreInfo, "encode", lambda self: "not-json")
+    handlers = _pair("corrupt")
+    try:
+        outcomes = _both(handlers)
+        assert all(isinstance(o, api.RendezvousStateError) for o in outcomes), outcomes  # rank 0 reads back what stands too
+        assert all("not-json" in str(o) for o in outcomes)
+    finally:
+        for handler in handlers:
+            handler.shutdown()

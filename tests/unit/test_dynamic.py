@@ -592,7 +592,7 @@ def test_shutdown_closes_and_returns_true(cluster):
     a, b = cluster.handlers_of(2, 2, 2)
     results(rendezvous([a, b]))
     assert a.shutdown() is True
-    assert a._heartbeat_thread is None
+    assert not a._keep_alives.running and not a._keep_alives.armed
     assert b.is_closed()
     assert b.shutdown() is True  # already closed: still fine
 
@@ -642,7 +642,7 @@ def test_join_timeout_rolls_the_node_back(cluster):
     state = cluster.state()
     assert a.node.key not in state.participants and not state.participants
     assert a.node.key not in state.wait_list and a.node.key not in state.last_heartbeats
-    assert a._heartbeat_thread is None
+    assert not a._keep_alives.running and not a._keep_alives.armed
 
 
 def test_timed_out_node_does_not_block_a_later_round(cluster):
