@@ -94,8 +94,9 @@ def run_once(backend: str, n: int, procs: int, timeout: float, timing: Timing = 
             "keep_alive_max_attempt": timing.max_attempt,
             "client_sharing": "node",
             "failure_signal": backend in N.TORCH_BACKENDS,
+            "switch_interval": N.DEFAULT_SWITCH_INTERVAL,
         }
-        row.update(min_nodes=spec["min_nodes"], survivors=s_count, killed=len(dead), failure_signal=spec["failure_signal"])
+        row.update(min_nodes=spec["min_nodes"], survivors=s_count, killed=len(dead), failure_signal=spec["failure_signal"], switch_interval_s=spec["switch_interval"])
         q = ctx.Queue()
         go = ctx.Event()  # set before the kill, waited on by the main threads only
         stop, failed = ctx.RawValue("i", 0), ctx.RawValue("i", 0)  # see _nodes.mass_child_main

@@ -84,10 +84,11 @@ def run_round(
             "keep_alive_interval": keep_alive_interval,
             "held_back": n - 1 if last_join else None,
             "client_sharing": client_sharing,
-            "switch_interval": switch_interval,
+            "switch_interval": switch_interval or N.DEFAULT_SWITCH_INTERVAL,
             "experiments": experiments or [],
             "log_dir": os.environ.get("RDZV_BENCH_LOG_DIR"),
         }
+        row["switch_interval_s"] = spec["switch_interval"]
         if experiments:
             row["experiments"] = experiments
         q = ctx.Queue()
@@ -605,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-going", action="store_true", help="run larger N of a backend after a DNF")
     ap.add_argument("--client-sharing", choices=("node", "process"), default="node", help="redis: one client per simulated node (default, as on real machines) or the library's per-process sharing (create_backend(params, shared=True))")
     ap.add_argument("--last-join-nodes", default="same", help="N for the held-back last-join runs (rtt_last, last join -> all ranks); 'same' = --nodes, '' = none")
-    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval() in the node processes (GIL hand-over; Python's default 0.005 s)")
+    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval() in the node processes (default 0.05 s, see _nodes.DEFAULT_SWITCH_INTERVAL; Python's own is 0.005 s)")
     ap.add_argument("--experiment", action="append", default=[], choices=sorted(N.EXPERIMENTS), help="benchmark-only monkeypatch modelling a proposed rdzv_core change (see _nodes.py)")
     ap.add_argument("--repeat", type=int, default=1, help="repetitions of each last-join row")
     ap.add_argument("--idle-nodes", default="64,1024", help="N for the idle keep-alive runs ('' = none)")
