@@ -712,12 +712,16 @@ def open_worker_store(environ: Mapping[str, str] | None = None, timeout: float |
         ValueError: the backend offers no store to other processes (``memory``).
         RendezvousConnectionError: the backend is unreachable.
     """
+    from rdzv_core.registry import rendezvous_handler_registry
     from rdzv_core.status import open_backend
     from rdzv_core.utils import parse_rendezvous_config
 
     env = WorkerEnv.from_environ(environ)
     if not env.backend or not env.run_id or not env.store_prefix:
         raise KeyError("RDZV_BACKEND, RDZV_RUN_ID and RDZV_STORE_PREFIX must be set: was this process started by 'rdzv run'?")
+    plugin = rendezvous_handler_registry.plugin(env.backend)
+    if plugin is not None and not plugin.cross_process:
+        raise ValueError(f"The rendezvous backend '{env.backend}' offers no store shared between processes.")
     params = RendezvousParameters(env.backend, env.endpoint, env.run_id, 1, 1, **parse_rendezvous_config(env.config))
     session = open_backend(params)
     if session.store is None:

@@ -26,6 +26,7 @@ import click
 
 from rdzv_core.agent import EXIT_CODES, EXIT_FAILURE, EXIT_RENDEZVOUS, EXIT_USAGE, AgentConfig, ElasticAgent
 from rdzv_core.api import RendezvousError, RendezvousParameters
+from rdzv_core.plugin import BackendPlugin, LocalServer
 from rdzv_core.utils import parse_rendezvous_config
 
 __all__ = ["cli", "main", "CliError", "parse_nnodes"]
@@ -33,7 +34,6 @@ __all__ = ["cli", "main", "CliError", "parse_nnodes"]
 logger = logging.getLogger("rdzv_core.cli")
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_SERVER_KINDS = ("redis", "etcd")
 
 
 class CliError(click.ClickException):
@@ -285,34 +285,41 @@ def _params(backend: str, endpoint: str, run_id: str, conf: dict[str, str], nnod
 # Servers (lazy imports: the plug-ins are optional)
 
 
-def _make_server(kind: str, port: int | None = None) -> Any:
-    """Create (not start) a local server of ``kind`` (``redis`` or ``etcd``); imports lazily.
+def _server_plugins() -> list[BackendPlugin]:
+    from rdzv_core.registry import rendezvous_handler_registry
+
+    return [plugin for plugin in rendezvous_handler_registry.plugins() if plugin.local_server is not None]
+
+
+def _plugin_of_kind(kind: str) -> BackendPlugin:
+    """The first plug-in (by name) whose local server is ``rdzv server KIND``.
 
     Raises:
-        CliError: the plug-in or the server binary is missing, or ``port`` is given for etcd.
+        CliError: no installed plug-in has one (the message lists the kinds there are).
     """
+    plugins = _server_plugins()
+    for plugin in plugins:
+        if plugin.server_kind == kind:
+            return plugin
+    kinds = sorted({str(plugin.server_kind) for plugin in plugins})
+    raise CliError(f"No installed plug-in has a local '{kind}' server; these do: {', '.join(kinds) or 'none'}.", EXIT_USAGE)
+
+
+def _make_server(plugin: BackendPlugin, port: int | None = None) -> LocalServer:
+    """Create (not start) the local server of ``plugin`` (its launcher imports lazily).
+
+    Raises:
+        CliError: the launcher or the server binary is missing, or it cannot take ``port``.
+    """
+    assert plugin.local_server is not None
     try:
-        if kind == "redis":
-            from rdzv_redis.server import RedisServer
-
-            return RedisServer(port=port)
-        from rdzv_etcd.server import EtcdServer
-
-        if port is not None:
-            raise CliError("--port is not supported for etcd (it picks free client and peer ports).", EXIT_USAGE)
-        return EtcdServer()
+        return plugin.local_server(port)  # type: ignore[no-any-return]
     except ImportError as exc:
-        extra = "redis" if kind == "redis" else "etcd"
-        raise CliError(f"The {kind} plug-in's server launcher is not available ({_one_line(str(exc))}); install it with: pip install 'rdzv[{extra}]'", EXIT_USAGE) from exc
+        raise CliError(f"The {plugin.server_kind} server launcher is not available ({_one_line(str(exc))}); {plugin.install_hint}", EXIT_USAGE) from exc
+    except ValueError as exc:
+        raise CliError(_one_line(str(exc)), EXIT_USAGE) from exc
     except FileNotFoundError as exc:
         raise CliError(_one_line(str(exc)), EXIT_FAILURE) from exc
-
-
-def _server_running(server: Any) -> bool:
-    running = getattr(server, "running", None)
-    if running is None:
-        running = getattr(server, "is_running", True)
-    return bool(running() if callable(running) else running)
 
 
 def _start_server(server: Any, kind: str) -> None:
@@ -324,13 +331,26 @@ def _start_server(server: Any, kind: str) -> None:
         raise CliError(f"The local {kind} server did not start: {_one_line(str(exc))}", EXIT_FAILURE) from exc
 
 
+def _standalone_plugin(ctx: click.Context, backend: str) -> BackendPlugin:
+    """The plug-in of ``backend`` when it has a local server, for ``rdzv run --standalone``."""
+    from rdzv_core.registry import rendezvous_handler_registry
+
+    plugin = rendezvous_handler_registry.plugin(backend)
+    if plugin is None or plugin.local_server is None:
+        names = ", ".join(p.name for p in _server_plugins()) or "none"
+        raise click.UsageError(f"--standalone starts the backend's local server, and '{backend}' has none (these do: {names}).", ctx)
+    return plugin
+
+
 @cli.command(context_settings=_CONTEXT)
-@click.argument("kind", type=click.Choice(_SERVER_KINDS))
+@click.argument("kind")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port (default: a free one).")
 @_log_level_option
 @click.pass_context
 def server(ctx: click.Context, kind: str, port: int | None) -> None:
-    """Run a throw-away local KIND server (redis or etcd) in the foreground, for development.
+    """Run a throw-away local KIND server in the foreground, for development.
+
+    KIND is a plug-in's local server: redis, or etcd (both APIs), with the plug-ins rdzv ships.
 
     The first line on stdout is the endpoint (HOST:PORT), so a script can read it. The
     server listens on 127.0.0.1 only, keeps nothing on disk, and stops on Ctrl-C or SIGTERM.
@@ -342,7 +362,7 @@ def server(ctx: click.Context, kind: str, port: int | None) -> None:
       EP=$(rdzv server redis | head -1)   # in a script (keep the process alive)
     """
     _configure(ctx, "INFO")
-    srv = _make_server(kind, port)
+    srv = _make_server(_plugin_of_kind(kind), port)
     _start_server(srv, kind)
     stop: list[int] = []
 
@@ -357,7 +377,7 @@ def server(ctx: click.Context, kind: str, port: int | None) -> None:
         click.echo(f"A local {kind} server listens on {srv.endpoint}; stop it with Ctrl-C. Use it with:", err=True)
         click.echo(f"  export RDZV_BACKEND={backend} RDZV_ENDPOINT={srv.endpoint}", err=True)
         while not stop:
-            if not _server_running(srv):
+            if not srv.running:
                 raise CliError(f"The local {kind} server on {srv.endpoint} exited unexpectedly.")
             time.sleep(0.2)
     finally:
@@ -379,7 +399,7 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
 @_rendezvous_options(require_run_id=False)
 @click.option("--nnodes", type=_NNodes(), default="1", show_default=True, help="Nodes of a round: N, or MIN:MAX for an elastic job.")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="Worker failures answered with a re-rendezvous and restart (scaling events do not count).")
-@click.option("--standalone", is_flag=True, help="Start an embedded local Redis (one machine, nothing to set up); --endpoint must not be given.")
+@click.option("--standalone", is_flag=True, help="Start the backend's embedded local server (Redis by default; one machine, nothing to set up); --endpoint must not be given.")
 @click.option("--local-addr", default=None, metavar="ADDR", help="Address this node advertises (MASTER_ADDR when it is rank 0). Default: its FQDN; 127.0.0.1 with --standalone.")
 @click.option("--monitor-interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True, help="Seconds between checks of the worker and of nodes waiting to join.")
 @click.option("--stop-timeout", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds a stopped worker gets between SIGTERM and SIGKILL.")
@@ -425,8 +445,7 @@ def run(
     _configure(ctx, "INFO")
     if standalone and endpoint:
         raise click.UsageError("--standalone starts its own server: do not give --endpoint.", ctx)
-    if standalone and backend not in ("redis",):
-        raise click.UsageError(f"--standalone runs an embedded Redis: use --backend redis (got '{backend}').", ctx)
+    standalone_plugin = _standalone_plugin(ctx, backend) if standalone else None
     if not run_id:
         if not standalone:
             raise click.UsageError("Missing --run-id (or env RDZV_RUN_ID): every node of a job must use the same id.", ctx)
@@ -436,12 +455,13 @@ def run(
     except ValueError as exc:
         raise click.UsageError(str(exc), ctx) from None
     srv = None
-    if standalone:
-        srv = _make_server("redis")
-        _start_server(srv, "redis")
+    if standalone_plugin is not None:
+        kind = str(standalone_plugin.server_kind)
+        srv = _make_server(standalone_plugin)
+        _start_server(srv, kind)
         endpoint = srv.endpoint
         local_addr = local_addr or "127.0.0.1"
-        logger.info("Standalone: an embedded Redis listens on %s; run id '%s'.", endpoint, run_id)
+        logger.info("Standalone: an embedded %s server listens on %s; run id '%s'.", kind, endpoint, run_id)
     try:
         params = _params(backend, endpoint, run_id, rdzv_conf, nnodes, local_addr)
         from rdzv_core.registry import get_rendezvous_handler

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import threading
 
-from rdzv_core.api import RendezvousHandler, RendezvousParameters
+from rdzv_core.api import RendezvousParameters
 from rdzv_core.backend import RoundSpec, Standing
-from rdzv_core.registry import HandlerCreator
+from rdzv_core.plugin import BackendPlugin
 from rdzv_core.rounds import MemoryMembership
 from rdzv_core.state import RendezvousState
 from rdzv_core.store import HashStore
 from rdzv_core.store_backend import StoreRendezvousBackend
-from rdzv_core.utils import warn_unknown_config
 
-__all__ = ["handler_creator", "shared_store", "shared_membership", "MemoryRendezvousBackend"]
+__all__ = ["PLUGIN", "create_backend", "shared_store", "shared_membership", "MemoryRendezvousBackend"]
 
 _stores: dict[str, HashStore] = {}
 _memberships: dict[str, MemoryMembership] = {}
@@ -80,16 +79,13 @@ class MemoryRendezvousBackend(StoreRendezvousBackend):
         return self._membership.membership_state()
 
 
-def create_handler(params: RendezvousParameters) -> RendezvousHandler:
-    """Create a handler of backend ``memory`` (``params.endpoint`` is ignored)."""
-    from rdzv_core.dynamic import HANDLER_CONFIG_KEYS
-    from rdzv_core.dynamic import create_handler as create
-
-    warn_unknown_config(params.config, HANDLER_CONFIG_KEYS, "memory")
+def create_backend(params: RendezvousParameters) -> tuple[MemoryRendezvousBackend, HashStore]:
+    """The backend and the store of ``params.run_id`` in this process (``params.endpoint`` is
+    ignored; no configuration key of its own)."""
     store = shared_store(params.run_id)
-    return create(store, MemoryRendezvousBackend(store, shared_membership(params.run_id)), params)
+    return MemoryRendezvousBackend(store, shared_membership(params.run_id)), store
 
 
-def handler_creator() -> HandlerCreator:
-    """Entry point of ``rdzv.backends``: return the creator of ``memory`` handlers."""
-    return create_handler
+#: The ``memory`` backend (``rdzv.backends: memory = "rdzv_core.memory:PLUGIN"``): one process
+#: only, so not offered to torchrun, whose agents are processes of their own.
+PLUGIN = BackendPlugin("memory", create_backend, frozenset(), extra="rdzv", torch=False, cross_process=False)

@@ -1,10 +1,12 @@
 """Backend registry: names -> handler creators, with plug-ins found through entry points.
 
-A plug-in declares, in the entry-point group ``rdzv.backends``, a zero-argument factory that
-returns the creator ``params -> RendezvousHandler`` (the same shape as torch's
-``torchrun.handlers`` group). Plug-ins are loaded lazily, once, on the first lookup; one
-that fails to import does not break the others, and asking for it raises an error that
-carries the import failure.
+A plug-in names, in the entry-point group ``rdzv.backends``, its
+:class:`~rdzv_core.plugin.BackendPlugin` object; core builds the handler, ``rdzv status``,
+``rdzv server`` and the install hints from it. An entry point may also name a zero-argument
+factory that returns a bare creator ``params -> RendezvousHandler`` (the shape of torch's
+``torchrun.handlers`` group): such a backend gets handlers only. Plug-ins are loaded lazily,
+once, on the first lookup; one that fails to import does not break the others, and asking
+for it raises an error that carries the import failure.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from rdzv_core.api import RendezvousHandler, RendezvousParameters
+from rdzv_core.plugin import BackendPlugin
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "KNOWN_BACKENDS",
     "HandlerCreator",
     "RendezvousHandlerRegistry",
     "rendezvous_handler_registry",
@@ -31,15 +33,6 @@ ENTRY_POINT_GROUP = "rdzv.backends"
 
 HandlerCreator = Callable[[RendezvousParameters], RendezvousHandler]
 
-#: Backends rdzv knows of, with the extra that installs each.
-KNOWN_BACKENDS: dict[str, str] = {
-    "memory": "rdzv",
-    "redis": "rdzv[redis]",
-    "etcd-v2": "rdzv[etcd]",
-    "etcd-v3": "rdzv[etcd]",
-}
-
-
 class RendezvousHandlerRegistry:
     """Maps backend names to handler creators.
 
@@ -49,6 +42,7 @@ class RendezvousHandlerRegistry:
 
     def __init__(self, entry_point_group: str | None = ENTRY_POINT_GROUP) -> None:
         self._creators: dict[str, HandlerCreator] = {}
+        self._plugins: dict[str, BackendPlugin] = {}
         self._load_errors: dict[str, BaseException] = {}
         self._group = entry_point_group
         self._discovered = entry_point_group is None
@@ -66,10 +60,33 @@ class RendezvousHandlerRegistry:
             raise ValueError("The rendezvous backend name must be a non-empty string.")
         with self._lock:
             current = self._creators.get(backend)
-            if current is not None and current is not creator:
+            if current is not None and current != creator:  # == : the same bound method too
                 raise ValueError(f"The rendezvous backend '{backend}' cannot be registered with '{creator}' as it is already registered with '{current}'.")
             self._creators[backend] = creator
             self._load_errors.pop(backend, None)
+
+    def register_plugin(self, plugin: BackendPlugin) -> None:
+        """Register ``plugin`` under its name (its handlers, and what ``plugin()`` answers).
+
+        Raises:
+            ValueError: the name is taken by another creator.
+        """
+        with self._lock:
+            self.register(plugin.name, plugin.create_handler)
+            self._plugins[plugin.name] = plugin
+
+    def plugin(self, backend: str) -> BackendPlugin | None:
+        """The :class:`~rdzv_core.plugin.BackendPlugin` of ``backend``, or ``None`` (unknown, or
+        registered as a bare handler creator)."""
+        self._discover()
+        with self._lock:
+            return self._plugins.get(backend)
+
+    def plugins(self) -> list[BackendPlugin]:
+        """Every registered :class:`~rdzv_core.plugin.BackendPlugin`, sorted by name."""
+        self._discover()
+        with self._lock:
+            return [self._plugins[name] for name in sorted(self._plugins)]
 
     def backends(self) -> list[str]:
         """Return the names of the backends that can be created, sorted."""
@@ -99,8 +116,11 @@ class RendezvousHandlerRegistry:
         if creator is not None:
             return creator
         if error is not None:
-            raise ImportError(f"The rendezvous backend '{backend}' is installed but failed to load: {error!r}. {_install_hint(backend)}") from error
-        raise ValueError(f"The rendezvous backend '{backend}' is not registered. Installed backends: {', '.join(self.backends()) or 'none'}. {_install_hint(backend)}")
+            raise ImportError(f"The rendezvous backend '{backend}' is installed but failed to load: {error!r}.") from error
+        raise ValueError(
+            f"The rendezvous backend '{backend}' is not registered. Installed backends: {', '.join(self.backends()) or 'none'}. "
+            f"Others come from plug-ins in the '{ENTRY_POINT_GROUP}' entry-point group."
+        )
 
     def _discover(self) -> None:
         with self._lock:
@@ -111,19 +131,26 @@ class RendezvousHandlerRegistry:
                 if entry_point.name in self._creators:
                     continue
                 try:
-                    factory = entry_point.load()
-                    self._creators[entry_point.name] = factory()
+                    self._load(entry_point.name, entry_point.load())
                 except Exception as exc:  # a broken plug-in must not break the others
                     logger.debug("Rendezvous plug-in %r failed to load", entry_point.name, exc_info=True)
                     self._load_errors[entry_point.name] = exc
 
-
-def _install_hint(backend: str) -> str:
-    extra = KNOWN_BACKENDS.get(backend)
-    if extra is None:
-        known = ", ".join(f"'{name}' ({pkg})" for name, pkg in KNOWN_BACKENDS.items())
-        return f"rdzv knows these backends: {known}; others come from plug-ins in the '{ENTRY_POINT_GROUP}' entry-point group."
-    return f"Install it with: pip install '{extra}'"
+    def _load(self, name: str, loaded: object) -> None:
+        """Register what the entry point ``name`` named: a plug-in, or a creator factory."""
+        if not isinstance(loaded, BackendPlugin):
+            if not callable(loaded):
+                raise TypeError(f"The '{ENTRY_POINT_GROUP}' entry point '{name}' names neither a BackendPlugin nor a factory (got {type(loaded).__name__}).")
+            loaded = loaded()
+        if isinstance(loaded, BackendPlugin):
+            if loaded.name != name:
+                raise ValueError(f"The '{ENTRY_POINT_GROUP}' entry point '{name}' names the plug-in of backend '{loaded.name}'.")
+            self._creators.pop(name, None)
+            self.register_plugin(loaded)
+        elif callable(loaded):
+            self._creators[name] = loaded
+        else:
+            raise TypeError(f"The factory of the '{ENTRY_POINT_GROUP}' entry point '{name}' returned {type(loaded).__name__}, not a handler creator.")
 
 
 #: The default registry, fed by the ``rdzv.backends`` entry points.

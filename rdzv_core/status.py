@@ -7,25 +7,23 @@ the blob read through ``RendezvousBackend.get_state`` and decoded with
 :class:`~rdzv_core.backend.LivenessTracker` when it has one, else from the keep-alive times
 kept in the state.
 
-Plug-ins are found through the ``rdzv.backends`` entry points. When a plug-in offers
-``create_backend(params) -> (backend, store)`` in its entry point's module or in its
-``backend`` module (``rdzv_redis.plugin``, ``rdzv_etcd.backend``), that is used; otherwise a
-handler is created (never joined) and its ``backend`` is read (no store then).
+Backends are found through the registry (entry points ``rdzv.backends``). A
+:class:`~rdzv_core.plugin.BackendPlugin` is opened with its ``create_backend``; a backend
+registered as a bare handler creator gets a handler (never joined) whose ``backend`` is read
+(no store then).
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from rdzv_core.api import RendezvousParameters
 from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBackend
-from rdzv_core.registry import ENTRY_POINT_GROUP, get_rendezvous_handler
+from rdzv_core.registry import get_rendezvous_handler, rendezvous_handler_registry
 from rdzv_core.state import NodeDesc, RendezvousState, decode_state
 from rdzv_core.store import Store
 
@@ -92,27 +90,6 @@ class BackendSession:
         self.close()
 
 
-def _backend_factory(backend: str) -> Callable[[RendezvousParameters], tuple[RendezvousBackend, Store]] | None:
-    """Return the plug-in's ``create_backend(params) -> (backend, store)`` for ``backend``:
-    from the module of its ``rdzv.backends`` entry point, else from the sibling module
-    ``<package>.backend`` (the layout plug-ins share); ``None`` when there is none."""
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        if entry_point.name != backend:
-            continue
-        package = entry_point.module.rpartition(".")[0]
-        for name in (entry_point.module, f"{package}.backend" if package else ""):
-            if not name:
-                continue
-            try:
-                module = importlib.import_module(name)
-            except ImportError:
-                continue
-            create = getattr(module, "create_backend", None)
-            if callable(create):
-                return create  # type: ignore[no-any-return]
-    return None
-
-
 def open_backend(params: RendezvousParameters) -> BackendSession:
     """Open the backend of ``params`` without joining the rendezvous.
 
@@ -127,9 +104,9 @@ def open_backend(params: RendezvousParameters) -> BackendSession:
         ImportError: the plug-in is installed but cannot load (e.g. redis-py missing).
         RendezvousConnectionError: the backend is unreachable.
     """
-    create = _backend_factory(params.backend)
-    if create is not None:
-        backend, store = create(params)
+    plugin = rendezvous_handler_registry.plugin(params.backend)
+    if plugin is not None:
+        backend, store = plugin.open(params)
         return BackendSession(backend, store, None, [store.close, backend.close])
     handler = get_rendezvous_handler(params)
     exposed = getattr(handler, "backend", None)

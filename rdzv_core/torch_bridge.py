@@ -2,15 +2,13 @@
 
 This is the only module of rdzv that imports torch (``pip install 'rdzv[redis,torch]'``).
 torch (>= 2.4) loads out-of-tree rendezvous handlers from the entry-point group
-``torchrun.handlers``; rdzv declares there
-
-* ``redis = "rdzv_core.torch_bridge:redis_handler_creator"``
-* ``etcd-v3 = "rdzv_core.torch_bridge:etcd_v3_handler_creator"``
-
-so that ``torchrun --rdzv-backend=redis --rdzv-endpoint=HOST:PORT --rdzv-id=JOB ...`` runs on
-rdzv. Each entry point is a zero-argument factory returning the creator
-``torch RendezvousParameters -> torch RendezvousHandler``. Loading it imports neither redis nor
-etcd: a missing plug-in is reported when a handler is created, with the extra to install.
+``torchrun.handlers``: a zero-argument factory returning the creator ``torch
+RendezvousParameters -> torch RendezvousHandler``. Each rdzv plug-in declares its own there,
+from its :class:`~rdzv_core.plugin.BackendPlugin` (``redis =
+"rdzv_redis.plugin:PLUGIN.torch_handler_creator"``, which calls :func:`handler_creator`), so
+that ``torchrun --rdzv-backend=redis --rdzv-endpoint=HOST:PORT --rdzv-id=JOB ...`` runs on
+rdzv. Loading it imports neither redis nor etcd: a missing client library is reported when a
+handler is created, with the extra to install.
 
 What the bridge does
 --------------------
@@ -83,8 +81,6 @@ __all__ = [
     "to_torch_handler",
     "create_handler",
     "handler_creator",
-    "redis_handler_creator",
-    "etcd_v3_handler_creator",
 ]
 
 logger = logging.getLogger(__name__)
@@ -423,17 +419,3 @@ def handler_creator(backend: str) -> TorchHandlerCreator:
     create.__name__ = create.__qualname__ = f"create_{backend.replace('-', '_')}_handler"
     create.__doc__ = f"Create a torch handler on rdzv's '{backend}' backend from torch's RendezvousParameters."
     return create
-
-
-_REDIS_CREATOR = handler_creator("redis")
-_ETCD_V3_CREATOR = handler_creator("etcd-v3")
-
-
-def redis_handler_creator() -> TorchHandlerCreator:
-    """Entry point ``torchrun.handlers: redis`` — return the creator of ``redis`` handlers."""
-    return _REDIS_CREATOR
-
-
-def etcd_v3_handler_creator() -> TorchHandlerCreator:
-    """Entry point ``torchrun.handlers: etcd-v3`` — return the creator of ``etcd-v3`` handlers."""
-    return _ETCD_V3_CREATOR

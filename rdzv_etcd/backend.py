@@ -25,8 +25,7 @@ from typing import Any, Literal
 
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
 from rdzv_core.backend import RendezvousBackend, Token
-from rdzv_core.utils import warn_unknown_config
-from rdzv_etcd.client import DEFAULT_KEY_TTL, ETCD_CONFIG_KEYS, EtcdConfig, EtcdKV, OutcomeUnknownError
+from rdzv_etcd.client import DEFAULT_KEY_TTL, EtcdConfig, EtcdKV, OutcomeUnknownError
 from rdzv_etcd.keys import DEFAULT_ROOT, RunKeys
 from rdzv_etcd.store import EtcdStore
 
@@ -297,14 +296,6 @@ def _api_of(backend: str) -> Api:
     raise ValueError(f"The rendezvous backend '{backend}' is not an etcd backend ('etcd-v2' or 'etcd-v3').")
 
 
-def _known_config_keys() -> frozenset[str]:
-    try:
-        from rdzv_core.dynamic import HANDLER_CONFIG_KEYS
-    except ImportError:  # the handler module is optional for backend-only use
-        HANDLER_CONFIG_KEYS = frozenset()  # noqa: N806
-    return ETCD_CONFIG_KEYS | frozenset(HANDLER_CONFIG_KEYS)
-
-
 def create_backend(params: RendezvousParameters, api: Api | None = None) -> tuple[EtcdRendezvousBackend, EtcdStore]:
     """Create the backend and the store of ``params.run_id`` on etcd.
 
@@ -328,8 +319,7 @@ def create_backend(params: RendezvousParameters, api: Api | None = None) -> tupl
                   with the join queue (the v2 API always uses the blob)
     ============  ===============================================================  ==========
 
-    Other keys that are not handler keys (``rdzv_core.dynamic.HANDLER_CONFIG_KEYS``) are
-    reported once by :func:`rdzv_core.utils.warn_unknown_config`.
+    Unknown keys are reported by the caller (:meth:`rdzv_core.plugin.BackendPlugin.open`).
 
     The backend and the store share one connection pool. The store is scoped to the run
     (``<root>/<run>/store/``). One read of the state key checks that etcd is reachable.
@@ -344,7 +334,6 @@ def create_backend(params: RendezvousParameters, api: Api | None = None) -> tupl
             the endpoint and the cause, never the password.
     """
     api = api or _api_of(params.backend)
-    warn_unknown_config(params.config, _known_config_keys(), params.backend)
     config = EtcdConfig.from_params(params)
     membership = params.get_as_bool("membership")
     if membership and api == "v2":

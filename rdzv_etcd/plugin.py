@@ -1,53 +1,42 @@
-"""Entry points of the ``rdzv.backends`` group: ``etcd-v2`` and ``etcd-v3``.
+"""The etcd plug-ins: :data:`V2` (``etcd-v2``) and :data:`V3` (``etcd-v3``), each one
+:class:`~rdzv_core.plugin.BackendPlugin`.
 
-Each factory takes no argument and returns the handler creator ``params -> handler``, the
-shape torch's ``torchrun.handlers`` group uses too. The creator builds the backend and store
-with :func:`rdzv_etcd.backend.create_backend` and the handler with
-``rdzv_core.dynamic.create_handler``. Nothing is imported from etcd client libraries until a
-handler is created.
+Entry points: ``rdzv.backends: etcd-v2 = "rdzv_etcd.plugin:V2"``, ``etcd-v3 =
+"rdzv_etcd.plugin:V3"``, and ``torchrun.handlers: etcd-v3 =
+"rdzv_etcd.plugin:V3.torch_handler_creator"`` (torch has an ``etcd-v2`` of its own).
+Nothing is imported from etcd client libraries until a backend is created.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import functools
+from typing import Any
 
-if TYPE_CHECKING:
-    from rdzv_core.api import RendezvousHandler, RendezvousParameters
-    from rdzv_etcd.backend import Api
+from rdzv_core.plugin import BackendPlugin
+from rdzv_etcd.backend import create_backend
+from rdzv_etcd.client import ETCD_CONFIG_KEYS
 
-__all__ = ["v2_handler_creator", "v3_handler_creator"]
-
-HandlerCreator = Callable[["RendezvousParameters"], "RendezvousHandler"]
+__all__ = ["V2", "V3"]
 
 
-def _handler_creator(api: Api) -> HandlerCreator:
-    def create_handler(params: RendezvousParameters) -> RendezvousHandler:
-        """Create the dynamic rendezvous handler of ``params`` on etcd (``api``).
+def _local_server(port: int | None) -> Any:
+    """A throw-away single-member etcd on 127.0.0.1 (v2 API enabled).
 
-        Raises:
-            ValueError: bad endpoint/config (names the key). ImportError: client missing.
-            RendezvousConnectionError: etcd unreachable (names the endpoint and cause).
-        """
-        from rdzv_core.dynamic import create_handler as create_dynamic_handler
-        from rdzv_etcd.backend import create_backend
+    Raises:
+        ValueError: ``port`` is given (it picks free client and peer ports).
+    """
+    if port is not None:
+        raise ValueError(f"A local etcd picks free client and peer ports: a fixed port is not supported (got {port}).")
+    from rdzv_etcd.server import EtcdServer
 
-        backend, store = create_backend(params, api=api)
-        try:
-            return create_dynamic_handler(store, backend, params)
-        except BaseException:
-            backend.close()
-            raise
-
-    create_handler.__qualname__ = f"etcd_{api}_handler_creator"
-    return create_handler
+    return EtcdServer()
 
 
-def v2_handler_creator() -> HandlerCreator:
-    """Return the creator of ``etcd-v2`` handlers (etcd's v2 API; needs ``--enable-v2``)."""
-    return _handler_creator("v2")
+def _plugin(name: str, api: str, torch: bool) -> BackendPlugin:
+    return BackendPlugin(name, functools.partial(create_backend, api=api), ETCD_CONFIG_KEYS, extra="rdzv[etcd]", server_kind="etcd", local_server=_local_server, torch=torch)
 
 
-def v3_handler_creator() -> HandlerCreator:
-    """Return the creator of ``etcd-v3`` handlers (etcd's v3 API through the JSON gateway)."""
-    return _handler_creator("v3")
+#: ``etcd-v2``: etcd's v2 API (needs ``--enable-v2``); not offered to torchrun (torch's own).
+V2 = _plugin("etcd-v2", "v2", torch=False)
+#: ``etcd-v3``: etcd's v3 API through the JSON gateway, per-node membership keys by default.
+V3 = _plugin("etcd-v3", "v3", torch=True)

@@ -162,6 +162,11 @@ class EtcdServer:
         return None if self._base_dir is None else os.path.join(self._base_dir, "etcd.log")
 
     @property
+    def running(self) -> bool:
+        """Whether the etcd process is alive (:class:`rdzv_core.plugin.LocalServer`)."""
+        return self.is_running
+
+    @property
     def is_running(self) -> bool:
         """Whether the etcd process is alive."""
         return self._process is not None and self._process.poll() is None

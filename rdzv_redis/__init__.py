@@ -14,7 +14,7 @@ Importing this package does not import redis-py; using a backend or store withou
 
 from rdzv_redis.backend import RedisRendezvousBackend, create_backend
 from rdzv_redis.client import REDIS_CONFIG_KEYS, RedisClient, RedisConfig
-from rdzv_redis.plugin import handler_creator
+from rdzv_redis.plugin import PLUGIN
 from rdzv_redis.server import RedisServer
 from rdzv_redis.store import RedisStore
 
@@ -26,5 +26,5 @@ __all__ = [
     "RedisServer",
     "RedisStore",
     "create_backend",
-    "handler_creator",
+    "PLUGIN",
 ]

@@ -48,7 +48,7 @@ from rdzv_core.api import RendezvousParameters, RendezvousStateError
 from rdzv_core.backend import RendezvousBackend, Role, RoundSpec, Standing, Token, check_bootstrap
 from rdzv_core.rounds import SWEEP_LIMIT
 from rdzv_core.state import RendezvousState
-from rdzv_redis.client import REDIS_CONFIG_KEYS, RedisClient, RedisConfig
+from rdzv_redis.client import RedisClient, RedisConfig
 from rdzv_redis.keys import RunKeys
 
 if TYPE_CHECKING:
@@ -604,9 +604,8 @@ def create_backend(params: RendezvousParameters, *, shared: bool = True) -> tupl
     Both share the process-wide client of the configuration (see :class:`RedisConfig` for the
     endpoint forms and keys); close both to release it. With ``shared=False`` they share a
     client of their own instead (one node = one client, as a benchmark's simulated node
-    needs: its own pool and pub/sub connection). Configuration keys that are neither
-    Redis keys nor handler keys (``rdzv_core.dynamic.HANDLER_CONFIG_KEYS``) are logged as
-    unknown.
+    needs: its own pool and pub/sub connection). Unknown configuration keys are reported by
+    the caller (:meth:`rdzv_core.plugin.BackendPlugin.open`).
 
     Raises:
         ValueError: bad endpoint or configuration value (names the key).
@@ -614,11 +613,9 @@ def create_backend(params: RendezvousParameters, *, shared: bool = True) -> tupl
             authentication failed.
         ImportError: redis-py is missing (``pip install 'rdzv[redis]'``).
     """
-    from rdzv_core.utils import warn_unknown_config
     from rdzv_redis.store import RedisStore
 
     config = RedisConfig.from_params(params)
-    warn_unknown_config(params.config, REDIS_CONFIG_KEYS | _handler_config_keys(), "redis")
     client = RedisClient.acquire(config) if shared else RedisClient.create(config)
     # key_ttl is not part of the client's identity: a shared client may come from a config
     # with another one, so each backend and store takes its own.
@@ -626,10 +623,3 @@ def create_backend(params: RendezvousParameters, *, shared: bool = True) -> tupl
     client.retain()  # the store holds its own reference
     return backend, RedisStore(client, params.run_id, key_ttl=config.key_ttl)
 
-
-def _handler_config_keys() -> frozenset[str]:
-    try:
-        from rdzv_core.dynamic import HANDLER_CONFIG_KEYS
-    except ImportError:  # the handler module is optional for backend-only use
-        return frozenset()
-    return frozenset(HANDLER_CONFIG_KEYS)

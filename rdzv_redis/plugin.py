@@ -1,44 +1,29 @@
-"""Entry point of the Redis plug-in (``rdzv.backends``: ``redis = rdzv_redis.plugin:handler_creator``).
+"""The Redis plug-in: one :class:`~rdzv_core.plugin.BackendPlugin`, :data:`PLUGIN`.
 
-``handler_creator()`` is the zero-argument factory the registry calls; it returns the creator
-``params -> RendezvousHandler`` that builds a :class:`~rdzv_redis.backend.RedisRendezvousBackend`
-and a :class:`~rdzv_redis.store.RedisStore` and hands them to the dynamic handler.
+Entry points: ``rdzv.backends: redis = "rdzv_redis.plugin:PLUGIN"`` and
+``torchrun.handlers: redis = "rdzv_redis.plugin:PLUGIN.torch_handler_creator"``. Loading it
+imports neither redis-py nor torch: a missing client library is reported when a backend is
+created, with the extra to install.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
-from rdzv_core.api import RendezvousHandler, RendezvousParameters
+from rdzv_core.plugin import BackendPlugin
 from rdzv_redis.backend import create_backend
+from rdzv_redis.client import REDIS_CONFIG_KEYS
 
-__all__ = ["create_backend", "create_handler", "handler_creator"]
-
-
-def create_handler(params: RendezvousParameters) -> RendezvousHandler:
-    """Create a dynamic rendezvous handler on Redis for ``params``.
-
-    Args:
-        params: ``endpoint`` is ``host[:port]`` or a ``redis://``/``rediss://`` URL; the
-            configuration takes the Redis keys (see :class:`rdzv_redis.client.RedisConfig`)
-            and the handler's keys (``rdzv_core.dynamic.HANDLER_CONFIG_KEYS``).
-
-    Raises:
-        ValueError: bad endpoint or configuration (names the key).
-        RendezvousConnectionError: Redis unreachable or authentication failed.
-        ImportError: redis-py is missing (``pip install 'rdzv[redis]'``).
-    """
-    from rdzv_core.dynamic import create_handler as create_dynamic_handler
-
-    backend, store = create_backend(params)
-    try:
-        return create_dynamic_handler(store, backend, params)
-    except BaseException:
-        store.close()
-        backend.close()
-        raise
+__all__ = ["PLUGIN"]
 
 
-def handler_creator() -> Callable[[RendezvousParameters], RendezvousHandler]:
-    """Return the handler creator of the ``redis`` backend (no argument; for entry points)."""
-    return create_handler
+def _local_server(port: int | None) -> Any:
+    """A throw-away ``redis-server`` on 127.0.0.1 (``port``: ``None`` = a free one)."""
+    from rdzv_redis.server import RedisServer
+
+    return RedisServer(port=port)
+
+
+#: The ``redis`` backend: :func:`rdzv_redis.backend.create_backend`, the Redis keys of
+#: :class:`rdzv_redis.client.RedisConfig`, ``rdzv server redis``.
+PLUGIN = BackendPlugin("redis", create_backend, REDIS_CONFIG_KEYS, extra="rdzv[redis]", server_kind="redis", local_server=_local_server)

@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 
 from rdzv_core.api import RendezvousConnectionError
+from rdzv_core.registry import rendezvous_handler_registry
 from rdzv_core.utils import get_free_port
 from rdzv_etcd.backend import create_backend
 from rdzv_etcd.client import EtcdConfig
@@ -89,7 +90,8 @@ def test_credentials_from_the_environment(monkeypatch):
 
 def test_unknown_config_keys_are_reported(etcd_server, etcd_api, caplog):
     with caplog.at_level(logging.WARNING, logger="rdzv_core.utils"):
-        backend, _ = create_backend(etcd_params(etcd_server, etcd_api, key_ttl=60, join_timeout=10, colour="blue"))
+        params = etcd_params(etcd_server, etcd_api, key_ttl=60, join_timeout=10, colour="blue")
+        backend, _ = rendezvous_handler_registry.plugin(params.backend).open(params)
     backend.close()
     warnings = [r.getMessage() for r in caplog.records if "Unknown rendezvous configuration" in r.getMessage()]
     assert len(warnings) == 1 and "colour" in warnings[0]

@@ -99,7 +99,9 @@ def test_unsupported_scheme():
 
 def test_unknown_keys_are_warned_but_handler_keys_are_not(redis_params, caplog):
     caplog.set_level(logging.WARNING)
-    backend, store = create_backend(redis_params(colour="blue", join_timeout=5, key_ttl=60))
+    from rdzv_redis.plugin import PLUGIN
+
+    backend, store = PLUGIN.open(redis_params(colour="blue", join_timeout=5, key_ttl=60))
     backend.close()
     store.close()
     warnings = [r.getMessage() for r in caplog.records if "Unknown rendezvous configuration" in r.getMessage()]

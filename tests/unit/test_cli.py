@@ -82,7 +82,7 @@ def test_parse_nnodes_rejects(text: str) -> None:
         (["run", "--", "true"], "--run-id"),
         (["run", "--run-id", "x"], "CMD"),
         (["run", "--standalone", "--endpoint", "127.0.0.1:1", "--", "true"], "--standalone"),
-        (["run", "--standalone", "--backend", "memory", "--", "true"], "--backend redis"),
+        (["run", "--standalone", "--backend", "memory", "--", "true"], "'memory' has none"),
         (["status"], "--run-id"),
         (["server", "mysql"], "mysql"),
         (["nosuchcommand"], "nosuchcommand"),

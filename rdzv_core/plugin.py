@@ -1,0 +1,168 @@
+"""The plug-in contract: one :class:`BackendPlugin` object per backend.
+
+A backend package becomes a complete plug-in by exposing one ``BackendPlugin`` and naming it
+in two entry-point groups::
+
+    [project.entry-points."rdzv.backends"]
+    mybackend = "mypkg.plugin:PLUGIN"
+
+    [project.entry-points."torchrun.handlers"]            # optional: torchrun --rdzv-backend
+    mybackend = "mypkg.plugin:PLUGIN.torch_handler_creator"
+
+From that object core builds everything else, without naming the backend anywhere: the
+handler (as torch's registry does from ``create_backend(params) -> (backend, store)``), the
+warning about unknown configuration keys, ``rdzv status`` and ``rdzv close`` (which open the
+backend without joining), ``rdzv server <kind>`` (when the plug-in has a local server), the
+install hint of an error, and the torchrun handler creator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from rdzv_core.utils import warn_unknown_config
+
+if TYPE_CHECKING:
+    from rdzv_core.api import RendezvousHandler, RendezvousParameters
+    from rdzv_core.backend import RendezvousBackend
+    from rdzv_core.store import Store
+
+__all__ = ["BackendPlugin", "BackendFactory", "LocalServer", "ServerFactory"]
+
+#: ``params -> (backend, store)``: connects; the store is the run's (unscoped) store.
+BackendFactory = Callable[["RendezvousParameters"], "tuple[RendezvousBackend, Store]"]
+
+
+@runtime_checkable
+class LocalServer(Protocol):
+    """A throw-away server on 127.0.0.1 that a plug-in can start (``rdzv server``,
+    ``rdzv run --standalone``, tests and benchmarks)."""
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` for ``--rdzv-endpoint`` (str)."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        ...
+
+    def start(self) -> Any:
+        """Start it and wait until it serves (raises ``RuntimeError``/``OSError`` when it
+        does not, ``FileNotFoundError`` when its binary is missing)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop it and remove what it kept (idempotent)."""
+        ...
+
+
+#: ``port -> server`` (``None``: a free port): a :class:`LocalServer`, created, not started.
+ServerFactory = Callable[[int | None], LocalServer]
+
+
+@dataclass(frozen=True)
+class BackendPlugin:
+    """What core knows of one backend.
+
+    Attributes:
+        name: The backend name (str, non-empty), as in ``--rdzv-backend``.
+        create_backend: ``params -> (backend, store)``: the
+            :class:`~rdzv_core.backend.RendezvousBackend` and the run's
+            :class:`~rdzv_core.store.Store`, connected. May raise ``ValueError`` (bad
+            endpoint or configuration, naming the key), ``ImportError`` (its client library
+            is missing) or :class:`~rdzv_core.api.RendezvousConnectionError`.
+        config_keys: The backend's own configuration keys (frozenset of str); the handler's
+            (``rdzv_core.dynamic.HANDLER_CONFIG_KEYS``) are added by core. Other keys are
+            logged as unknown (one WARNING) and ignored.
+        extra: The pip requirement that installs what the backend needs (``"rdzv[redis]"``),
+            quoted by install hints.
+        server_kind: The ``KIND`` of ``rdzv server KIND`` that starts a local server for this
+            backend (several backends may share one), or ``None``.
+        local_server: ``port -> LocalServer`` for ``rdzv server`` (``port`` int or ``None``;
+            ``ValueError`` when it cannot take a fixed port), or ``None``.
+        torch: Whether the backend is offered to torchrun (see
+            :meth:`torch_handler_creator`).
+        cross_process: Whether other processes reach the same backend and store (``False``:
+            one process only, so no worker of ``rdzv run`` can open the round's store).
+
+    Raises:
+        ValueError: ``name`` is empty, or ``server_kind`` and ``local_server`` are not given
+            together.
+    """
+
+    name: str
+    create_backend: BackendFactory
+    config_keys: frozenset[str] = frozenset()
+    extra: str = "rdzv"
+    server_kind: str | None = None
+    local_server: ServerFactory | None = None
+    torch: bool = True
+    cross_process: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"A backend plug-in needs a non-empty name (got {self.name!r}).")
+        if (self.server_kind is None) != (self.local_server is None):
+            raise ValueError(f"The backend plug-in '{self.name}' must give both server_kind and local_server, or neither.")
+
+    @property
+    def install_hint(self) -> str:
+        """``"Install it with: pip install '<extra>'"``."""
+        return f"Install it with: pip install '{self.extra}'"
+
+    def open(self, params: RendezvousParameters) -> tuple[RendezvousBackend, Store]:
+        """Warn about unknown configuration keys, then ``create_backend(params)`` (connects;
+        its errors propagate, an ``ImportError`` with :attr:`install_hint` added when its
+        message lacks it)."""
+        from rdzv_core.dynamic import HANDLER_CONFIG_KEYS
+
+        warn_unknown_config(params.config, self.config_keys | HANDLER_CONFIG_KEYS, self.name)
+        try:
+            return self.create_backend(params)
+        except ImportError as exc:
+            if self.extra in str(exc):
+                raise
+            raise ImportError(f"The rendezvous backend '{self.name}' cannot load its client library ({exc}). {self.install_hint}") from exc
+
+    def create_handler(self, params: RendezvousParameters) -> RendezvousHandler:
+        """The dynamic rendezvous handler of ``params`` on this backend (the backend and store
+        are closed again when the handler cannot be built).
+
+        Raises:
+            ValueError: bad endpoint, configuration or bounds (names the value).
+            ImportError: the backend's client library is missing.
+            RendezvousConnectionError: the backend is unreachable.
+        """
+        from rdzv_core.dynamic import create_handler
+
+        backend, store = self.open(params)
+        try:
+            return create_handler(store, backend, params)
+        except BaseException:
+            _close_quietly(store, backend)
+            raise
+
+    def torch_handler_creator(self) -> Callable[[Any], Any]:
+        """torchrun's ``torchrun.handlers`` factory: takes no argument, returns the creator
+        ``torch RendezvousParameters -> torch RendezvousHandler`` (imports torch).
+
+        Raises:
+            ValueError: the plug-in has ``torch=False``.
+        """
+        if not self.torch:
+            raise ValueError(f"The rendezvous backend '{self.name}' is not offered to torchrun.")
+        from rdzv_core.torch_bridge import handler_creator
+
+        return handler_creator(self.name)
+
+
+def _close_quietly(*resources: Any) -> None:
+    for resource in resources:
+        try:
+            resource.close()
+        except Exception:  # the error that made us close matters more
+            pass
