@@ -508,13 +508,17 @@ class EtcdMembership:
             new = self._derive(snap, spec)
             if new is None:
                 return snap
-            value = json.dumps(new, separators=(",", ":")).encode()
-            try:
-                result = self._txn(snap.raw, node, [], put_summary=value)
-            except OutcomeUnknownError:
-                result = None
-            snap = result if result is not None else self._snapshot(node)
+            snap = self._put_summary(snap, node, new)
         return snap
+
+    def _put_summary(self, snap: _Snap, node: str, new: dict[str, Any]) -> _Snap:
+        """Compare-and-set the summary to ``new`` under ``snap``'s; the snapshot after it (a
+        fresh one when the compare failed or the outcome is unknown)."""
+        try:
+            result = self._txn(snap.raw, node, [], put_summary=json.dumps(new, separators=(",", ":")).encode())
+        except OutcomeUnknownError:
+            result = None
+        return result if result is not None else self._snapshot(node)
 
     def _write(self, node: str, spec: RoundSpec, snap: _Snap, target: str | None) -> _Snap | None:
         """Put ``node``'s key ``target`` (``None``: none) and delete its other keys, under
@@ -620,15 +624,8 @@ class EtcdMembership:
             )  # fmt: skip
             if not ready:
                 break
-            n = dict(s, complete=True, cut=snap.rev, ws=snap.count_p, deadline=None, waiting=False, missing=False, boot=None, ver=s["ver"] + 1)
-            try:
-                result = self._txn(snap.raw, node, [], put_summary=json.dumps(n, separators=(",", ":")).encode())
-            except OutcomeUnknownError:
-                result = None
-            if result is not None:
-                snap = result
-                break
-            snap = self._snapshot(node)
+            # on success the next pass sees the round complete and stops
+            snap = self._put_summary(snap, node, dict(s, complete=True, cut=snap.rev, ws=snap.count_p, deadline=None, waiting=False, missing=False, boot=None, ver=s["ver"] + 1))
         return self._standing(self._reconcile(node, spec, snap))
 
     def keep_alive_round(self, node: str, spec: RoundSpec, sweep: bool) -> tuple[Standing, list[str]]:
@@ -654,12 +651,7 @@ class EtcdMembership:
                 continue
             if snap.s["closed"]:
                 break
-            n = dict(snap.s, closed=True, ver=snap.s["ver"] + 1)
-            try:
-                result = self._txn(snap.raw, node, [], put_summary=json.dumps(n, separators=(",", ":")).encode())
-            except OutcomeUnknownError:
-                result = None
-            snap = result if result is not None else self._snapshot(node)
+            snap = self._put_summary(snap, node, dict(snap.s, closed=True, ver=snap.s["ver"] + 1))
         return self._standing(snap)
 
     def publish_bootstrap(self, node: str, round_: int, value: str) -> Standing:
@@ -679,12 +671,7 @@ class EtcdMembership:
             standing = self._standing(snap)
             if standing.role is not Role.PARTICIPANT or standing.rank != 0:
                 break
-            n = dict(s, boot=value, ver=s["ver"] + 1)
-            try:
-                result = self._txn(snap.raw, node, [], put_summary=json.dumps(n, separators=(",", ":")).encode())
-            except OutcomeUnknownError:
-                result = None
-            snap = result if result is not None else self._snapshot(node)
+            snap = self._put_summary(snap, node, dict(s, boot=value, ver=s["ver"] + 1))
         return self._standing(snap)
 
     def wait_for_round_change(self, seen: tuple[str, int] | None, timeout: float) -> bool:
