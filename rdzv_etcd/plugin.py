@@ -13,7 +13,7 @@ import functools
 from typing import Any
 
 from rdzv_core.plugin import BackendPlugin
-from rdzv_etcd.backend import create_backend
+from rdzv_etcd.backend import Api, create_backend
 from rdzv_etcd.client import ETCD_CONFIG_KEYS
 
 __all__ = ["V2", "V3"]
@@ -32,7 +32,7 @@ def _local_server(port: int | None) -> Any:
     return EtcdServer()
 
 
-def _plugin(name: str, api: str, torch: bool) -> BackendPlugin:
+def _plugin(name: str, api: Api, torch: bool) -> BackendPlugin:
     return BackendPlugin(name, functools.partial(create_backend, api=api), ETCD_CONFIG_KEYS, extra="rdzv[etcd]", server_kind="etcd", local_server=_local_server, torch=torch)
 
 
