@@ -252,15 +252,10 @@ class NoServer(Server):
     kind = "none"
 
 
-def _find_pid(obj: Any) -> int | None:
-    """Find the pid of a server launcher object from another team (best effort)."""
-    for attr in ("pid", "process", "proc", "_process", "_proc", "popen", "_popen"):
-        value = getattr(obj, attr, None)
-        if isinstance(value, int):
-            return value
-        if value is not None and isinstance(getattr(value, "pid", None), int):
-            return int(value.pid)
-    return None
+def _find_pid(server: Any) -> int | None:
+    """The pid of a plug-in's server launcher (a :class:`rdzv_core.plugin.LocalServer`)."""
+    pid = server.pid
+    return pid if isinstance(pid, int) else None
 
 
 def _stop_popen(proc: subprocess.Popen | None, timeout: float = 10) -> None:

@@ -50,6 +50,11 @@ class LocalServer(Protocol):
         """Whether the server process is alive."""
         ...
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs, else ``None``."""
+        ...
+
     def start(self) -> Any:
         """Start it and wait until it serves (raises ``RuntimeError``/``OSError`` when it
         does not, ``FileNotFoundError`` when its binary is missing)."""
@@ -57,6 +62,10 @@ class LocalServer(Protocol):
 
     def stop(self) -> None:
         """Stop it and remove what it kept (idempotent)."""
+        ...
+
+    def kill(self) -> None:
+        """SIGKILL it, as a crash, without cleaning up (fault injection)."""
         ...
 
 

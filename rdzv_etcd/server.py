@@ -167,6 +167,11 @@ class EtcdServer:
         return self.is_running
 
     @property
+    def pid(self) -> int | None:
+        """The process id of the running etcd, or ``None``."""
+        return self._process.pid if self.is_running and self._process is not None else None
+
+    @property
     def is_running(self) -> bool:
         """Whether the etcd process is alive."""
         return self._process is not None and self._process.poll() is None
@@ -216,6 +221,10 @@ class EtcdServer:
     def halt(self, *, kill: bool = False) -> None:
         """Stop the process but keep ports and data, for a later :meth:`restart`."""
         self._terminate(kill=kill)
+
+    def kill(self) -> None:
+        """SIGKILL etcd as a crash (ports and data kept); :meth:`restart` revives it."""
+        self.halt(kill=True)
 
     def __enter__(self) -> EtcdServer:
         return self.start()

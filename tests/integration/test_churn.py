@@ -68,7 +68,7 @@ def server(request):
     with private_etcd("churn") as etcd:
 
         def lose_data() -> None:
-            etcd.halt(kill=True)
+            etcd.kill()
             shutil.rmtree(etcd.data_dir)  # a new, empty member on the same port
             etcd.restart()
 

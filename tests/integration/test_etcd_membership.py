@@ -354,7 +354,7 @@ def test_server_data_loss_gives_an_empty_standing_then_a_new_incarnation(own_etc
     waiter = threading.Thread(target=wait)
     waiter.start()
     time.sleep(0.3)
-    own_etcd.halt(kill=True)
+    own_etcd.kill()
     shutil.rmtree(own_etcd.data_dir)
     own_etcd.restart()
     waiter.join(30)

@@ -118,7 +118,7 @@ def test_restart_mid_run_keeps_the_round(own_etcd, make_handlers, etcd_api):
     infos[0].store.set("kept", b"yes")
     before = round_record(handlers[0])
 
-    own_etcd.halt(kill=True)
+    own_etcd.kill()
     try:
         seconds, outcome = timed(handlers[0].num_nodes_waiting)
         assert isinstance(outcome, RendezvousConnectionError), outcome

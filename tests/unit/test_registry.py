@@ -265,3 +265,22 @@ def test_default_registry_finds_memory():
 def test_fresh_registry_discovers_the_installed_group():
     reg = RendezvousHandlerRegistry()
     assert "memory" in reg.backends()
+
+
+def test_the_shipped_backends_are_plugins_and_their_servers_local_servers():
+    from rdzv_core.plugin import BackendPlugin, LocalServer
+
+    members = [name for name in ("endpoint", "running", "pid", "start", "stop", "kill") if hasattr(LocalServer, name)]
+    assert len(members) == 6
+    kinds = {}
+    for name in ("redis", "etcd-v2", "etcd-v3", "memory"):
+        plugin = rendezvous_handler_registry.plugin(name)
+        assert isinstance(plugin, BackendPlugin) and plugin.name == name
+        kinds[name] = plugin.server_kind
+        if plugin.local_server is not None:
+            server = plugin.local_server(None)  # created, not started
+            assert all(hasattr(type(server), member) for member in members), type(server)
+    assert kinds == {"redis": "redis", "etcd-v2": "etcd", "etcd-v3": "etcd", "memory": None}
+    assert not rendezvous_handler_registry.plugin("memory").cross_process
+    with pytest.raises(ValueError, match="fixed port"):
+        rendezvous_handler_registry.plugin("etcd-v3").local_server(2379)
