@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from rdzv_core.api import (
     RendezvousClosedError,
@@ -61,9 +62,13 @@ from rdzv_core.api import (
     RendezvousInfo,
     RendezvousParameters,
 )
+from rdzv_core.backend import Standing
 from rdzv_core.store import PrefixStore, Store, StoreTimeoutError
 
 __all__ = [
+    "Outcome",
+    "Barrier",
+    "HasStanding",
     "EXIT_SUCCESS",
     "EXIT_FAILURE",
     "EXIT_USAGE",
@@ -84,6 +89,43 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class Outcome(str, enum.Enum):
+    """How a round ended for this agent (:attr:`RoundRecord.outcome`; the value is what the
+    summary JSON shows)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  #: every rank succeeded; the rendezvous is closed
+    FAILED = "failed"  #: the worker failed (restarted while restarts remain)
+    MEMBERSHIP_CHANGED = "membership_changed"  #: nodes waiting or gone: re-rendezvous
+    ROUND_BROKEN = "round_broken"  #: a peer left during the exit barrier
+    CLOSED = "closed"  #: the rendezvous was closed
+    SIGNAL = "signal"  #: SIGTERM/SIGINT reached the agent
+    BACKEND_LOST = "backend_lost"  #: the backend stayed unreachable for BACKEND_GRACE s
+    BARRIER_TIMEOUT = "barrier_timeout"  #: not every rank reported success in time
+    NOT_STARTED = "not_started"  #: the program could not be started
+
+
+class Barrier(str, enum.Enum):
+    """How the exit barrier ended (:meth:`ElasticAgent._exit_barrier`)."""
+
+    ALL_DONE = "all_done"
+    ROUND_BROKEN = "round_broken"
+    CLOSED = "closed"
+    SIGNAL = "signal"
+    BACKEND_LOST = "backend_lost"
+    TIMEOUT = "timeout"
+
+
+@runtime_checkable
+class HasStanding(Protocol):
+    """A handler that says where its node stands without a request (the dynamic handler):
+    the agent reads ``standing.round``, ``.complete``, ``.missing`` and ``.closed``."""
+
+    @property
+    def standing(self) -> Standing: ...
+
 
 #: The job succeeded on all nodes (or this node was redundant and the job ended).
 EXIT_SUCCESS = 0
@@ -185,9 +227,9 @@ class RoundRecord:
         ended_at: When the round ended for this agent (``None`` while running).
         worker_exit_code: The worker's exit code (see :func:`exit_code_of`), ``None`` if it
             never started or is still running.
-        outcome: ``running``, ``succeeded``, ``failed``, ``membership_changed``,
-            ``round_broken`` (a peer left during the exit barrier), ``closed``, ``signal``,
-            ``backend_lost``, ``barrier_timeout`` or ``not_started``.
+        outcome: An :class:`Outcome` (a str: ``running``, ``succeeded``, ``failed``,
+            ``membership_changed``, ``round_broken``, ``closed``, ``signal``,
+            ``backend_lost``, ``barrier_timeout`` or ``not_started``).
     """
 
     round: int
@@ -197,7 +239,7 @@ class RoundRecord:
     joined_at: float
     ended_at: float | None = None
     worker_exit_code: int | None = None
-    outcome: str = "running"
+    outcome: Outcome = Outcome.RUNNING
 
 
 @dataclass
@@ -480,7 +522,7 @@ class ElasticAgent:
         )
         return env
 
-    def _run_round(self, info: RendezvousInfo, record: RoundRecord) -> tuple[int | None, str, str]:
+    def _run_round(self, info: RendezvousInfo, record: RoundRecord) -> tuple[int | None, str, Outcome]:
         """Run and supervise the worker for one round.
 
         Returns:
@@ -491,7 +533,7 @@ class ElasticAgent:
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             failed = EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
             self.handler.shutdown()  # a node that cannot run the job ends it (as a failure would)
-            return failed, f"Cannot start the program {self.config.command[0]!r}: {exc.strerror or exc}", "not_started"
+            return failed, f"Cannot start the program {self.config.command[0]!r}: {exc.strerror or exc}", Outcome.NOT_STARTED
         with self._lock:
             self._worker = worker
         logger.info("Started the worker (pid %d): %s", worker.pid, " ".join(self.config.command))
@@ -501,57 +543,62 @@ class ElasticAgent:
             with self._lock:
                 self._worker = None
         record.worker_exit_code = code
-        if outcome == "succeeded":
-            barrier = self._exit_barrier(info)
-            if barrier == "all_done":
-                self.handler.shutdown()
-                return EXIT_SUCCESS, f"The program succeeded on all {info.world_size} node(s); the rendezvous is closed.", "succeeded"
-            if barrier == "round_broken":
-                logger.warning("A node left round %d before every rank finished; re-forming the round and running the program again.", record.round)
-                return None, "", "round_broken"
-            if barrier == "closed":
-                self.handler.shutdown()  # already closed: this only stops the keep-alives
-                return EXIT_RENDEZVOUS, "The rendezvous was closed before every rank finished.", "closed"
-            if barrier == "signal":
-                return 128 + (self._stop_signal or signal.SIGTERM), f"Stopped by signal {self._stop_signal} after the program succeeded.", "signal"
-            if barrier == "backend_lost":
-                return EXIT_RENDEZVOUS, "The rendezvous backend stayed unreachable after the program succeeded.", "backend_lost"
-            return EXIT_SUCCESS, f"The program succeeded here, but not every rank reported success within {self.config.exit_barrier_timeout:g} s; the rendezvous is left open.", "barrier_timeout"
-        if outcome == "failed":
+        if outcome is Outcome.SUCCEEDED:
+            return self._after_barrier(self._exit_barrier(info), info, record)
+        if outcome is Outcome.FAILED:
             assert code is not None
             if self._restarts < self.config.max_restarts:
                 self._restarts += 1
                 logger.warning("The worker failed with exit code %d; restarting (%d/%d).", code, self._restarts, self.config.max_restarts)
-                return None, "", "failed"
+                return None, "", outcome
             self.handler.shutdown()
-            return code, f"The worker failed with exit code {code} and --max-restarts ({self.config.max_restarts}) is used up; the rendezvous is closed.", "failed"
-        if outcome == "membership_changed":
+            return code, f"The worker failed with exit code {code} and --max-restarts ({self.config.max_restarts}) is used up; the rendezvous is closed.", outcome
+        if outcome is Outcome.MEMBERSHIP_CHANGED:
             return None, "", outcome
-        if outcome == "closed":
+        if outcome is Outcome.CLOSED:
             self.handler.shutdown()  # already closed: this only stops the keep-alives
             return EXIT_RENDEZVOUS, "The rendezvous was closed while the program ran; the program was stopped.", outcome
-        if outcome == "signal":
-            return 128 + (self._stop_signal or signal.SIGTERM), f"Stopped by signal {self._stop_signal}; the program was stopped.", outcome
+        if outcome is Outcome.SIGNAL:
+            return self._signal_exit_code(), f"Stopped by signal {self._stop_signal}; the program was stopped.", outcome
         return EXIT_RENDEZVOUS, f"The rendezvous backend stayed unreachable for {BACKEND_GRACE:g} s; the program was stopped.", outcome
+
+    def _after_barrier(self, barrier: Barrier, info: RendezvousInfo, record: RoundRecord) -> tuple[int | None, str, Outcome]:
+        """``(exit code or None to re-rendezvous, reason, outcome)`` once the worker succeeded."""
+        if barrier is Barrier.ALL_DONE:
+            self.handler.shutdown()
+            return EXIT_SUCCESS, f"The program succeeded on all {info.world_size} node(s); the rendezvous is closed.", Outcome.SUCCEEDED
+        if barrier is Barrier.ROUND_BROKEN:
+            logger.warning("A node left round %d before every rank finished; re-forming the round and running the program again.", record.round)
+            return None, "", Outcome.ROUND_BROKEN
+        if barrier is Barrier.CLOSED:
+            self.handler.shutdown()  # already closed: this only stops the keep-alives
+            return EXIT_RENDEZVOUS, "The rendezvous was closed before every rank finished.", Outcome.CLOSED
+        if barrier is Barrier.SIGNAL:
+            return self._signal_exit_code(), f"Stopped by signal {self._stop_signal} after the program succeeded.", Outcome.SIGNAL
+        if barrier is Barrier.BACKEND_LOST:
+            return EXIT_RENDEZVOUS, "The rendezvous backend stayed unreachable after the program succeeded.", Outcome.BACKEND_LOST
+        return EXIT_SUCCESS, f"The program succeeded here, but not every rank reported success within {self.config.exit_barrier_timeout:g} s; the rendezvous is left open.", Outcome.BARRIER_TIMEOUT
+
+    def _signal_exit_code(self) -> int:
+        return 128 + (self._stop_signal or signal.SIGTERM)
 
     def _closed_hint(self, ticks: int) -> bool:
         """Whether the rendezvous was closed, from the standing the handler last saw (free) or,
         for other handlers, ``is_closed()`` every 10th tick."""
-        standing = getattr(self.handler, "standing", None)
-        if standing is not None:
-            return bool(getattr(standing, "closed", False))
+        if isinstance(self.handler, HasStanding):
+            return self.handler.standing.closed
         return ticks % 10 == 0 and self.handler.is_closed()
 
-    def _monitor(self, worker: WorkerProcess) -> tuple[str, int | None]:
+    def _monitor(self, worker: WorkerProcess) -> tuple[Outcome, int | None]:
         """Watch the worker; return ``(outcome, worker exit code)``."""
         last_ok = time.monotonic()
         ticks = 0
         while True:
             if self._stop_signal is not None:  # before the exit code: the signal may be why it ended
-                return "signal", worker.stop(self.config.stop_timeout, self._stop_signal)
+                return Outcome.SIGNAL, worker.stop(self.config.stop_timeout, self._stop_signal)
             code = worker.poll()
             if code is not None:
-                return ("succeeded" if code == 0 else "failed"), code
+                return (Outcome.SUCCEEDED if code == 0 else Outcome.FAILED), code
             ticks += 1
             try:
                 waiting = self.handler.num_nodes_waiting()
@@ -559,58 +606,52 @@ class ElasticAgent:
                 last_ok = time.monotonic()
             except RendezvousError as exc:
                 if time.monotonic() - last_ok > BACKEND_GRACE:
-                    return "backend_lost", worker.stop(self.config.stop_timeout)
+                    return Outcome.BACKEND_LOST, worker.stop(self.config.stop_timeout)
                 logger.warning("Checking the rendezvous failed (the worker keeps running): %s: %s", type(exc).__name__, exc)
                 waiting, closed = 0, False
             if closed:
                 logger.warning("The rendezvous was closed; stopping the worker.")
-                return "closed", worker.stop(self.config.stop_timeout)
+                return Outcome.CLOSED, worker.stop(self.config.stop_timeout)
             if waiting > 0:
                 logger.info("%d node(s) waiting or gone; stopping the worker to re-rendezvous.", waiting)
                 code = worker.stop(self.config.stop_timeout)
-                return "membership_changed", code
+                return Outcome.MEMBERSHIP_CHANGED, code
             worker.wait(self.config.monitor_interval)  # returns early when the worker ends
 
     def _round_broken(self, round_: int | None) -> bool:
         """Whether a participant of our round is gone (or the round moved on)."""
         waiting = self.handler.num_nodes_waiting()
-        standing = getattr(self.handler, "standing", None)
-        if standing is None:
+        if not isinstance(self.handler, HasStanding):
             return waiting > 0
+        standing = self.handler.standing
         if round_ is not None and standing.round != round_:
             return True
         return bool(standing.complete) and standing.missing > 0
 
-    def _exit_barrier(self, info: RendezvousInfo) -> str:
-        """Report success in the round's store and wait for every rank.
-
-        Returns:
-            ``all_done``, ``round_broken``, ``closed``, ``signal``, ``backend_lost`` or
-            ``timeout``.
-        """
+    def _exit_barrier(self, info: RendezvousInfo) -> Barrier:
+        """Report success in the round's store and wait for every rank."""
         store = info.store
-        standing = getattr(self.handler, "standing", None)
-        round_ = getattr(standing, "round", None)
+        round_ = self.handler.standing.round if isinstance(self.handler, HasStanding) else None
         deadline = time.monotonic() + self.config.exit_barrier_timeout
         last_ok = time.monotonic()
         reported = False
         ticks = 0
         while True:
             if self._stop_signal is not None:
-                return "signal"
+                return Barrier.SIGNAL
             try:
                 if not reported:
                     if store.add(DONE_KEY, 1) >= info.world_size:
                         store.set(ALL_DONE_KEY, b"1")
-                        return "all_done"
+                        return Barrier.ALL_DONE
                     reported = True
                     logger.info("The program succeeded; waiting for the other %d rank(s) to finish.", info.world_size - 1)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return "all_done" if store.check([ALL_DONE_KEY]) else "timeout"
+                    return Barrier.ALL_DONE if store.check([ALL_DONE_KEY]) else Barrier.TIMEOUT
                 try:
                     store.wait([ALL_DONE_KEY], min(self.config.monitor_interval * 2, remaining))
-                    return "all_done"
+                    return Barrier.ALL_DONE
                 except StoreTimeoutError:
                     pass
                 ticks += 1
@@ -620,12 +661,12 @@ class ElasticAgent:
                     # Every rank may have finished just now (and a peer closed the rendezvous,
                     # or a finished peer was declared dead): success wins.
                     if store.check([ALL_DONE_KEY]):
-                        return "all_done"
-                    return "round_broken" if broken else "closed"
+                        return Barrier.ALL_DONE
+                    return Barrier.ROUND_BROKEN if broken else Barrier.CLOSED
                 last_ok = time.monotonic()
             except RendezvousError as exc:
                 if time.monotonic() - last_ok > BACKEND_GRACE:
-                    return "backend_lost"
+                    return Barrier.BACKEND_LOST
                 logger.warning("Waiting for the other ranks failed, retrying: %s: %s", type(exc).__name__, exc)
                 time.sleep(min(self.config.monitor_interval, 1.0))
 
