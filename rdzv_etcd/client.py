@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters
+from rdzv_core.retry import BACKOFF, Failure, call_with_retry
 from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint
 
 __all__ = [
@@ -59,8 +60,8 @@ DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_KEY_TTL = 7200
 #: Seconds during which transport failures are retried (with back-off, across endpoints).
 DEFAULT_RETRY_WINDOW = 3.0
-#: Back-off between attempts (requests and watches): the first pause, doubling up to the cap.
-BACKOFF_FIRST, BACKOFF_CAP = 0.05, 1.0
+#: Back-off between watches: the first pause, doubling up to the cap (requests: the retry policy's).
+BACKOFF_FIRST, BACKOFF_CAP = BACKOFF
 
 #: The configuration keys of the etcd backends (``--rdzv-conf``).
 ETCD_CONFIG_KEYS = frozenset(
@@ -159,18 +160,6 @@ class OutcomeUnknownError(RendezvousConnectionError):
     """A write that is not idempotent failed after it may have reached etcd (the connection
     broke before the answer): it may or may not have been applied. Callers that can find out
     by reading (the backend's compare-and-set) do so; others see a connection error."""
-
-
-class Failure(enum.Enum):
-    """What a failed request means for a retry (see :meth:`EtcdKV._classify`)."""
-
-    #: The request never reached etcd (connection refused, connect timeout): always retry.
-    NOT_SENT = "not sent"
-    #: The request may have been applied (reset or timeout after sending, 5xx, no leader):
-    #: retry only idempotent operations, so that e.g. ``add`` never counts twice.
-    MAYBE_SENT = "maybe sent"
-    #: etcd answered and refused (authentication, permission, request too large): no retry.
-    REFUSED = "refused"
 
 
 class WatchOutcome(enum.Enum):
@@ -531,34 +520,34 @@ class EtcdKV(ABC):
         (or until the ``time.monotonic()`` deadline ``retry_until``, if later: a watch keeps
         trying for as long as its caller is willing to wait, e.g. across an etcd restart).
 
-        Each failure moves to the next endpoint; back-off doubles from 50 ms to 1 s (each
-        pause jittered down to half of it, see :func:`jittered`). A failure
-        that may have reached etcd (:attr:`Failure.MAYBE_SENT`) is retried only when
-        ``idempotent``; a refusal (:attr:`Failure.REFUSED`) never.
+        Each failure moves to the next endpoint; the policy is
+        :func:`rdzv_core.retry.call_with_retry`'s (back-off doubling from 50 ms to 1 s, each
+        pause jittered down to half of it): a failure that may have reached etcd
+        (:attr:`Failure.MAYBE_SENT`) is retried only when ``idempotent`` (else
+        :class:`OutcomeUnknownError`); a refusal (:attr:`Failure.REFUSED`) never.
 
         Raises:
             RendezvousConnectionError: still failing; names ``op``, the endpoints and the cause.
         """
         deadline = max(time.monotonic() + self.config.retry_window, retry_until or 0.0)
-        delay = BACKOFF_FIRST
-        while True:
+
+        def attempt() -> T:
             index, client = self._client()
             try:
                 return fn(client)
             except Exception as exc:
-                kind = self._classify(exc)
-                if kind is None:
-                    raise
-                if kind is Failure.REFUSED:
-                    raise self.connection_error(op, self._describe(exc)) from exc
-                self._fail_over(index)
-                if not idempotent and kind is Failure.MAYBE_SENT:
-                    raise self.connection_error(op, self._describe(exc), OutcomeUnknownError) from exc
-                if time.monotonic() + delay > deadline:
-                    raise self.connection_error(op, self._describe(exc)) from exc
-                logger.debug("etcd %s at %s failed (%s); retrying in %.2f s", op, self.config.urls[index], exc, delay)
-                time.sleep(jittered(delay))
-                delay = min(delay * 2, BACKOFF_CAP)
+                if self._classify(exc) in (Failure.NOT_SENT, Failure.MAYBE_SENT):
+                    self._fail_over(index)
+                raise
+
+        def give_up(exc: BaseException, failure: Failure, attempts: int, elapsed: float) -> Exception:
+            unknown = failure is Failure.MAYBE_SENT and not idempotent
+            return self.connection_error(op, self._describe(exc), OutcomeUnknownError if unknown else RendezvousConnectionError)
+
+        def on_retry(exc: BaseException, attempts: int, pause: float) -> None:
+            logger.debug("%s; retrying in %.2f s", self.connection_error(op, self._describe(exc)), pause)
+
+        return call_with_retry(attempt, self._classify, give_up, deadline=deadline, idempotent=idempotent, on_retry=on_retry)
 
     def _watch_loop(self, key: str, start_revision: int, timeout: float, attempt: Callable[[Any, WatchCursor, float], WatchOutcome]) -> bool:
         """The :meth:`watch` of both adapters: ``attempt(client, cursor, deadline)`` re-reads

@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -35,6 +34,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters, RendezvousStateError
+from rdzv_core.retry import Failure, call_with_retry
 from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint
 from rdzv_redis.lua import ALL_SCRIPTS
 from rdzv_redis.notify import Notifier
@@ -79,8 +79,6 @@ REDIS_CONFIG_KEYS = frozenset(
         "sentinel_password",
     }
 )
-#: First and largest back-off (seconds) between retries of a failed operation.
-RETRY_BACKOFF = (0.05, 1.0)
 #: Longest cause (characters) quoted in an error message.
 _MAX_CAUSE = 300
 
@@ -284,6 +282,8 @@ _TRANSIENT = "transient"
 _REJECTED_BEFORE_RUN = "rejected"  # transient, and the server did not run the command
 _WRONG_TYPE = "wrongtype"
 _OTHER = "other"
+#: What each kind means for the retry policy.
+_FAILURE_OF = {_REJECTED_BEFORE_RUN: Failure.NOT_SENT, _TRANSIENT: Failure.MAYBE_SENT, _AUTH: Failure.REFUSED, _WRONG_TYPE: Failure.REFUSED, _OTHER: Failure.REFUSED}
 
 
 def _classify(redis: ModuleType, exc: BaseException) -> str:
@@ -477,10 +477,10 @@ class RedisClient:
     def call(self, what: str, fn: Callable[[], T], *, idempotent: bool = True, deadline: float | None = None) -> T:
         """Run ``fn`` (one Redis operation), retrying transient failures.
 
-        Connection errors and timeouts are retried with a jittered exponential back-off
-        (50 ms doubling to 1 s) until :attr:`RedisConfig.retry_timeout` seconds have passed
-        or ``deadline`` (a ``time.monotonic()`` value) is reached. When ``idempotent`` is
-        false, only failures where the command surely did not run are retried (connecting
+        The policy is :func:`rdzv_core.retry.call_with_retry`'s (jittered exponential
+        back-off, 50 ms doubling to 1 s) until :attr:`RedisConfig.retry_timeout` seconds have
+        passed or ``deadline`` (a ``time.monotonic()`` value) is reached. When ``idempotent``
+        is false, only failures where the command surely did not run are retried (connecting
         failed, ``LOADING``, ``READONLY``, ...).
 
         Args:
@@ -494,23 +494,20 @@ class RedisClient:
             Exception: whatever ``fn`` raises that is not a redis-py error, unchanged.
         """
         redis = self._redis_module
-        start = time.monotonic()
-        end = start + self.config.retry_timeout
+        end = time.monotonic() + self.config.retry_timeout
         if deadline is not None:
             end = min(end, deadline)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return fn()
-            except (redis.RedisError, OSError) as exc:
-                kind = _classify(redis, exc)
-                retryable = kind == _REJECTED_BEFORE_RUN or (kind == _TRANSIENT and idempotent)
-                delay = random.uniform(0.5, 1.0) * min(RETRY_BACKOFF[1], RETRY_BACKOFF[0] * 2 ** (attempt - 1))
-                if not retryable or self._closed or time.monotonic() + delay > end:
-                    raise self._translate(what, exc, kind, attempt, time.monotonic() - start) from exc
-                logger.debug("%s on %s failed (attempt %d), retrying in %.3f s: %s", what, self.config.display, attempt, delay, self._scrub(str(exc)))
-                time.sleep(delay)
+
+        def classify(exc: BaseException) -> Failure | None:
+            return _FAILURE_OF[_classify(redis, exc)] if isinstance(exc, (redis.RedisError, OSError)) else None
+
+        def give_up(exc: BaseException, failure: Failure, attempts: int, elapsed: float) -> Exception:
+            return self._translate(what, exc, _classify(redis, exc), attempts, elapsed)
+
+        def on_retry(exc: BaseException, attempt: int, pause: float) -> None:
+            logger.debug("%s on %s failed (attempt %d), retrying in %.3f s: %s", what, self.config.display, attempt, pause, self._scrub(str(exc)))
+
+        return call_with_retry(fn, classify, give_up, deadline=end, idempotent=idempotent, cancelled=lambda: self._closed, on_retry=on_retry)
 
     def _translate(self, what: str, exc: BaseException, kind: str, attempts: int, elapsed: float) -> Exception:
         where = self.config.display
