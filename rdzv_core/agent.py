@@ -63,6 +63,7 @@ from rdzv_core.api import (
     RendezvousParameters,
 )
 from rdzv_core.backend import Standing
+from rdzv_core.state import NodeDesc
 from rdzv_core.store import PrefixStore, Store, StoreTimeoutError
 
 __all__ = [
@@ -120,8 +121,12 @@ class Barrier(str, enum.Enum):
 
 @runtime_checkable
 class HasStanding(Protocol):
-    """A handler that says where its node stands without a request (the dynamic handler):
-    the agent reads ``standing.round``, ``.complete``, ``.missing`` and ``.closed``."""
+    """A handler that says which node it is and where that node stands, without a request
+    (the dynamic handler): the agent reads ``node.key`` and ``standing.round``,
+    ``.complete``, ``.missing`` and ``.closed``."""
+
+    @property
+    def node(self) -> NodeDesc: ...
 
     @property
     def standing(self) -> Standing: ...
@@ -448,8 +453,7 @@ class ElasticAgent:
     # -- the loop -----------------------------------------------------------------------------
 
     def _node_key(self) -> str:
-        node = getattr(self.handler, "node", None)
-        return getattr(node, "key", "") or ""
+        return self.handler.node.key if isinstance(self.handler, HasStanding) else ""
 
     def _result(self, code: int, reason: str, started: float) -> AgentResult:
         if code == EXIT_SUCCESS:
@@ -491,8 +495,7 @@ class ElasticAgent:
         with self._interruptible_section():
             info = self.handler.next_rendezvous()
         seconds = time.monotonic() - t0
-        standing = getattr(self.handler, "standing", None)
-        round_ = int(getattr(standing, "round", len(self._rounds) + 1))
+        round_ = self.handler.standing.round if isinstance(self.handler, HasStanding) else len(self._rounds) + 1
         record = RoundRecord(round_, info.rank, info.world_size, round(seconds, 4), time.time())
         self._rounds.append(record)
         logger.info("Round %d: rank %d of %d (rendezvous took %.2f s).", round_, info.rank, info.world_size, seconds)

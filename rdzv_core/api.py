@@ -116,6 +116,20 @@ class RendezvousParameters:
         """Return the configuration value of ``key``, or ``default`` when it is absent."""
         return self.config.get(key, default)
 
+    def get_as_str(self, key: str, *, strip: bool = False) -> str | None:
+        """Return ``key`` as a str (``strip``: without surrounding blanks), ``None`` when it is
+        absent or empty.
+
+        Raises:
+            ValueError: the value is not a str; the message names the key and the type.
+        """
+        value = self.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"The rendezvous configuration option '{key}' must be a string (got a {type(value).__name__}).")
+        return (value.strip() if strip else value) or None
+
     def get_as_bool(self, key: str, default: bool | None = None) -> bool | None:
         """Return ``key`` as a bool (``1/0, true/false, yes/no, on/off``, any case).
 

@@ -249,11 +249,11 @@ class EtcdConfig:
         return cls(
             endpoints=endpoints,
             protocol=protocol,
-            cacert=_optional_str(params, "cacert"),
-            cert=_optional_str(params, "cert"),
-            key=_optional_str(params, "key"),
-            username=_optional_str(params, "username") or url_user or os.environ.get(USERNAME_ENV) or None,
-            password=_optional_str(params, "password") or url_password or os.environ.get(PASSWORD_ENV) or None,
+            cacert=params.get_as_str("cacert", strip=True),
+            cert=params.get_as_str("cert", strip=True),
+            key=params.get_as_str("key", strip=True),
+            username=params.get_as_str("username", strip=True) or url_user or os.environ.get(USERNAME_ENV) or None,
+            password=params.get_as_str("password", strip=True) or url_password or os.environ.get(PASSWORD_ENV) or None,
             read_timeout=DEFAULT_READ_TIMEOUT if read_timeout is None else read_timeout,
             key_ttl=DEFAULT_KEY_TTL if key_ttl is None else key_ttl,
         )
@@ -275,15 +275,6 @@ class EtcdConfig:
 
 def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _optional_str(params: RendezvousParameters, key: str) -> str | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"The rendezvous configuration option '{key}' must be a string (got {type(value).__name__}).")
-    return value.strip() or None
 
 
 def _parse_endpoints(text: str | None) -> tuple[tuple[Endpoint, ...], str | None, str | None, str | None]:

@@ -159,12 +159,12 @@ class RedisConfig:
         if any(value is None for value in params.config.values()):  # None means "the default"
             given = {key: value for key, value in params.config.items() if value is not None}
             params = RendezvousParameters(params.backend, params.endpoint, params.run_id, params.min_nodes, params.max_nodes, params.local_addr, **given)
-        ssl_files = {k: _optional_str(params, k) for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
-        master = _optional_str(params, "sentinel_master")
+        ssl_files = {k: params.get_as_str(k) for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
+        master = params.get_as_str("sentinel_master")
         if master is not None:
             sentinels = _parse_sentinels(params.endpoint, master)
             endpoint = Endpoint(*sentinels[0])
-            sentinel_password = _optional_str(params, "sentinel_password") or os.environ.get(SENTINEL_PASSWORD_ENV) or None
+            sentinel_password = params.get_as_str("sentinel_password") or os.environ.get(SENTINEL_PASSWORD_ENV) or None
         else:
             if "sentinel_password" in params.config:
                 raise ValueError("The rendezvous configuration option 'sentinel_password' needs 'sentinel_master' (the name of the master the sentinels monitor).")
@@ -182,8 +182,8 @@ class RedisConfig:
             host=endpoint.host,
             port=endpoint.port,
             db=_parse_db(params, endpoint),
-            username=_optional_str(params, "username") or endpoint.username,
-            password=_optional_str(params, "password") or endpoint.password or os.environ.get(PASSWORD_ENV) or None,
+            username=params.get_as_str("username") or endpoint.username,
+            password=params.get_as_str("password") or endpoint.password or os.environ.get(PASSWORD_ENV) or None,
             tls=tls,
             sentinels=sentinels,
             sentinel_master=master,
@@ -234,15 +234,6 @@ def _parse_sentinels(text: str | None, master: str) -> tuple[tuple[str, int], ..
         endpoint = parse_rendezvous_endpoint(part, DEFAULT_SENTINEL_PORT)
         sentinels.append((endpoint.host, endpoint.port))
     return tuple(dict.fromkeys(sentinels))
-
-
-def _optional_str(params: RendezvousParameters, key: str) -> str | None:
-    value = params.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"The rendezvous configuration option '{key}' must be a string (got a {type(value).__name__}).")
-    return value
 
 
 def _seconds(params: RendezvousParameters, key: str, default: float, minimum: float) -> float:
