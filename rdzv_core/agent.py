@@ -751,6 +751,10 @@ def open_worker_store(environ: Mapping[str, str] | None = None, timeout: float |
         environ: The environment to read (default ``os.environ``; see :class:`WorkerEnv`).
         timeout: Default timeout (seconds) of blocking calls, or ``None`` for the store's.
 
+    ``rdzv run`` passes no secret: on a server with a password the worker needs the
+    backend's password variable (``RDZV_REDIS_PASSWORD``, ``RDZV_ETCD_PASSWORD``) set in its
+    environment by the user.
+
     Raises:
         KeyError: not started by ``rdzv run`` (no ``RANK``/``RDZV_*`` variables).
         ValueError: the backend offers no store to other processes (``memory``).

@@ -331,6 +331,20 @@ def _start_server(server: Any, kind: str) -> None:
         raise CliError(f"The local {kind} server did not start: {_one_line(str(exc))}", EXIT_FAILURE) from exc
 
 
+def _worker_env(backend: str, endpoint: str, rdzv_conf: dict[str, str]) -> dict[str, str]:
+    """What a worker of ``rdzv run`` learns of the rendezvous: the backend, the endpoint
+    without credentials and the configuration without secrets (a worker that opens the
+    round's store takes its password from the backend's environment variable, e.g.
+    ``RDZV_REDIS_PASSWORD``, which it inherits only when the user set it)."""
+    from rdzv_core.plugin import without_secrets
+    from rdzv_core.registry import rendezvous_handler_registry
+    from rdzv_core.status import safe_endpoint
+
+    plugin = rendezvous_handler_registry.plugin(backend)
+    conf = plugin.without_secrets(rdzv_conf) if plugin is not None else without_secrets(rdzv_conf)
+    return {"RDZV_BACKEND": backend, "RDZV_ENDPOINT": safe_endpoint(endpoint), "RDZV_CONF": ",".join(f"{k}={v}" for k, v in conf.items())}
+
+
 def _standalone_plugin(ctx: click.Context, backend: str) -> BackendPlugin:
     """The plug-in of ``backend`` when it has a local server, for ``rdzv run --standalone``."""
     from rdzv_core.registry import rendezvous_handler_registry
@@ -429,7 +443,10 @@ def run(
     The agent joins the rendezvous, then starts CMD with RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT, RDZV_RUN_ID, RDZV_ROUND, RDZV_RESTART_COUNT and the store's RDZV_BACKEND,
     RDZV_ENDPOINT, RDZV_STORE_PREFIX, RDZV_CONF in its environment
-    (rdzv_core.agent.open_worker_store() opens the round's store from them). It forwards
+    (rdzv_core.agent.open_worker_store() opens the round's store from them). Secrets are
+    not passed on: no password in RDZV_CONF, no credentials in RDZV_ENDPOINT; a worker that
+    opens the store of a protected server needs the backend's password variable
+    (RDZV_REDIS_PASSWORD, RDZV_ETCD_PASSWORD) in its environment. It forwards
     SIGINT/SIGTERM to CMD. When CMD fails, or nodes join or leave, it stops CMD (SIGTERM,
     then SIGKILL), re-rendezvouses and restarts it. When CMD succeeds on every node the job
     ends and the rendezvous is closed.
@@ -470,7 +487,7 @@ def run(
             handler = get_rendezvous_handler(params)
         except (RendezvousError, ValueError, ImportError) as exc:
             _fail(exc)
-        worker_env = {"RDZV_BACKEND": backend, "RDZV_ENDPOINT": endpoint, "RDZV_CONF": ",".join(f"{k}={v}" for k, v in rdzv_conf.items())}
+        worker_env = _worker_env(backend, endpoint, rdzv_conf)
         agent = ElasticAgent(handler, config, worker_env)
         logger.info("Agent of run '%s' (%s, nodes %d:%d) starts: %s", run_id, backend, nnodes[0], nnodes[1], " ".join(command))
         with agent.signal_handlers():

@@ -18,7 +18,7 @@ install hint of an error, and the torchrun handler creator.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from rdzv_core.backend import RendezvousBackend
     from rdzv_core.store import Store
 
-__all__ = ["BackendPlugin", "BackendFactory", "LocalServer", "ServerFactory"]
+__all__ = ["BackendPlugin", "BackendFactory", "LocalServer", "ServerFactory", "SECRET_WORDS", "without_secrets"]
+
+#: A configuration key whose name contains one of these holds a secret.
+SECRET_WORDS = ("password", "secret", "token")
 
 #: ``params -> (backend, store)``: connects; the store is the run's (unscoped) store.
 BackendFactory = Callable[["RendezvousParameters"], "tuple[RendezvousBackend, Store]"]
@@ -97,6 +100,9 @@ class BackendPlugin:
             :meth:`torch_handler_creator`).
         cross_process: Whether other processes reach the same backend and store (``False``:
             one process only, so no worker of ``rdzv run`` can open the round's store).
+        secret_keys: Configuration keys that hold secrets (frozenset of str): never passed
+            to a worker (nor is any key whose name contains ``password``, ``secret`` or
+            ``token``).
 
     Raises:
         ValueError: ``name`` is empty, or ``server_kind`` and ``local_server`` are not given
@@ -111,6 +117,7 @@ class BackendPlugin:
     local_server: ServerFactory | None = None
     torch: bool = True
     cross_process: bool = True
+    secret_keys: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -155,6 +162,10 @@ class BackendPlugin:
             _close_quietly(store, backend)
             raise
 
+    def without_secrets(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` without its secret keys (see :attr:`secret_keys`), for a worker."""
+        return without_secrets(config, self.secret_keys)
+
     def torch_handler_creator(self) -> Callable[[Any], Any]:
         """torchrun's ``torchrun.handlers`` factory: takes no argument, returns the creator
         ``torch RendezvousParameters -> torch RendezvousHandler`` (imports torch).
@@ -167,6 +178,12 @@ class BackendPlugin:
         from rdzv_core.torch_bridge import handler_creator
 
         return handler_creator(self.name)
+
+
+def without_secrets(config: Mapping[str, Any], secret_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``config`` without ``secret_keys`` and without any key whose name contains one of
+    :data:`SECRET_WORDS` (a plug-in that is not installed still keeps its password)."""
+    return {k: v for k, v in config.items() if k not in secret_keys and not any(word in k.lower() for word in SECRET_WORDS)}
 
 
 def _close_quietly(*resources: Any) -> None:

@@ -33,7 +33,10 @@ def _local_server(port: int | None) -> Any:
 
 
 def _plugin(name: str, api: Api, torch: bool) -> BackendPlugin:
-    return BackendPlugin(name, functools.partial(create_backend, api=api), ETCD_CONFIG_KEYS, extra="rdzv[etcd]", server_kind="etcd", local_server=_local_server, torch=torch)
+    return BackendPlugin(
+        name, functools.partial(create_backend, api=api), ETCD_CONFIG_KEYS, extra="rdzv[etcd]", server_kind="etcd", local_server=_local_server,
+        torch=torch, secret_keys=frozenset({"password"}),
+    )  # fmt: skip
 
 
 #: ``etcd-v2``: etcd's v2 API (needs ``--enable-v2``); not offered to torchrun (torch's own).

@@ -26,4 +26,7 @@ def _local_server(port: int | None) -> Any:
 
 #: The ``redis`` backend: :func:`rdzv_redis.backend.create_backend`, the Redis keys of
 #: :class:`rdzv_redis.client.RedisConfig`, ``rdzv server redis``.
-PLUGIN = BackendPlugin("redis", create_backend, REDIS_CONFIG_KEYS, extra="rdzv[redis]", server_kind="redis", local_server=_local_server)
+PLUGIN = BackendPlugin(
+    "redis", create_backend, REDIS_CONFIG_KEYS, extra="rdzv[redis]", server_kind="redis", local_server=_local_server,
+    secret_keys=frozenset({"password", "sentinel_password"}),
+)  # fmt: skip

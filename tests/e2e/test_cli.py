@@ -332,3 +332,34 @@ def test_server_command_prints_endpoint_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+DUMP_ENV = py("import json, os, sys; json.dump({'env': dict(os.environ), 'argv': sys.argv}, open(os.environ['DUMP'], 'w'))")
+
+
+def test_no_secret_reaches_the_worker(own_redis_server: Any, tmp_path: Path) -> None:
+    """A password given in --rdzv-conf and in the endpoint URL reaches neither the worker's
+    environment nor its argv; with the backend's password variable set (the user's choice),
+    the worker can still open the round's store."""
+    secret = "w0rker-s3cret"
+    server = own_redis_server(password=secret)
+    group = Agents(f"redis://:{secret}@{server.endpoint}/0", f"cli-{uuid.uuid4().hex[:10]}", tmp_path)
+    dump = tmp_path / "env.json"
+    env = {**_env(), "DUMP": str(dump)}
+    args = [
+        sys.executable, "-m", "rdzv_core.cli", "run", "--endpoint", group.endpoint, "--run-id", group.run_id, "--nnodes", "1",
+        "--rdzv-conf", f"{FAST},password={secret}", "--local-addr", "127.0.0.1", "--", *DUMP_ENV,
+    ]  # fmt: skip
+    result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=BOUND)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(dump.read_text())
+    assert secret not in json.dumps(seen) and secret not in result.stdout + result.stderr
+    assert seen["env"]["RDZV_ENDPOINT"] == f"redis://{server.endpoint}/0" and "last_call_timeout" in seen["env"]["RDZV_CONF"]
+
+    store_user = py(
+        "from rdzv_core.agent import open_worker_store; s = open_worker_store(); s.set('k', b'v'); assert s.get('k') == b'v'; s.close()"
+    )
+    args[args.index("--run-id") + 1] = f"cli-{uuid.uuid4().hex[:10]}"
+    args[args.index("--") + 1 :] = store_user
+    ok = subprocess.run(args, env={**env, "RDZV_REDIS_PASSWORD": secret}, cwd=REPO, capture_output=True, text=True, timeout=BOUND)
+    assert ok.returncode == 0, ok.stderr

@@ -284,3 +284,11 @@ def test_the_shipped_backends_are_plugins_and_their_servers_local_servers():
     assert not rendezvous_handler_registry.plugin("memory").cross_process
     with pytest.raises(ValueError, match="fixed port"):
         rendezvous_handler_registry.plugin("etcd-v3").local_server(2379)
+
+
+def test_secret_keys_are_kept_from_workers():
+    from rdzv_core.plugin import without_secrets
+
+    conf = {"password": "p", "sentinel_password": "s", "api_token": "t", "last_call_timeout": "1", "username": "u"}
+    assert rendezvous_handler_registry.plugin("redis").without_secrets(conf) == {"last_call_timeout": "1", "username": "u"}
+    assert without_secrets({"my_secret": "x", "key_ttl": "60"}) == {"key_ttl": "60"}  # by name, for any plug-in
