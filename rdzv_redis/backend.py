@@ -88,6 +88,8 @@ class RedisRendezvousBackend(RendezvousBackend):
         run_id: The run id (str, not empty).
         key_ttl: Seconds the run's keys live after the last write or keep-alive; ``None``
             uses ``client.config.key_ttl``.
+        closed_ttl: Seconds they live once the rendezvous is closed (every write of a closed
+            record sets this expiry); ``None`` uses ``client.config.closed_ttl``.
 
     Every method may raise :class:`~rdzv_core.api.RendezvousConnectionError` when Redis
     stays unreachable for the client's retry budget or authentication fails (all requests go
@@ -96,13 +98,14 @@ class RedisRendezvousBackend(RendezvousBackend):
     not write (a non-integer field, fields without an incarnation).
     """
 
-    def __init__(self, client: RedisClient, run_id: str, *, key_ttl: float | None = None) -> None:
+    def __init__(self, client: RedisClient, run_id: str, *, key_ttl: float | None = None, closed_ttl: float | None = None) -> None:
         if not run_id:
             raise ValueError("The run id must be a non-empty string.")
         self._client = client
         self._run_id = run_id
         self._keys = RunKeys(run_id)
         self._ttl_ms = int(1000 * (client.config.key_ttl if key_ttl is None else key_ttl))
+        self._closed_ttl_ms = int(1000 * (client.config.closed_ttl if closed_ttl is None else closed_ttl))
         self._closed = False
         self._keep_alive_sent: dict[str, tuple[float, int]] = {}
         client.notifier.track(self._keys.state_channel)
@@ -348,7 +351,7 @@ class RedisRendezvousBackend(RendezvousBackend):
         spec = spec or RoundSpec(1, 1, 0.0, 0.0)
         args = [
             op, node, spec.min_nodes, spec.max_nodes, int(spec.last_call * 1_000_000), int(spec.dead_after * 1_000_000),
-            self._ttl_ms, self._keys.round_channel, secrets.token_hex(8), extra, SWEEP_LIMIT, value,
+            self._ttl_ms, self._keys.round_channel, secrets.token_hex(8), extra, SWEEP_LIMIT, value, self._closed_ttl_ms,
         ]  # fmt: skip
         script = self._client.scripts["round"]
         reply = self._client.call(f"round {op}", lambda: script(keys=self._keys.round_keys(), args=args))
@@ -619,7 +622,7 @@ def create_backend(params: RendezvousParameters, *, shared: bool = True) -> tupl
     client = RedisClient.acquire(config) if shared else RedisClient.create(config)
     # key_ttl is not part of the client's identity: a shared client may come from a config
     # with another one, so each backend and store takes its own.
-    backend = RedisRendezvousBackend(client, params.run_id, key_ttl=config.key_ttl)
+    backend = RedisRendezvousBackend(client, params.run_id, key_ttl=config.key_ttl, closed_ttl=config.closed_ttl)
     client.retain()  # the store holds its own reference
     return backend, RedisStore(client, params.run_id, key_ttl=config.key_ttl)
 

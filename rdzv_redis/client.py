@@ -75,6 +75,7 @@ REDIS_CONFIG_KEYS = frozenset(
         "retry_timeout",
         "max_connections",
         "key_ttl",
+        "closed_ttl",
         "sentinel_master",
         "sentinel_password",
     }
@@ -114,6 +115,8 @@ class RedisConfig:
         max_connections: Connections of the process-wide pool, pub/sub included (default 64).
         key_ttl: Seconds the keys of a run live after its last write or keep-alive
             (default 86400 = 24 h).
+        closed_ttl: Seconds the keys of a run live once it is closed (default 300): late
+            nodes of the finished job still see it closed, then a new job may reuse the run id.
         sentinels: Sentinel mode: the ``(host, port)`` of each sentinel (from the endpoint);
             empty otherwise. ``host``/``port`` are then the first sentinel's.
         sentinel_master: Sentinel mode: the name of the monitored master (config
@@ -136,6 +139,7 @@ class RedisConfig:
     retry_timeout: float = 10.0
     max_connections: int = 64
     key_ttl: float = 86400.0
+    closed_ttl: float = 300.0
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
@@ -194,6 +198,7 @@ class RedisConfig:
             retry_timeout=_seconds(params, "retry_timeout", cls.retry_timeout, 0.0),
             max_connections=_int_at_least(params, "max_connections", cls.max_connections, 2),
             key_ttl=_seconds(params, "key_ttl", cls.key_ttl, 1.0),
+            closed_ttl=_seconds(params, "closed_ttl", cls.closed_ttl, 1.0),
         )
 
     @property
@@ -208,9 +213,10 @@ class RedisConfig:
         return f"{scheme}://{_bracket(self.host)}:{self.port}/{self.db}"
 
     def connection_key(self) -> tuple[Any, ...]:
-        """The identity under which clients are shared: every field but ``key_ttl``, plus the
-        process id (a forked child must not share its parent's sockets or threads)."""
-        return (os.getpid(), *dataclasses.astuple(dataclasses.replace(self, key_ttl=0.0)))
+        """The identity under which clients are shared: every field but ``key_ttl`` and
+        ``closed_ttl``, plus the process id (a forked child must not share its parent's
+        sockets or threads)."""
+        return (os.getpid(), *dataclasses.astuple(dataclasses.replace(self, key_ttl=0.0, closed_ttl=0.0)))
 
 
 def _bracket(host: str) -> str:

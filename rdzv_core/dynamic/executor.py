@@ -41,7 +41,7 @@ from rdzv_core.dynamic.ops import (
     _remove_nodes,
 )
 from rdzv_core.dynamic.outage import OutageGuard
-from rdzv_core.dynamic.settings import RendezvousSettings
+from rdzv_core.dynamic.settings import RendezvousSettings, closed_message
 from rdzv_core.state import NodeDesc, RendezvousState, decode_state, encode_state
 
 logger = logging.getLogger("rdzv_core.dynamic")
@@ -218,7 +218,7 @@ class _OpExecutor:
                     continue  # write pending dead-node removals first
                 return
             if action is _Action.ERROR_CLOSED:
-                raise RendezvousClosedError(f"The rendezvous '{self._settings.run_id}' is closed.")
+                raise RendezvousClosedError(closed_message(self._settings.run_id))
             if action is _Action.ERROR_TIMEOUT:
                 raise RendezvousTimeoutError(f"The rendezvous operation of node '{self._key}' in run '{self._settings.run_id}' did not complete in time.")
             if action is _Action.ERROR_GRACEFUL_EXIT:

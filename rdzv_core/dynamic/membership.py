@@ -33,7 +33,7 @@ from rdzv_core.backend import AtomicMembership, Role, Standing
 from rdzv_core.dynamic.clock import SYSTEM_CLOCK, Clock
 from rdzv_core.dynamic.ops import _ROLLBACK_PERIOD
 from rdzv_core.dynamic.outage import OutageGuard
-from rdzv_core.dynamic.settings import RendezvousSettings
+from rdzv_core.dynamic.settings import RendezvousSettings, closed_message
 
 __all__ = ["Wait", "Joined", "MembershipExecutor"]
 
@@ -194,7 +194,7 @@ class MembershipExecutor:
         if standing.closed:
             if standing.role is Role.REDUNDANT:
                 raise RendezvousGracefulExitError(f"The rendezvous '{self._settings.run_id}' is closed; the redundant node '{self._node}' exits.")
-            raise RendezvousClosedError(f"The rendezvous '{self._settings.run_id}' is closed.")
+            raise RendezvousClosedError(closed_message(self._settings.run_id))
         if standing.role is Role.PARTICIPANT and standing.complete and standing.rank is not None:
             return Joined(standing.round, standing.rank, standing.world_size, standing)
         spare = standing.role is Role.REDUNDANT  # no timeout while the round is full (torch)

@@ -8,7 +8,16 @@ from datetime import timedelta
 
 from rdzv_core.backend import RoundSpec
 
-__all__ = ["HANDLER_CONFIG_KEYS", "RendezvousTimeout", "RendezvousSettings", "RendezvousEvent"]
+__all__ = ["HANDLER_CONFIG_KEYS", "RendezvousTimeout", "RendezvousSettings", "RendezvousEvent", "closed_message"]
+
+
+def closed_message(run_id: str) -> str:
+    """The text of the :class:`~rdzv_core.api.RendezvousClosedError` of ``run_id``: what it
+    means and how to start a new job under that id."""
+    return (
+        f"The rendezvous '{run_id}' is closed: its job ended or was stopped. A new job can use the run id once the closed "
+        "record expires (the backend option closed_ttl, where the backend has it), or use another run id."
+    )
 
 #: Configuration keys read by :func:`create_handler` (backends add their own).
 HANDLER_CONFIG_KEYS = frozenset(

@@ -19,6 +19,7 @@
 -- ARGV[10]     complete, bootstrap: the round; keep_alive: "1" to sweep lapsed nodes
 -- ARGV[11]     at most this many lapsed records are looked at by one sweep (SWEEP_LIMIT)
 -- ARGV[12]     bootstrap: the value rank 0 publishes
+-- ARGV[13]     key expiry in milliseconds once the rendezvous is closed (closed_ttl)
 --
 -- The version is bumped (and announced) only when the summary changes: round, complete,
 -- closed, last call running, wait list non-empty, participants missing, bootstrap published.
@@ -67,10 +68,12 @@ local function create()
   return {inc = ARGV[9], ver = 1, round = 0, complete = false, closed = false, world = 0, seq = 0, new = true}
 end
 
--- Refresh the expiry of every key of the run (absent keys are skipped by PEXPIRE).
-local function touch()
+-- Refresh the expiry of every key of the run (absent keys are skipped by PEXPIRE): key_ttl,
+-- or closed_ttl once the rendezvous is closed (then a finished run id becomes free again).
+local function touch(rec)
+  local ttl = (rec and rec.closed and ARGV[13] ~= '') and ARGV[13] or ARGV[7]
   for i = 1, #KEYS do
-    redis.call('PEXPIRE', KEYS[i], ARGV[7])
+    redis.call('PEXPIRE', KEYS[i], ttl)
   end
 end
 
@@ -88,7 +91,7 @@ local function save(rec)
   else
     redis.call('HDEL', H, 'boot')
   end
-  touch()
+  touch(rec)
 end
 
 local function summary(rec)

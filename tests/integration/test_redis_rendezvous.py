@@ -156,3 +156,29 @@ def test_handlers_from_the_registry(redis_server, redis_run_id):
             handler.shutdown()
             handler.backend.close()
             handler._store.close()
+
+
+def test_a_closed_run_id_is_free_again_after_closed_ttl(redis_params, redis_raw, redis_run_id):
+    """torchrun's default run id is 'none': a second job under it must not meet the first
+    job's closed record for key_ttl (24 h). Once closed, the run's keys expire after
+    closed_ttl; until then late nodes are told it is closed, and how to go on."""
+    from rdzv_core.registry import get_rendezvous_handler
+
+    params = redis_params(closed_ttl=1, last_call_timeout=0.1, join_timeout=10)
+    first = get_rendezvous_handler(params)
+    assert first.next_rendezvous().world_size == 1
+    assert first.shutdown()  # closes the rendezvous
+    ttl = redis_raw.pttl(f"rdzv:{{{redis_run_id}}}:round")
+    assert 0 < ttl <= 1000  # not key_ttl (24 h)
+    late = get_rendezvous_handler(params)
+    with pytest.raises(RendezvousClosedError, match="closed_ttl"):
+        late.next_rendezvous()
+    deadline = time.monotonic() + 10
+    while redis_raw.exists(f"rdzv:{{{redis_run_id}}}:round"):
+        assert time.monotonic() < deadline, "the closed record did not expire"
+        time.sleep(0.05)
+    again = get_rendezvous_handler(params)
+    try:
+        assert again.next_rendezvous().world_size == 1  # a fresh record: the new job runs
+    finally:
+        again.shutdown()
