@@ -58,6 +58,8 @@ DEFAULT_PORT = 2379
 DEFAULT_READ_TIMEOUT = 60.0
 #: Seconds the rendezvous state outlives its last write (torch's default: two hours).
 DEFAULT_KEY_TTL = 7200
+#: Seconds the membership record of a closed rendezvous lives (etcd-v3): then the id is free.
+DEFAULT_CLOSED_TTL = 300
 #: Seconds during which transport failures are retried (with back-off, across endpoints).
 DEFAULT_RETRY_WINDOW = 3.0
 #: Back-off between watches: the first pause, doubling up to the cap (requests: the retry policy's).
@@ -65,7 +67,7 @@ BACKOFF_FIRST, BACKOFF_CAP = BACKOFF
 
 #: The configuration keys of the etcd backends (``--rdzv-conf``).
 ETCD_CONFIG_KEYS = frozenset(
-    {"protocol", "cacert", "cert", "key", "username", "password", "read_timeout", "key_ttl", "membership"}
+    {"protocol", "cacert", "cert", "key", "username", "password", "read_timeout", "key_ttl", "closed_ttl", "membership"}
 )
 
 #: Environment fallbacks for the credentials (parameters win).
@@ -203,6 +205,9 @@ class EtcdConfig:
         password: Its password; never shown by ``repr`` or in error messages.
         read_timeout: Seconds one request may take (float > 0). Watches have their own bound.
         key_ttl: Seconds (int >= 1) the rendezvous state outlives its last write.
+        closed_ttl: Seconds (int >= 1) the etcd-v3 membership record of a closed rendezvous
+            lives (a lease on its summary): late nodes are told it is closed, then a new job
+            may reuse the run id.
         retry_window: Seconds during which transport failures are retried.
     """
 
@@ -215,6 +220,7 @@ class EtcdConfig:
     password: str | None = field(default=None, repr=False)
     read_timeout: float = DEFAULT_READ_TIMEOUT
     key_ttl: int = DEFAULT_KEY_TTL
+    closed_ttl: int = DEFAULT_CLOSED_TTL
     retry_window: float = DEFAULT_RETRY_WINDOW
 
     def __post_init__(self) -> None:
@@ -230,7 +236,7 @@ class EtcdConfig:
         too), ``cacert``, ``cert``, ``key`` (file paths), ``username``/``password`` (else
         from the URL, else the environment variables ``RDZV_ETCD_USERNAME`` /
         ``RDZV_ETCD_PASSWORD``), ``read_timeout`` (seconds, default 60), ``key_ttl``
-        (seconds, default 7200).
+        (seconds, default 7200), ``closed_ttl`` (seconds, default 300).
 
         Raises:
             ValueError: a malformed endpoint or config value; the message names the key
@@ -246,6 +252,7 @@ class EtcdConfig:
         protocol = _parse_protocol(params.get("protocol"), scheme)
         read_timeout = params.get_as_float("read_timeout")  # None (absent or given as None): default
         key_ttl = params.get_as_int("key_ttl")
+        closed_ttl = params.get_as_int("closed_ttl")
         return cls(
             endpoints=endpoints,
             protocol=protocol,
@@ -256,6 +263,7 @@ class EtcdConfig:
             password=params.get_as_str("password", strip=True) or url_password or os.environ.get(PASSWORD_ENV) or None,
             read_timeout=DEFAULT_READ_TIMEOUT if read_timeout is None else read_timeout,
             key_ttl=DEFAULT_KEY_TTL if key_ttl is None else key_ttl,
+            closed_ttl=DEFAULT_CLOSED_TTL if closed_ttl is None else closed_ttl,
         )
 
     @property
@@ -331,8 +339,10 @@ def _validate(config: EtcdConfig) -> None:
         raise ValueError(f"The rendezvous configuration option '{missing}' is missing: etcd authentication needs both 'username' and 'password'.")
     if not config.read_timeout > 0:
         raise ValueError(f"The rendezvous configuration option 'read_timeout' must be > 0 seconds (got {config.read_timeout!r}).")
-    if isinstance(config.key_ttl, bool) or not isinstance(config.key_ttl, int) or config.key_ttl < 1:
-        raise ValueError(f"The rendezvous configuration option 'key_ttl' must be an integer >= 1 second (got {config.key_ttl!r}).")
+    for name in ("key_ttl", "closed_ttl"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"The rendezvous configuration option '{name}' must be an integer >= 1 second (got {value!r}).")
     if config.retry_window < 0:
         raise ValueError(f"The retry window must not be negative (got {config.retry_window!r}).")
 

@@ -92,7 +92,7 @@ from rdzv_core.backend import Role, RoundSpec, Standing, check_bootstrap
 from rdzv_core.rounds import SWEEP_LIMIT
 from rdzv_core.state import RendezvousState
 from rdzv_etcd.backend import EtcdRendezvousBackend, create_backend
-from rdzv_etcd.client import DEFAULT_KEY_TTL, OutcomeUnknownError
+from rdzv_etcd.client import DEFAULT_CLOSED_TTL, DEFAULT_KEY_TTL, OutcomeUnknownError
 from rdzv_etcd.keys import DEFAULT_ROOT, RunKeys
 
 __all__ = ["EtcdMembership", "EtcdMembershipBackend", "create_membership_backend"]
@@ -153,18 +153,20 @@ class EtcdMembership:
         kv: The etcd v3 adapter (:class:`~rdzv_etcd.v3.EtcdV3KV`), shared or not.
         run_id: The run id (str, not empty).
         root: Root of the key layout (``/rdzv``).
+        closed_ttl: Seconds (int) the summary of a closed rendezvous lives (a lease).
 
     Thread-safe; one instance may serve several nodes (each gets its own lease). Every method
     may raise :class:`~rdzv_core.api.RendezvousConnectionError`; a summary that rdzv did not
     write raises :class:`~rdzv_core.api.RendezvousStateError`.
     """
 
-    def __init__(self, kv: Any, run_id: str, *, root: str = DEFAULT_ROOT) -> None:
+    def __init__(self, kv: Any, run_id: str, *, root: str = DEFAULT_ROOT, closed_ttl: int = DEFAULT_CLOSED_TTL) -> None:
         if getattr(kv, "api", None) != "v3":
             raise ValueError("EtcdMembership needs the etcd v3 adapter (rdzv_etcd.v3.EtcdV3KV).")
         self._kv = kv
         self.run_id = run_id
         self._keys = RunKeys(run_id, root)
+        self._closed_ttl = closed_ttl
         self._base = self._keys.run_prefix + "membership/"
         self.summary_key = self._base + "summary"
         self._lock = threading.Lock()
@@ -272,7 +274,10 @@ class EtcdMembership:
         if alive is not None and s_after is not None:
             ops.append(self._alive_put(node, alive))
         if put_summary is not None:
-            ops.append({"request_put": {"key": _b64(self.summary_key), "value": _b64(put_summary)}})
+            put = {"key": _b64(self.summary_key), "value": _b64(put_summary)}
+            if s_after is not None and s_after["closed"]:  # a closed record expires (closed_ttl)
+                put["lease"] = str(self._grant_closed())
+            ops.append({"request_put": put})
         reads = self._reads(s_after, node)
         compares = [self._summary_compare(raw), *compare]
         compares += [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"} for key in absent]
@@ -371,6 +376,11 @@ class EtcdMembership:
             self._leases[node] = (lease, ttl, time.monotonic())
             self._mine.pop(node, None)
         return lease
+
+    def _grant_closed(self) -> int:
+        """A fresh lease of ``closed_ttl`` seconds for the summary of a closed rendezvous
+        (every write of it renews the expiry, as on Redis)."""
+        return int(self._request("lease/grant", {"TTL": str(self._closed_ttl), "ID": "0"})["ID"])
 
     def _lease(self, node: str, spec: RoundSpec) -> int:
         with self._lock:
@@ -738,7 +748,7 @@ class EtcdMembershipBackend(EtcdRendezvousBackend):
 
     def __init__(self, kv: Any, run_id: str, *, key_ttl: int = DEFAULT_KEY_TTL, root: str = DEFAULT_ROOT) -> None:
         super().__init__(kv, run_id, key_ttl=key_ttl, root=root)
-        self.membership = EtcdMembership(kv, run_id, root=root)
+        self.membership = EtcdMembership(kv, run_id, root=root, closed_ttl=kv.config.closed_ttl)
 
     def join_round(self, node: str, spec: RoundSpec) -> Standing:
         return self.membership.join_round(node, spec)

@@ -199,3 +199,25 @@ def test_a_node_removed_while_joining_joins_again(make_handler):
         futures.append(pool.submit(late.next_rendezvous))
         infos = [f.result(timeout=BOUND) for f in futures]
     assert sorted(i.rank for i in infos) == [0, 1, 2]
+
+
+def test_a_closed_etcd_v3_run_id_is_free_again_after_closed_ttl(etcd_server):
+    """As on Redis: the summary of a closed etcd-v3 membership record carries a closed_ttl
+    lease, so the next job under the same run id forms once it expired."""
+    params = etcd_params(etcd_server, "v3", min_nodes=1, max_nodes=1, closed_ttl=1, last_call_timeout=0.1, join_timeout=10)
+    first = get_rendezvous_handler(params)
+    assert first.next_rendezvous().world_size == 1
+    assert first.shutdown()
+    late = get_rendezvous_handler(params)
+    with pytest.raises(RendezvousClosedError, match="closed_ttl"):
+        late.next_rendezvous()
+    deadline = time.monotonic() + 15  # etcd rounds a 1 s lease up to its minimum TTL
+    while late.backend.membership_state() is not None:
+        assert time.monotonic() < deadline, "the closed record did not expire"
+        time.sleep(0.1)
+    again = get_rendezvous_handler(params)
+    try:
+        assert again.next_rendezvous().world_size == 1
+    finally:
+        again.shutdown()
+        late.backend.close()
