@@ -16,7 +16,7 @@ def closed_message(run_id: str) -> str:
     means and how to start a new job under that id."""
     return (
         f"The rendezvous '{run_id}' is closed: its job ended or was stopped. A new job can use the run id once the closed "
-        "record expires (backend option closed_ttl: Redis and etcd-v3, 300 s by default), or use another run id."
+        "record expires (backend option closed_ttl, 300 s by default), or use another run id."
     )
 
 #: Configuration keys read by :func:`create_handler` (backends add their own).
