@@ -15,6 +15,7 @@ __all__ = [
     "parse_rendezvous_config",
     "warn_unknown_config",
     "get_free_port",
+    "scrub",
 ]
 
 _URL_SCHEMES = ("redis", "rediss", "http", "https", "unix")
@@ -136,6 +137,15 @@ def parse_rendezvous_config(text: str | None) -> dict[str, str]:
             raise ValueError(f"The rendezvous configuration key '{key}' is given more than once.")
         config[key] = value.strip()
     return config
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every non-empty secret of ``secrets`` replaced by ``***`` (for messages
+    and logs built from a library's error text)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def warn_unknown_config(config: Mapping[str, object], known: Iterable[str], backend: str) -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters
 from rdzv_core.retry import BACKOFF, Failure, call_with_retry
-from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint
+from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint, scrub
 
 __all__ = [
     "DEFAULT_PORT",
@@ -590,8 +590,6 @@ class EtcdKV(ABC):
 
     def connection_error(self, op: str, cause: str, kind: type[RendezvousConnectionError] = RendezvousConnectionError) -> RendezvousConnectionError:
         """Build the error for a failed ``op``: endpoint and cause, with the password masked."""
-        text = cause
-        if self.config.password:
-            text = text.replace(self.config.password, "***")
+        text = scrub(cause, (self.config.password,))
         outcome = " (it may or may not have been applied)" if kind is OutcomeUnknownError else ""
         return kind(f"The etcd {self.api} request '{op}' to {self.endpoint} failed{outcome}: {text}")

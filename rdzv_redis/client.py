@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters, RendezvousStateError
 from rdzv_core.retry import Failure, call_with_retry
-from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint
+from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint, scrub
 from rdzv_redis.lua import ALL_SCRIPTS
 from rdzv_redis.notify import Notifier
 
@@ -535,9 +535,8 @@ class RedisClient:
         return RendezvousConnectionError(f"Redis at {where} is unreachable: {what} failed after {attempts} attempt(s) in {elapsed:.2f} s: {cause}")
 
     def _scrub(self, text: str) -> str:
-        """Remove the password from ``text`` (defence in depth: redis-py does not echo it)."""
-        password = self.config.password
-        return text.replace(password, "***") if password else text
+        """Remove the passwords from ``text`` (defence in depth: redis-py does not echo them)."""
+        return scrub(text, (self.config.password, self.config.sentinel_password))
 
 
 def _as_is(response: Any) -> Any:

@@ -226,3 +226,10 @@ def test_get_free_port_ipv6():
     except OSError:
         pytest.skip("IPv6 loopback not configured")
     assert 0 < port < 65536
+
+
+def test_scrub_masks_every_given_secret():
+    from rdzv_core.utils import scrub
+
+    assert scrub("auth pw1 then pw2 failed", ("pw1", None, "", "pw2")) == "auth *** then *** failed"
+    assert scrub("nothing here", ()) == "nothing here"
