@@ -149,7 +149,12 @@ def machine_description() -> dict[str, Any]:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -176,7 +181,9 @@ def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False))
     sep = "-|-".join("-" * w for w in widths)
-    body = [" | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in cells]
+    body = [
+        " | ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in cells
+    ]
     return "\n".join([line, sep, *body])
 
 
@@ -301,7 +308,23 @@ class RedisSrv(Server):
         else:
             port = free_port()
             self._dir = tempfile.mkdtemp(prefix="rdzv-bench-redis-")
-            cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", str(self.maxclients), "--dir", self._dir, "--loglevel", "warning"]
+            cmd = [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                str(self.maxclients),
+                "--dir",
+                self._dir,
+                "--loglevel",
+                "warning",
+            ]
             self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if not wait_port(port, 10):
                 raise RuntimeError("redis-server did not start")
@@ -570,7 +593,12 @@ class TCPStoreSrv(Server):
 
     def start(self) -> TCPStoreSrv:
         port = free_port()
-        self._proc = subprocess.Popen([sys.executable, "-c", _TCPSTORE_SERVER, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _TCPSTORE_SERVER, str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self._proc.stdout.readline() if self._proc.stdout else ""
         if not line.startswith("ready"):
             raise RuntimeError(f"TCPStore server did not start: {line!r}")
@@ -588,7 +616,11 @@ class TCPStoreSrv(Server):
 
 
 def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    return {k: after[k] - before.get(k, 0) for k in after if isinstance(after[k], (int, float)) and after[k] - before.get(k, 0)}
+    return {
+        k: after[k] - before.get(k, 0)
+        for k in after
+        if isinstance(after[k], (int, float)) and after[k] - before.get(k, 0)
+    }
 
 
 def summarize_server(kind: str, d: dict[str, Any]) -> dict[str, Any]:
@@ -600,7 +632,11 @@ def summarize_server(kind: str, d: dict[str, Any]) -> dict[str, Any]:
             "requests": d.get("commands", 0),
             "bytes_in": d.get("net_in", 0),
             "bytes_out": d.get("net_out", 0),
-            "commands": {k[4:]: v - (d.get("own_info_calls", 0) if k == "cmd.info" else 0) for k, v in sorted(d.items()) if k.startswith("cmd.")},
+            "commands": {
+                k[4:]: v - (d.get("own_info_calls", 0) if k == "cmd.info" else 0)
+                for k, v in sorted(d.items())
+                if k.startswith("cmd.")
+            },
             "connections_opened": d.get("connections", 0),
             "source": "redis INFO stats (total_commands_processed, total_net_input/output_bytes) and commandstats, minus the harness's own INFO calls (exact bytes, one raw socket)",
         }
@@ -658,7 +694,24 @@ class Counters:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-COUNT_FIELDS = ("get_state", "set_state", "set_failed", "set_none", "wait_calls", "wait_checks", "wakeups", "wait_timeouts", "keep_alive", "heartbeat_ages", "forget_node", "other", "bytes_written", "bytes_read", "t_backend", "t_wait")
+COUNT_FIELDS = (
+    "get_state",
+    "set_state",
+    "set_failed",
+    "set_none",
+    "wait_calls",
+    "wait_checks",
+    "wakeups",
+    "wait_timeouts",
+    "keep_alive",
+    "heartbeat_ages",
+    "forget_node",
+    "other",
+    "bytes_written",
+    "bytes_read",
+    "t_backend",
+    "t_wait",
+)
 
 
 def make_counting_backend(inner: Any, base: type | None = None, on_first_join: Any = None) -> tuple[Any, Counters]:
@@ -685,7 +738,7 @@ def make_counting_backend(inner: Any, base: type | None = None, on_first_join: A
         finally:
             counters.t_backend += time.perf_counter() - t0
 
-    class CountingBackend(*( (base,) if base else () )):  # type: ignore[misc]
+    class CountingBackend(*((base,) if base else ())):  # type: ignore[misc]
         __slots__ = ()
 
         @property

@@ -82,7 +82,15 @@ def _rdzv_params(spec: dict[str, Any]) -> Any:
     if spec.get("keep_alive_max_attempt"):
         config["keep_alive_max_attempt"] = spec["keep_alive_max_attempt"]
     config.update(spec.get("extra_config") or {})
-    return RendezvousParameters(spec["backend"], spec["endpoint"], spec["run_id"], spec.get("min_nodes") or n, n, local_addr="127.0.0.1", **config)
+    return RendezvousParameters(
+        spec["backend"],
+        spec["endpoint"],
+        spec["run_id"],
+        spec.get("min_nodes") or n,
+        n,
+        local_addr="127.0.0.1",
+        **config,
+    )
 
 
 def redis_create_accepts_shared() -> bool:
@@ -154,7 +162,9 @@ def make_torch_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters
         from torch.distributed import TCPStore
         from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
 
-        store = TCPStore(host, int(port), None, False, timedelta(seconds=spec["join_timeout"] + 60), wait_for_workers=False)
+        store = TCPStore(
+            host, int(port), None, False, timedelta(seconds=spec["join_timeout"] + 60), wait_for_workers=False
+        )
         backend = C10dRendezvousBackend(store, run_id)
     else:
         import etcd
@@ -165,13 +175,17 @@ def make_torch_node(spec: dict[str, Any], on_join: Any) -> tuple[Any, H.Counters
         backend = EtcdRendezvousBackend(client, run_id, key_prefix="/torch/elastic/rendezvous")
         store = EtcdStore(client, "/torch/elastic/store")
     counting, counters = H.make_counting_backend(backend, base=TorchBackend, on_first_join=on_join)
-    timeout = RendezvousTimeout(join=timedelta(seconds=spec["join_timeout"]), last_call=timedelta(seconds=spec["last_call"]))
+    timeout = RendezvousTimeout(
+        join=timedelta(seconds=spec["join_timeout"]), last_call=timedelta(seconds=spec["last_call"])
+    )
     kwargs: dict[str, Any] = {}
     if spec.get("keep_alive_interval"):
         kwargs["keep_alive_interval"] = spec["keep_alive_interval"]
     if spec.get("keep_alive_max_attempt"):
         kwargs["keep_alive_max_attempt"] = spec["keep_alive_max_attempt"]
-    handler = DynamicRendezvousHandler.from_backend(run_id, store, counting, spec.get("min_nodes") or n, n, local_addr="127.0.0.1", timeout=timeout, **kwargs)
+    handler = DynamicRendezvousHandler.from_backend(
+        run_id, store, counting, spec.get("min_nodes") or n, n, local_addr="127.0.0.1", timeout=timeout, **kwargs
+    )
     return handler, counters, backend
 
 
@@ -316,7 +330,9 @@ def client_sharing_of(spec: dict[str, Any]) -> str:
     return "process"  # memory: one in-process store
 
 
-def build_nodes(spec: dict[str, Any], count: int, on_join: Any) -> tuple[list[tuple[Any, H.Counters, Any]], list[list[int] | None], str]:
+def build_nodes(
+    spec: dict[str, Any], count: int, on_join: Any
+) -> tuple[list[tuple[Any, H.Counters, Any]], list[list[int] | None], str]:
     """``count`` nodes of ``spec``, each with its own handler and backend; the request counter
     of each node's own Redis client (``None`` where there is none or it is shared); and the
     client sharing mode."""
@@ -355,7 +371,18 @@ def _setup_process(spec: dict[str, Any]) -> int:
     return H.raise_nofile()
 
 
-def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, abort: Any, stop: Any, last_go: Any, joined: Any, slot: int = 0, reqs: Any = None) -> None:
+def child_main(
+    spec: dict[str, Any],
+    indices: list[int],
+    queue: Any,
+    go: Any,
+    abort: Any,
+    stop: Any,
+    last_go: Any,
+    joined: Any,
+    slot: int = 0,
+    reqs: Any = None,
+) -> None:
     """Entry point of one node process (see the module docs)."""
     pid = os.getpid()
     try:
@@ -417,13 +444,31 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
                 err = f"{type(exc).__name__}: {exc}"[:500]
             t_ret = time.monotonic()
             counters.returned = True
-            per_call[k] = {"rt_thread": thread_requests() - thread0 if counted else None, "rt_client": None if box is None else box[0] - client0}
+            per_call[k] = {
+                "rt_thread": thread_requests() - thread0 if counted else None,
+                "rt_client": None if box is None else box[0] - client0,
+            }
             results[k] = (indices[k], rank, world, t_call, t_ret, err)
 
-        threads = [threading.Thread(target=run, args=(k,), daemon=True, name=f"node-{indices[k]}") for k in range(len(nodes))]
+        threads = [
+            threading.Thread(target=run, args=(k,), daemon=True, name=f"node-{indices[k]}") for k in range(len(nodes))
+        ]
         for t in threads:
             t.start()
-        queue.put(("ready", pid, {"setup_s": setup_s, "rss_base_kb": rss_base, "rss_ready_kb": _rss_kb(), "threads": threading.active_count(), "client_sharing": sharing, "nofile": nofile}))
+        queue.put(
+            (
+                "ready",
+                pid,
+                {
+                    "setup_s": setup_s,
+                    "rss_base_kb": rss_base,
+                    "rss_ready_kb": _rss_kb(),
+                    "threads": threading.active_count(),
+                    "client_sharing": sharing,
+                    "nofile": nofile,
+                },
+            )
+        )
         go.wait()
         cpu0 = _cpu_s()
         local_go.set()
@@ -437,7 +482,19 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
             if r is None:
                 r = (indices[k], None, None, None, None, "did not return")
             rows.append((*r, {**nodes[k][1].as_dict(), **per_call[k]}))
-        queue.put(("done", pid, {"rows": rows, "maxrss_kb": _hwm_kb(), "rss_kb": _rss_kb(), "threads": threading.active_count(), "cpu_s": _cpu_s() - cpu0}))
+        queue.put(
+            (
+                "done",
+                pid,
+                {
+                    "rows": rows,
+                    "maxrss_kb": _hwm_kb(),
+                    "rss_kb": _rss_kb(),
+                    "threads": threading.active_count(),
+                    "cpu_s": _cpu_s() - cpu0,
+                },
+            )
+        )
         stop.wait()
         counts = [n[1].as_dict() for n in nodes]
         queue.put(("final", pid, {"counters": counts, "maxrss_kb": _hwm_kb()}))
@@ -450,7 +507,6 @@ def child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: Any, ab
         except Exception:
             pass
         os._exit(0)  # no clean-up of thousands of handlers: the server is thrown away
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -514,7 +570,18 @@ def mass_child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: An
                 try:
                     waiting = handler.num_nodes_waiting()
                 except BaseException as exc:
-                    queue.put(("nerror", pid, (indices[k], gen, f"num_nodes_waiting: {type(exc).__name__}: {exc}"[:300], time.monotonic())))
+                    queue.put(
+                        (
+                            "nerror",
+                            pid,
+                            (
+                                indices[k],
+                                gen,
+                                f"num_nodes_waiting: {type(exc).__name__}: {exc}"[:300],
+                                time.monotonic(),
+                            ),
+                        )
+                    )
                     continue
                 trigger = waiting > 0
                 if signal_mode and not signalled and failed.value:
@@ -523,7 +590,9 @@ def mass_child_main(spec: dict[str, Any], indices: list[int], queue: Any, go: An
                     gen += 1
                     join(k, gen)
 
-        threads = [threading.Thread(target=agent, args=(k,), daemon=True, name=f"node-{indices[k]}") for k in range(len(nodes))]
+        threads = [
+            threading.Thread(target=agent, args=(k,), daemon=True, name=f"node-{indices[k]}") for k in range(len(nodes))
+        ]
         for t in threads:
             t.start()
         queue.put(("ready", pid, {"setup_s": setup_s, "client_sharing": sharing, "nofile": nofile}))

@@ -63,12 +63,24 @@ class Timing:
         return self.keep_alive_s * self.max_attempt + self.last_call_s + 1.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"keep_alive_interval_s": self.keep_alive_s, "keep_alive_max_attempt": self.max_attempt, "last_call_s": self.last_call_s, "bound_s": self.bound_s}
+        return {
+            "keep_alive_interval_s": self.keep_alive_s,
+            "keep_alive_max_attempt": self.max_attempt,
+            "last_call_s": self.last_call_s,
+            "bound_s": self.bound_s,
+        }
 
 
-def run_once(backend: str, n: int, procs: int, timeout: float, timing: Timing = Timing(), settle: float = 1.0) -> dict[str, Any]:
+def run_once(
+    backend: str, n: int, procs: int, timeout: float, timing: Timing = Timing(), settle: float = 1.0
+) -> dict[str, Any]:
     """One run: form the round, kill the last node process, wait for the survivors."""
-    row: dict[str, Any] = {"backend": backend, "nodes": n, "status": "ok", "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    row: dict[str, Any] = {
+        "backend": backend,
+        "nodes": n,
+        "status": "ok",
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
     server = make_server(N.SERVER_OF[backend])
     ctx = mp.get_context("spawn")
     children: list[Any] = []
@@ -96,7 +108,13 @@ def run_once(backend: str, n: int, procs: int, timeout: float, timing: Timing = 
             "failure_signal": backend in N.TORCH_BACKENDS,
             "switch_interval": N.DEFAULT_SWITCH_INTERVAL,
         }
-        row.update(min_nodes=spec["min_nodes"], survivors=s_count, killed=len(dead), failure_signal=spec["failure_signal"], switch_interval_s=spec["switch_interval"])
+        row.update(
+            min_nodes=spec["min_nodes"],
+            survivors=s_count,
+            killed=len(dead),
+            failure_signal=spec["failure_signal"],
+            switch_interval_s=spec["switch_interval"],
+        )
         q = ctx.Queue()
         go = ctx.Event()  # set before the kill, waited on by the main threads only
         stop, failed = ctx.RawValue("i", 0), ctx.RawValue("i", 0)  # see _nodes.mass_child_main
@@ -167,7 +185,9 @@ def run_once(backend: str, n: int, procs: int, timeout: float, timing: Timing = 
             row["status"] = "timeout"
         else:
             one_round = len({json.dumps(r[2]) for r in second.values()}) == 1
-            ranks_ok = sorted(r[3] for r in second.values()) == list(range(s_count)) and {r[4] for r in second.values()} == {s_count}
+            ranks_ok = sorted(r[3] for r in second.values()) == list(range(s_count)) and {
+                r[4] for r in second.values()
+            } == {s_count}
             row["one_round"], row["ranks_ok"] = one_round, ranks_ok
             if not (one_round and ranks_ok and row["extra_rejoins"] == 0):
                 row["status"] = "bad_round"
@@ -203,14 +223,34 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    headers = ["backend", "N", "S", "runs ok/total", f"within {_timing_of(result).bound_s:g} s", "p50 s", "max s", "failures"]
+    headers = [
+        "backend",
+        "N",
+        "S",
+        "runs ok/total",
+        f"within {_timing_of(result).bound_s:g} s",
+        "p50 s",
+        "max s",
+        "failures",
+    ]
     out = []
     for key, s in result["summary"].items():
         backend, n = key.rsplit(":", 1)
         runs = [r for r in result["runs"] if r["backend"] == backend and r["nodes"] == int(n)]
         fails = ", ".join(f"{k} x{v}" for k, v in s["statuses"].items() if k != "ok") or "-"
         label = backend + (" (failure signal)" if runs and runs[0].get("failure_signal") else "")
-        out.append([label, n, runs[0].get("survivors", "-") if runs else "-", f"{s['ok']}/{s['runs']}", f"{s['within_bound']}/{s['runs']}", "-" if s["p50_s"] is None else f"{s['p50_s']:.2f}", "-" if s["max_s"] is None else f"{s['max_s']:.2f}", fails])
+        out.append(
+            [
+                label,
+                n,
+                runs[0].get("survivors", "-") if runs else "-",
+                f"{s['ok']}/{s['runs']}",
+                f"{s['within_bound']}/{s['runs']}",
+                "-" if s["p50_s"] is None else f"{s['p50_s']:.2f}",
+                "-" if s["max_s"] is None else f"{s['max_s']:.2f}",
+                fails,
+            ]
+        )
     return H.fmt_table(headers, out)
 
 
@@ -221,25 +261,50 @@ def _timing_of(result: dict[str, Any]) -> Timing:
 
 def print_tables(result: dict[str, Any], path: str) -> None:
     t = _timing_of(result)
-    print(f"\n## Mass failure: N/4 nodes SIGKILLed; survivors re-form (bound {t.bound_s:g} s = dead after {t.keep_alive_s * t.max_attempt:g} s + last call {t.last_call_s:g} s + 1 s)\n")
+    print(
+        f"\n## Mass failure: N/4 nodes SIGKILLed; survivors re-form (bound {t.bound_s:g} s = dead after {t.keep_alive_s * t.max_attempt:g} s + last call {t.last_call_s:g} s + 1 s)\n"
+    )
     print(table(result))
-    print("\nok = every survivor got a rank in one new round (ranks 0..S-1, world size S, one re-join each); p50/max over ok runs, kill -> last survivor's rank")
+    print(
+        "\nok = every survivor got a rank in one new round (ranks 0..S-1, world size S, one re-join each); p50/max over ok runs, kill -> last survivor's rank"
+    )
     if result.get("skipped"):
         print("\nskipped: " + "; ".join(f"{k}: {v}" for k, v in result["skipped"].items()))
     print(f"\nJSON: {os.path.relpath(path)}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backends", "--backend", default="redis", help="comma list of: redis, etcd-v3, etcd-v2, torch-c10d")
-    ap.add_argument("--torch", action="store_true", help="add torch-c10d (with the failure signal, see the module docs)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--backends", "--backend", default="redis", help="comma list of: redis, etcd-v3, etcd-v2, torch-c10d"
+    )
+    ap.add_argument(
+        "--torch", action="store_true", help="add torch-c10d (with the failure signal, see the module docs)"
+    )
     ap.add_argument("--nodes", default="256,1024")
     ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--procs", type=int, default=4, help="node processes; the last one is killed (default 4: a quarter of the nodes)")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds for the first round, and from the kill until every survivor has its rank")
+    ap.add_argument(
+        "--procs",
+        type=int,
+        default=4,
+        help="node processes; the last one is killed (default 4: a quarter of the nodes)",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds for the first round, and from the kill until every survivor has its rank",
+    )
     ap.add_argument("--keep-going", action="store_true", help="run larger N of a backend after a failed run")
     ap.add_argument("--keep-alive-interval", type=float, default=Timing.keep_alive_s, help="seconds (default 1)")
-    ap.add_argument("--keep-alive-max-attempt", type=int, default=Timing.max_attempt, help="missed keep-alives before a node is dead (default 2)")
+    ap.add_argument(
+        "--keep-alive-max-attempt",
+        type=int,
+        default=Timing.max_attempt,
+        help="missed keep-alives before a node is dead (default 2)",
+    )
     ap.add_argument("--last-call", type=float, default=Timing.last_call_s, help="seconds (default 3)")
     ap.add_argument("--output", default=os.path.join(H.RESULTS, "mass_failure.json"))
     ap.add_argument("--render", metavar="JSON", help="only print the table of an earlier run's JSON")

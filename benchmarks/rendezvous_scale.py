@@ -65,7 +65,13 @@ def run_round(
     experiments: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run one round of ``n`` nodes of ``backend`` in ``procs`` processes; return a row."""
-    row: dict[str, Any] = {"backend": backend, "nodes": n, "mode": "last_join" if last_join else "burst", "status": "ok", "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    row: dict[str, Any] = {
+        "backend": backend,
+        "nodes": n,
+        "mode": "last_join" if last_join else "burst",
+        "status": "ok",
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
     server = make_server(N.SERVER_OF[backend])
     ctx = mp.get_context("spawn")
     children: list[Any] = []
@@ -96,7 +102,9 @@ def run_round(
         joined = ctx.Value("i", 0)
         reqs = ctx.Array("q", nprocs, lock=False)  # requests sent, per node process
         for slot, part in enumerate(split(list(range(n)), nprocs)):
-            p = ctx.Process(target=N.child_main, args=(spec, part, q, go, abort, stop, last_go, joined, slot, reqs), daemon=True)
+            p = ctx.Process(
+                target=N.child_main, args=(spec, part, q, go, abort, stop, last_go, joined, slot, reqs), daemon=True
+            )
             p.start()
             children.append(p)
         ready = H.await_ready(q, nprocs, time.monotonic() + max(120.0, timeout))
@@ -157,15 +165,23 @@ def run_round(
             row["server_requests_per_node"] = round(srv["requests"] / n, 2)
         if backend not in ("memory", "torch-c10d"):
             row["requests_per_node"] = round((reqs_after - reqs_before) / n, 2)
-            row["requests_source"] = "client side: " + ("redis-py send_packed_command" if backend == "redis" else "urllib3 urlopen") + " calls"
+            row["requests_source"] = (
+                "client side: "
+                + ("redis-py send_packed_command" if backend == "redis" else "urllib3 urlopen")
+                + " calls"
+            )
         elif backend == "torch-c10d":
             ops = row["backend_calls_per_node"]
             row["requests_per_node"] = round(ops["get_state"] + ops["set_state"] + 2, 2)
-            row["requests_source"] = "estimate: get_state + set_state + 2 store calls for MASTER_ADDR/PORT (TCPStore has no counters)"
+            row["requests_source"] = (
+                "estimate: get_state + set_state + 2 store calls for MASTER_ADDR/PORT (TCPStore has no counters)"
+            )
         if srv.get("bytes_in") is not None:
             row["bytes_in_per_node"] = round((srv["bytes_in"] or 0) / n)
             row["bytes_out_per_node"] = round((srv["bytes_out"] or 0) / n)
-        row["server_cost_window"] = "barrier release -> every node process reported all its nodes returned (rank + MASTER_ADDR/PORT) + 50 ms"
+        row["server_cost_window"] = (
+            "barrier release -> every node process reported all its nodes returned (rank + MASTER_ADDR/PORT) + 50 ms"
+        )
         if idle_intervals and row["status"] == "ok" and server.kind != "none":
             interval = keep_alive_interval or 5.0
             time.sleep(interval + 1.0)  # every keep-alive thread has started beating
@@ -177,10 +193,18 @@ def run_round(
             row["idle"] = {
                 "interval_s": interval,
                 "window_s": round(tb - ta, 2),
-                "requests_per_node_per_interval": None if backend in ("memory", "torch-c10d") else round((rb - ra) / per, 2),
-                "server_requests_per_node_per_interval": None if d.get("requests") is None else round(d["requests"] / per, 2),
-                "bytes_in_per_node_per_interval": None if d.get("bytes_in") is None else round((d["bytes_in"] or 0) / per, 1),
-                "bytes_out_per_node_per_interval": None if d.get("bytes_out") is None else round((d["bytes_out"] or 0) / per, 1),
+                "requests_per_node_per_interval": None
+                if backend in ("memory", "torch-c10d")
+                else round((rb - ra) / per, 2),
+                "server_requests_per_node_per_interval": None
+                if d.get("requests") is None
+                else round(d["requests"] / per, 2),
+                "bytes_in_per_node_per_interval": None
+                if d.get("bytes_in") is None
+                else round((d["bytes_in"] or 0) / per, 1),
+                "bytes_out_per_node_per_interval": None
+                if d.get("bytes_out") is None
+                else round((d["bytes_out"] or 0) / per, 1),
                 "server": d,
             }
         stop.set()
@@ -202,7 +226,9 @@ def run_round(
             "server_peak_mb": None if server.peak_rss_kb() is None else round(server.peak_rss_kb() / 1024, 1),
         }
         if row.get("idle") and finals:
-            row["idle"]["keep_alive_calls_per_node"] = round(sum(c["keep_alive"] for f in finals.values() for c in f["counters"]) / n, 2)
+            row["idle"]["keep_alive_calls_per_node"] = round(
+                sum(c["keep_alive"] for f in finals.values() for c in f["counters"]) / n, 2
+            )
     except Exception as exc:
         row["status"] = "error"
         row["error"] = f"{type(exc).__name__}: {exc}"[-2000:]
@@ -229,7 +255,24 @@ def _start_pyspy(out_dir: str, backend: str, n: int, pids: list[int]) -> list[tu
     spies = []
     for pid in pids:
         path = os.path.join(out_dir, f"{backend}-{n}-{pid}.txt")
-        proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "200", "--gil", "--format", "raw", "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "200",
+                "--gil",
+                "--format",
+                "raw",
+                "--output",
+                path,
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         spies.append((proc, path))
     time.sleep(1.0)  # py-spy attaches
     return spies
@@ -302,7 +345,9 @@ def _dump_stacks(pids: list[int]) -> dict[str, Any] | None:
     threads = 0
     for pid in pids:
         try:
-            text = subprocess.run([exe, "dump", "--json", "--pid", str(pid)], capture_output=True, text=True, timeout=120).stdout
+            text = subprocess.run(
+                [exe, "dump", "--json", "--pid", str(pid)], capture_output=True, text=True, timeout=120
+            ).stdout
             dump = json.loads(text)
         except (OSError, subprocess.SubprocessError, ValueError):
             continue
@@ -313,14 +358,18 @@ def _dump_stacks(pids: list[int]) -> dict[str, Any] | None:
             frames = [f"{f['name']} ({f['short_filename']}:{f['line']})" for f in thread.get("frames", [])]
             if frames:
                 innermost[frames[0]] = innermost.get(frames[0], 0) + 1
-            mine = next((f for f, raw in zip(frames, thread["frames"], strict=False) if "rdzv_" in raw["filename"]), None)
+            mine = next(
+                (f for f, raw in zip(frames, thread["frames"], strict=False) if "rdzv_" in raw["filename"]), None
+            )
             if mine:
                 project[mine] = project.get(mine, 0) + 1
     top = lambda d: sorted(d.items(), key=lambda kv: -kv[1])[:12]  # noqa: E731
     return {"node_threads": threads, "innermost_rdzv_frame": top(project), "innermost_frame": top(innermost)}
 
 
-def _summarize(row: dict[str, Any], rows: list[tuple], n: int, t_go: float, t_release: float | None, timeout: float) -> None:
+def _summarize(
+    row: dict[str, Any], rows: list[tuple], n: int, t_go: float, t_release: float | None, timeout: float
+) -> None:
     finished = [r for r in rows if r[1] is not None]
     errors = sorted({r[5] for r in rows if r[5] and r[5] != "did not return"})
     row["finished"] = len(finished)
@@ -366,7 +415,10 @@ def _summarize(row: dict[str, Any], rows: list[tuple], n: int, t_go: float, t_re
         for k, t in (c.get("first_call") or {}).items():
             firsts.setdefault(k, []).append(t - t_go)
     if firsts:
-        row["first_call_s"] = {k: {"p50": round(statistics.median(v), 4), "max": round(max(v), 4), "nodes": len(v)} for k, v in sorted(firsts.items())}
+        row["first_call_s"] = {
+            k: {"p50": round(statistics.median(v), 4), "max": round(max(v), 4), "nodes": len(v)}
+            for k, v in sorted(firsts.items())
+        }
     # requests each node sent between its next_rendezvous() call and its return
     for field in ("rt_client", "rt_thread"):
         values = [c.get(field) for c in counters if c.get(field) is not None]
@@ -378,8 +430,14 @@ def _summarize(row: dict[str, Any], rows: list[tuple], n: int, t_go: float, t_re
         if held:
             c = held[0][6]
             row["rtt_last"] = c.get("rt_client") if c.get("rt_client") is not None else c.get("rt_thread")
-            row["rtt_last_wire"] = c.get("rt_thread")  # every send of its thread, incl. connection handshakes (HELLO, CLIENT SETNAME)
-            row["rtt_last_source"] = "the held-back node's own redis.Redis client (execute_command + pipeline execute)" if c.get("rt_client") is not None else "requests sent by the held-back node's thread (redis-py send_packed_command / urllib3 urlopen)"
+            row["rtt_last_wire"] = c.get(
+                "rt_thread"
+            )  # every send of its thread, incl. connection handshakes (HELLO, CLIENT SETNAME)
+            row["rtt_last_source"] = (
+                "the held-back node's own redis.Redis client (execute_command + pipeline execute)"
+                if c.get("rt_client") is not None
+                else "requests sent by the held-back node's thread (redis-py send_packed_command / urllib3 urlopen)"
+            )
     ops["max_set_state_per_node"] = max((c["set_state"] for c in counters), default=0)
     ops["max_failed_cas_per_node"] = max((c["set_failed"] for c in counters), default=0)
     ops["max_wakeups_per_node"] = max((c["wakeups"] for c in counters), default=0)
@@ -399,7 +457,9 @@ def state_metrics(sizes: list[int], repeats: int = 30) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"nodes": n}
         for label, addr in (("fqdn", "worker-{:05d}.cluster.example.internal"), ("ip", "127.0.0.1")):
             keys = [NodeDesc(addr.format(i), 10000 + i % 50000, 0 if "{" in addr else i).key for i in range(n)]
-            state = RendezvousState(run_id="bench", complete=True, participants={k: r for r, k in enumerate(sorted(keys))}, world_size=n)
+            state = RendezvousState(
+                run_id="bench", complete=True, participants={k: r for r, k in enumerate(sorted(keys))}, world_size=n
+            )
             data = encode_state(state)
             t_dec, t_enc = [], []
             for _ in range(repeats):
@@ -460,7 +520,9 @@ def _sweep_ms(n: int, repeats: int) -> float | None:
     keys = [NodeDesc("127.0.0.1", 10000 + i // 1000, i).key for i in range(n)]
     state = RendezvousState(run_id="bench", participants=dict.fromkeys(keys, 0))
     try:
-        liveness = _TrackerLiveness(_AllAlive(), RendezvousSettings("bench", n, n, RendezvousTimeout(), timedelta(seconds=5), 3))
+        liveness = _TrackerLiveness(
+            _AllAlive(), RendezvousSettings("bench", n, n, RendezvousTimeout(), timedelta(seconds=5), 3)
+        )
         times = []
         for i in range(repeats):
             t0 = time.perf_counter()
@@ -493,7 +555,12 @@ def _torch_state_metrics(n: int, repeats: int) -> dict[str, Any] | None:
         t0 = time.perf_counter()
         pickle.loads(base64.b64decode(wire))
         times.append(time.perf_counter() - t0)
-    return {"state_bytes": len(data), "bytes_per_node": round(len(data) / n, 1), "c10d_base64_bytes_per_node": round(len(wire) / n, 1), "decode_ms_median": round(statistics.median(times) * 1000, 3)}
+    return {
+        "state_bytes": len(data),
+        "bytes_per_node": round(len(data) / n, 1),
+        "c10d_base64_bytes_per_node": round(len(wire) / n, 1),
+        "decode_ms_median": round(statistics.median(times) * 1000, 3),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,12 +603,31 @@ def _sharing(r: dict[str, Any]) -> str:
 def scale_table(rows: list[dict[str, Any]], last_join: list[dict[str, Any]] | None = None) -> str:
     """One line per backend and N: the burst round, with rtt_last and last join -> all ranks
     of the held-back run of the same backend and N (median over repetitions)."""
-    headers = ["backend", "N", "clients", "status", "all ranks s", "req/node", "KB out/node", "KB in/node", "rt/node", "rtt p50/max", "rtt_last", "last join->all ms", "node RSS MB", "srv RSS MB"]
+    headers = [
+        "backend",
+        "N",
+        "clients",
+        "status",
+        "all ranks s",
+        "req/node",
+        "KB out/node",
+        "KB in/node",
+        "rt/node",
+        "rtt p50/max",
+        "rtt_last",
+        "last join->all ms",
+        "node RSS MB",
+        "srv RSS MB",
+    ]
     out = []
     for r in rows:
         rss = r.get("rss", {})
         status = r["status"] if r["status"] != "dnf" else f"DNF ({r.get('finished', 0)}/{r['nodes']})"
-        lj = [x for x in (last_join or []) if x["backend"] == r["backend"] and x["nodes"] == r["nodes"] and x.get("status") == "ok"]
+        lj = [
+            x
+            for x in (last_join or [])
+            if x["backend"] == r["backend"] and x["nodes"] == r["nodes"] and x.get("status") == "ok"
+        ]
         rtt_last = [x["rtt_last"] for x in lj if x.get("rtt_last") is not None]
         lat = [x["last_join_latency_s"] for x in lj if x.get("last_join_latency_s") is not None]
         out.append([
@@ -556,7 +642,18 @@ def scale_table(rows: list[dict[str, Any]], last_join: list[dict[str, Any]] | No
 
 
 def last_join_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["backend", "N", "clients", "status", "rtt_last", "rtt_last wire", "last join -> all ranks ms", "all ranks s (incl. hold)", "req/node", "KB out/node"]
+    headers = [
+        "backend",
+        "N",
+        "clients",
+        "status",
+        "rtt_last",
+        "rtt_last wire",
+        "last join -> all ranks ms",
+        "all ranks s (incl. hold)",
+        "req/node",
+        "KB out/node",
+    ]
     out = [
         [
             r["backend"], r["nodes"], _sharing(r), r["status"] if r["status"] != "skipped" else "skipped (" + r["reason"] + ")",
@@ -569,21 +666,71 @@ def last_join_table(rows: list[dict[str, Any]]) -> str:
 
 
 def idle_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["backend", "N", "interval s", "req/node/interval", "in B/node/interval", "out B/node/interval", "in B/interval total"]
+    headers = [
+        "backend",
+        "N",
+        "interval s",
+        "req/node/interval",
+        "in B/node/interval",
+        "out B/node/interval",
+        "in B/interval total",
+    ]
     out = []
     for r in rows:
         i = r.get("idle") or {}
-        total = None if i.get("bytes_in_per_node_per_interval") is None else i["bytes_in_per_node_per_interval"] * r["nodes"]
-        out.append([r["backend"], r["nodes"], _f(i.get("interval_s"), 1), _f(i.get("requests_per_node_per_interval"), 2), _f(i.get("bytes_in_per_node_per_interval"), 1), _f(i.get("bytes_out_per_node_per_interval"), 1), _kb(total) if r["status"] == "ok" else r["status"] + (" (" + r["reason"] + ")" if r.get("reason") else "")])
+        total = (
+            None
+            if i.get("bytes_in_per_node_per_interval") is None
+            else i["bytes_in_per_node_per_interval"] * r["nodes"]
+        )
+        out.append(
+            [
+                r["backend"],
+                r["nodes"],
+                _f(i.get("interval_s"), 1),
+                _f(i.get("requests_per_node_per_interval"), 2),
+                _f(i.get("bytes_in_per_node_per_interval"), 1),
+                _f(i.get("bytes_out_per_node_per_interval"), 1),
+                _kb(total)
+                if r["status"] == "ok"
+                else r["status"] + (" (" + r["reason"] + ")" if r.get("reason") else ""),
+            ]
+        )
     return H.fmt_table(headers, out)
 
 
 def state_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["N", "key len", "state B", "B/node", "decode ms", "encode ms", "B/node +hb", "decode ms +hb", "sweep ms", "torch pickle B/node", "torch unpickle ms"]
+    headers = [
+        "N",
+        "key len",
+        "state B",
+        "B/node",
+        "decode ms",
+        "encode ms",
+        "B/node +hb",
+        "decode ms +hb",
+        "sweep ms",
+        "torch pickle B/node",
+        "torch unpickle ms",
+    ]
     out = []
     for r in rows:
         f, t = r["fqdn"], r.get("torch_pickle") or {}
-        out.append([r["nodes"], f["key_len"], f["state_bytes"], f["bytes_per_node"], f["decode_ms_median"], f["encode_ms_median"], f["with_heartbeats_bytes_per_node"], f["with_heartbeats_decode_ms_median"], r.get("dead_node_sweep_ms", "-"), t.get("bytes_per_node", "-"), t.get("decode_ms_median", "-")])
+        out.append(
+            [
+                r["nodes"],
+                f["key_len"],
+                f["state_bytes"],
+                f["bytes_per_node"],
+                f["decode_ms_median"],
+                f["encode_ms_median"],
+                f["with_heartbeats_bytes_per_node"],
+                f["with_heartbeats_decode_ms_median"],
+                r.get("dead_node_sweep_ms", "-"),
+                t.get("bytes_per_node", "-"),
+                t.get("decode_ms_median", "-"),
+            ]
+        )
     return H.fmt_table(headers, out)
 
 
@@ -595,25 +742,58 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backends", "--backend", default=",".join(ALL_BACKENDS), help="comma list of: memory, " + ", ".join(ALL_BACKENDS))
-    ap.add_argument("--torch", action="store_true", help="add torch-c10d (torch's DynamicRendezvousHandler over C10dRendezvousBackend/TCPStore) to the backends")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--backends",
+        "--backend",
+        default=",".join(ALL_BACKENDS),
+        help="comma list of: memory, " + ", ".join(ALL_BACKENDS),
+    )
+    ap.add_argument(
+        "--torch",
+        action="store_true",
+        help="add torch-c10d (torch's DynamicRendezvousHandler over C10dRendezvousBackend/TCPStore) to the backends",
+    )
     ap.add_argument("--nodes", default="8,64,256,1024,4096")
     ap.add_argument("--procs", type=int, default=4, help="node processes (threads are spread over them)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per row before it is 'did not finish'")
     ap.add_argument("--last-call", type=float, default=1.0)
     ap.add_argument("--keep-alive-interval", type=float, default=None, help="default: the library's (5 s)")
     ap.add_argument("--keep-going", action="store_true", help="run larger N of a backend after a DNF")
-    ap.add_argument("--client-sharing", choices=("node", "process"), default="node", help="redis: one client per simulated node (default, as on real machines) or the library's per-process sharing (create_backend(params, shared=True))")
-    ap.add_argument("--last-join-nodes", default="same", help="N for the held-back last-join runs (rtt_last, last join -> all ranks); 'same' = --nodes, '' = none")
-    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval() in the node processes (default 0.05 s, see _nodes.DEFAULT_SWITCH_INTERVAL; Python's own is 0.005 s)")
-    ap.add_argument("--experiment", action="append", default=[], choices=sorted(N.EXPERIMENTS), help="benchmark-only monkeypatch modelling a proposed rdzv_core change (see _nodes.py)")
+    ap.add_argument(
+        "--client-sharing",
+        choices=("node", "process"),
+        default="node",
+        help="redis: one client per simulated node (default, as on real machines) or the library's per-process sharing (create_backend(params, shared=True))",
+    )
+    ap.add_argument(
+        "--last-join-nodes",
+        default="same",
+        help="N for the held-back last-join runs (rtt_last, last join -> all ranks); 'same' = --nodes, '' = none",
+    )
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval() in the node processes (default 0.05 s, see _nodes.DEFAULT_SWITCH_INTERVAL; Python's own is 0.005 s)",
+    )
+    ap.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        choices=sorted(N.EXPERIMENTS),
+        help="benchmark-only monkeypatch modelling a proposed rdzv_core change (see _nodes.py)",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="repetitions of each last-join row")
     ap.add_argument("--idle-nodes", default="64,1024", help="N for the idle keep-alive runs ('' = none)")
     ap.add_argument("--idle-backends", default="redis,etcd-v3,torch-c10d")
     ap.add_argument("--idle-intervals", type=int, default=3)
     ap.add_argument("--state-nodes", default="64,1024,4096", help="N for the state size/decode section ('' = none)")
-    ap.add_argument("--pyspy", metavar="DIR", default=None, help="sample the node processes of every scale row with py-spy into DIR")
+    ap.add_argument(
+        "--pyspy", metavar="DIR", default=None, help="sample the node processes of every scale row with py-spy into DIR"
+    )
     ap.add_argument("--skip-scale", action="store_true", help="only the extra sections")
     ap.add_argument("--output", default=os.path.join(H.RESULTS, "rendezvous_scale.json"))
     ap.add_argument("--render", metavar="JSON", help="only print the tables of an earlier run's JSON")
@@ -661,28 +841,64 @@ def main(argv: list[str] | None = None) -> int:
             dnf_at = None
             for n in _ints(args.nodes):
                 if dnf_at is not None and not args.keep_going:
-                    result["scale"].append({"backend": b, "nodes": n, "status": "skipped", "reason": f"did not finish at N={dnf_at}"})
+                    result["scale"].append(
+                        {"backend": b, "nodes": n, "status": "skipped", "reason": f"did not finish at N={dnf_at}"}
+                    )
                     continue
                 log(f"scale {b} N={n} ...")
-                row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, client_sharing=args.client_sharing, pyspy_dir=args.pyspy, switch_interval=args.switch_interval, experiments=args.experiment)
+                row = run_round(
+                    b,
+                    n,
+                    args.procs,
+                    args.timeout,
+                    last_call=args.last_call,
+                    keep_alive_interval=args.keep_alive_interval,
+                    client_sharing=args.client_sharing,
+                    pyspy_dir=args.pyspy,
+                    switch_interval=args.switch_interval,
+                    experiments=args.experiment,
+                )
                 log(f"  -> {row['status']} {row.get('seconds')} s {row.get('error', '')}")
                 result["scale"].append(row)
                 save()
                 if row["status"] in ("dnf", "error"):
                     dnf_at = n
+
     def failed_at(b: str, n: int) -> int | None:
         """The smallest N <= n at which the scale run of ``b`` did not finish (or errored)."""
-        bad = [r["nodes"] for r in result["scale"] if r["backend"] == b and r["status"] in ("dnf", "error", "skipped") and r["nodes"] <= n]
+        bad = [
+            r["nodes"]
+            for r in result["scale"]
+            if r["backend"] == b and r["status"] in ("dnf", "error", "skipped") and r["nodes"] <= n
+        ]
         return min(bad) if bad else None
 
     for b in available:
         for n in _ints(args.last_join_nodes):
             if failed_at(b, n) is not None and not args.keep_going:
-                result["last_join"].append({"backend": b, "nodes": n, "status": "skipped", "reason": f"scale run did not finish at N={failed_at(b, n)}"})
+                result["last_join"].append(
+                    {
+                        "backend": b,
+                        "nodes": n,
+                        "status": "skipped",
+                        "reason": f"scale run did not finish at N={failed_at(b, n)}",
+                    }
+                )
                 continue
             for rep in range(args.repeat):
                 log(f"last-join {b} N={n} ({rep + 1}/{args.repeat}) ...")
-                row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, last_join=True, client_sharing=args.client_sharing, switch_interval=args.switch_interval, experiments=args.experiment)
+                row = run_round(
+                    b,
+                    n,
+                    args.procs,
+                    args.timeout,
+                    last_call=args.last_call,
+                    keep_alive_interval=args.keep_alive_interval,
+                    last_join=True,
+                    client_sharing=args.client_sharing,
+                    switch_interval=args.switch_interval,
+                    experiments=args.experiment,
+                )
                 log(f"  -> {row['status']} {row.get('last_join_latency_s')} s {row.get('error', '')}")
                 result["last_join"].append(row)
                 save()
@@ -690,11 +906,31 @@ def main(argv: list[str] | None = None) -> int:
     for b in idle_backends:
         for n in _ints(args.idle_nodes):
             if failed_at(b, n) is not None and not args.keep_going:
-                result["idle"].append({"backend": b, "nodes": n, "status": "skipped", "reason": f"scale run did not finish at N={failed_at(b, n)}"})
+                result["idle"].append(
+                    {
+                        "backend": b,
+                        "nodes": n,
+                        "status": "skipped",
+                        "reason": f"scale run did not finish at N={failed_at(b, n)}",
+                    }
+                )
                 continue
             log(f"idle {b} N={n} ...")
-            row = run_round(b, n, args.procs, args.timeout, last_call=args.last_call, keep_alive_interval=args.keep_alive_interval, idle_intervals=args.idle_intervals, client_sharing=args.client_sharing, switch_interval=args.switch_interval, experiments=args.experiment)
-            log(f"  -> {row['status']} {row.get('idle', {}).get('bytes_in_per_node_per_interval')} B/node/interval {row.get('error', '')}")
+            row = run_round(
+                b,
+                n,
+                args.procs,
+                args.timeout,
+                last_call=args.last_call,
+                keep_alive_interval=args.keep_alive_interval,
+                idle_intervals=args.idle_intervals,
+                client_sharing=args.client_sharing,
+                switch_interval=args.switch_interval,
+                experiments=args.experiment,
+            )
+            log(
+                f"  -> {row['status']} {row.get('idle', {}).get('bytes_in_per_node_per_interval')} B/node/interval {row.get('error', '')}"
+            )
             result["idle"].append(row)
             save()
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -708,9 +944,13 @@ def print_tables(result: dict[str, Any], path: str) -> None:
     if result["scale"]:
         print("\n## Rendezvous scale (burst: all N nodes start together)\n")
         print(scale_table([r for r in result["scale"] if r["status"] != "skipped"], result.get("last_join")))
-        print("\nreq/node, KB out/node, KB in/node: measured at the server (Redis INFO stats, etcd /metrics) from the barrier until the last node returned, / N;"
-              "\nrt/node: requests the node clients sent (client side); rtt p50/max: requests a node sent inside next_rendezvous(); rtt_last: those of the node held back until all others joined")
-        skipped = [f"{r['backend']} N={r['nodes']} ({r['reason']})" for r in result["scale"] if r["status"] == "skipped"]
+        print(
+            "\nreq/node, KB out/node, KB in/node: measured at the server (Redis INFO stats, etcd /metrics) from the barrier until the last node returned, / N;"
+            "\nrt/node: requests the node clients sent (client side); rtt p50/max: requests a node sent inside next_rendezvous(); rtt_last: those of the node held back until all others joined"
+        )
+        skipped = [
+            f"{r['backend']} N={r['nodes']} ({r['reason']})" for r in result["scale"] if r["status"] == "skipped"
+        ]
         if skipped:
             print("\nskipped: " + "; ".join(skipped))
     if result["last_join"]:

@@ -36,12 +36,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness as H  # noqa: E402
 
 ALL_STORES = ("redis", "tcpstore", "etcd-v3", "etcd-v2", "torch-etcd-v2")
-SERVER_OF = {"redis": H.RedisSrv, "tcpstore": H.TCPStoreSrv, "etcd-v3": H.EtcdSrv, "etcd-v2": H.EtcdSrv, "torch-etcd-v2": H.EtcdSrv}
+SERVER_OF = {
+    "redis": H.RedisSrv,
+    "tcpstore": H.TCPStoreSrv,
+    "etcd-v3": H.EtcdSrv,
+    "etcd-v2": H.EtcdSrv,
+    "torch-etcd-v2": H.EtcdSrv,
+}
 
 
 def store_available(name: str) -> str | None:
     if name == "redis":
-        return None if H.is_available("redis") and H.is_available("rdzv_redis.store") else "rdzv_redis.store or redis-py missing"
+        return (
+            None
+            if H.is_available("redis") and H.is_available("rdzv_redis.store")
+            else "rdzv_redis.store or redis-py missing"
+        )
     if name == "tcpstore":
         return None if H.is_available("torch") else "torch not installed"
     if name in ("etcd-v3", "etcd-v2"):
@@ -233,11 +243,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(result: dict[str, Any], path: str) -> None:
-    headers = ["store", "set ops/s", "get ops/s", "add ops/s", "compare_set ops/s", "set p50 ms", "wake p50 ms", "wake p99 ms", "wake max ms"]
+    headers = [
+        "store",
+        "set ops/s",
+        "get ops/s",
+        "add ops/s",
+        "compare_set ops/s",
+        "set p50 ms",
+        "wake p50 ms",
+        "wake p99 ms",
+        "wake max ms",
+    ]
     rows = []
     for r in result["stores"]:
         ops, wake = r.get("ops", {}), r.get("wake", {})
-        rows.append([r["store"] if r["status"] == "ok" else f"{r['store']} ({r['status']})", *(ops.get(k, {}).get("ops_per_s", "-") for k in ("set", "get", "add", "compare_set")), ops.get("set", {}).get("p50_ms", "-"), wake.get("p50_ms", "-"), wake.get("p99_ms", "-"), wake.get("max_ms", "-")])
+        rows.append(
+            [
+                r["store"] if r["status"] == "ok" else f"{r['store']} ({r['status']})",
+                *(ops.get(k, {}).get("ops_per_s", "-") for k in ("set", "get", "add", "compare_set")),
+                ops.get("set", {}).get("p50_ms", "-"),
+                wake.get("p50_ms", "-"),
+                wake.get("p99_ms", "-"),
+                wake.get("max_ms", "-"),
+            ]
+        )
     print("\n## Store operations (one client, one call at a time) and blocked-get wake-up\n")
     print(H.fmt_table(headers, rows))
     for r in result["stores"]:

@@ -107,7 +107,9 @@ class Demo:
         for var in ("RDZV_BACKEND", "RDZV_ENDPOINT", "RDZV_RUN_ID", "RDZV_CONF", "RDZV_LOG_LEVEL"):
             env.pop(var, None)
         log = open(log_path, "wb")
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         agent = Agent(index, process, log_path, summary_path, log)
         threading.Thread(target=self._pump, args=(agent,), daemon=True).start()
         return agent
@@ -163,7 +165,10 @@ def run_demo(verbose: bool) -> int:
     try:
         from rdzv_redis.server import RedisServer
     except ImportError as exc:
-        print(f"demo: the Redis plug-in is not importable ({exc}); install the project: pip install -e '.[redis]'", file=sys.stderr)
+        print(
+            f"demo: the Redis plug-in is not importable ({exc}); install the project: pip install -e '.[redis]'",
+            file=sys.stderr,
+        )
         return 1
     demo = Demo(verbose)
     run_id = f"demo-{uuid.uuid4().hex[:8]}"
@@ -179,23 +184,37 @@ def run_demo(verbose: bool) -> int:
         try:
             for i in range(AGENTS):
                 agents.append(demo.start_agent(i, endpoint, run_id, tmp))
-            demo.event(f"started {AGENTS} agents: rdzv run --nnodes {NNODES} -- python examples/train.py --steps {STEPS}")
+            demo.event(
+                f"started {AGENTS} agents: rdzv run --nnodes {NNODES} -- python examples/train.py --steps {STEPS}"
+            )
 
-            full = demo.wait_for(read, lambda s: s.exists and s.complete and s.world_size == AGENTS and not s.closed, 45, f"a {AGENTS}-node round forms")
+            full = demo.wait_for(
+                read,
+                lambda s: s.exists and s.complete and s.world_size == AGENTS and not s.closed,
+                45,
+                f"a {AGENTS}-node round forms",
+            )
             if full is None:
                 for agent in agents:
-                    print(f"--- {agent.name} (exit {agent.process.poll()}) ---\n{_tail(agent.log_path)}", file=sys.stderr)
+                    print(
+                        f"--- {agent.name} (exit {agent.process.poll()}) ---\n{_tail(agent.log_path)}", file=sys.stderr
+                    )
                 return 1
             by_pid = {a.process.pid: a for a in agents}
             ranks_first = {by_pid[n.pid].name: n.rank for n in full.participants if n.pid in by_pid}
-            demo.event(f"round {full.round} formed with {full.world_size} nodes: " + ", ".join(f"{k}=rank {v}" for k, v in sorted(ranks_first.items())))
+            demo.event(
+                f"round {full.round} formed with {full.world_size} nodes: "
+                + ", ".join(f"{k}=rank {v}" for k, v in sorted(ranks_first.items()))
+            )
 
             victim_node = next(n for n in full.participants if n.rank == 1)
             victim = by_pid[victim_node.pid]
             # Kill mid-run: once the victim's worker of this round has finished a step.
             marker = f"[train round={full.round} rank=1/{AGENTS} "
             deadline = time.monotonic() + 30
-            while not any(line.startswith(marker) and "] step " in line for line in _tail(victim.log_path, 10_000).splitlines()):
+            while not any(
+                line.startswith(marker) and "] step " in line for line in _tail(victim.log_path, 10_000).splitlines()
+            ):
                 if time.monotonic() > deadline or victim.process.poll() is not None:
                     demo.check(False, f"{victim.name}'s worker trains in round {full.round} within 30 s")
                     break
@@ -214,7 +233,11 @@ def run_demo(verbose: bool) -> int:
             t_reformed = demo.now()
             if reformed is not None:
                 ranks_second = {by_pid[n.pid].name: n.rank for n in reformed.participants if n.pid in by_pid}
-                demo.event(f"round {reformed.round} formed with {reformed.world_size} nodes: " + ", ".join(f"{k}=rank {v}" for k, v in sorted(ranks_second.items())) + f" ({t_reformed - t_kill:.2f} s after the kill)")
+                demo.event(
+                    f"round {reformed.round} formed with {reformed.world_size} nodes: "
+                    + ", ".join(f"{k}=rank {v}" for k, v in sorted(ranks_second.items()))
+                    + f" ({t_reformed - t_kill:.2f} s after the kill)"
+                )
 
             deadline = time.monotonic() + max(5.0, DEADLINE - demo.now())
             for agent in agents:
@@ -240,7 +263,9 @@ def run_demo(verbose: bool) -> int:
         rounds: dict[int, dict[str, Any]] = {}
         for name, summary in summaries.items():
             for rec in summary["rounds"]:
-                entry = rounds.setdefault(rec["round"], {"world_size": rec["world_size"], "ranks": {}, "rdzv": [], "outcomes": set()})
+                entry = rounds.setdefault(
+                    rec["round"], {"world_size": rec["world_size"], "ranks": {}, "rdzv": [], "outcomes": set()}
+                )
                 entry["ranks"][name] = rec["rank"]
                 entry["rdzv"].append(rec["rendezvous_seconds"])
                 entry["outcomes"].add(rec["outcome"])
@@ -252,36 +277,57 @@ def run_demo(verbose: bool) -> int:
         for number in sorted(rounds):
             entry = rounds[number]
             ranks = ", ".join(f"{k}={v}" for k, v in sorted(entry["ranks"].items()))
-            print(f"  {number:>5}  {entry['world_size']:>5}  {ranks:<40} {max(entry['rdzv']):>17.2f} s  {'/'.join(sorted(entry['outcomes']))}")
+            print(
+                f"  {number:>5}  {entry['world_size']:>5}  {ranks:<40} {max(entry['rdzv']):>17.2f} s  {'/'.join(sorted(entry['outcomes']))}"
+            )
         if reformed is not None:
-            print(f"  killed {victim.name} at t={t_kill:.2f} s; survivors re-formed in {t_reformed - t_kill:.2f} s (dead-node detection + last call)")
+            print(
+                f"  killed {victim.name} at t={t_kill:.2f} s; survivors re-formed in {t_reformed - t_kill:.2f} s (dead-node detection + last call)"
+            )
         print(f"  total wall time {demo.now():.2f} s")
         print()
         print("Checks:")
         survivors = [a for a in agents if a is not victim]
-        demo.check(all(a.process.returncode == 0 for a in survivors), "the surviving agents exited 0: " + ", ".join(f"{a.name}={a.process.returncode}" for a in survivors))
-        demo.check(victim.process.returncode == -signal.SIGKILL, f"{victim.name} was killed (returncode {victim.process.returncode})")
+        demo.check(
+            all(a.process.returncode == 0 for a in survivors),
+            "the surviving agents exited 0: " + ", ".join(f"{a.name}={a.process.returncode}" for a in survivors),
+        )
+        demo.check(
+            victim.process.returncode == -signal.SIGKILL,
+            f"{victim.name} was killed (returncode {victim.process.returncode})",
+        )
         last = [s["rounds"][-1] for s in summaries.values() if s["rounds"]]
-        demo.check(len(last) == len(survivors) and all(r["world_size"] == AGENTS - 1 and r["outcome"] == "succeeded" for r in last), f"the last round had {AGENTS - 1} nodes and succeeded on each")
+        demo.check(
+            len(last) == len(survivors)
+            and all(r["world_size"] == AGENTS - 1 and r["outcome"] == "succeeded" for r in last),
+            f"the last round had {AGENTS - 1} nodes and succeeded on each",
+        )
         demo.check(sorted(r["rank"] for r in last) == list(range(AGENTS - 1)), "ranks of the last round are 0..N-1")
         checkpoint = os.path.join(tmp, "checkpoint.json")
         done = json.load(open(checkpoint))["next_step"] if os.path.exists(checkpoint) else 0
         demo.check(done == STEPS, f"all {STEPS} steps ran (checkpoint says {done})")
         demo.check(final.closed, "the rendezvous is closed")
         time.sleep(0.2)
-        demo.check(bool(victim_workers) and not any(_pid_alive(p) for p in victim_workers), f"the killed agent's worker is gone (pids {sorted(victim_workers)})")
+        demo.check(
+            bool(victim_workers) and not any(_pid_alive(p) for p in victim_workers),
+            f"the killed agent's worker is gone (pids {sorted(victim_workers)})",
+        )
         demo.check(demo.now() < 60, f"finished in under a minute ({demo.now():.1f} s)")
         if demo.failures:
             print("\nThe demo FAILED. Last lines of each agent's log:", file=sys.stderr)
             for agent in agents:
-                print(f"--- {agent.name} (exit {agent.process.returncode}) ---\n{_tail(agent.log_path)}", file=sys.stderr)
+                print(
+                    f"--- {agent.name} (exit {agent.process.returncode}) ---\n{_tail(agent.log_path)}", file=sys.stderr
+                )
             return 1
     print("\nThe demo passed.")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="rdzv's local demo: an elastic job that loses a node (kill -9) and re-forms.")
+    parser = argparse.ArgumentParser(
+        description="rdzv's local demo: an elastic job that loses a node (kill -9) and re-forms."
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="stream the agents' and workers' output")
     args = parser.parse_args(argv)
     try:

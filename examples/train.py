@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = WorkerEnv.from_environ()
     except (KeyError, ValueError):
-        print("train.py: RANK/WORLD_SIZE are not set; start me with 'rdzv run ... -- python examples/train.py'", file=sys.stderr)
+        print(
+            "train.py: RANK/WORLD_SIZE are not set; start me with 'rdzv run ... -- python examples/train.py'",
+            file=sys.stderr,
+        )
         return 2
     try:
         store = open_worker_store(timeout=60)
@@ -78,11 +81,19 @@ def main(argv: list[str] | None = None) -> int:
         _log(env, f"no shared store ({exc}); steps run without the all-reduce check")
 
     start = _read_checkpoint(args.checkpoint)
-    _log(env, f"starting at step {start} of {args.steps} (restart count {env.restart_count}, master {env.master_addr}:{env.master_port})")
+    _log(
+        env,
+        f"starting at step {start} of {args.steps} (restart count {env.restart_count}, master {env.master_addr}:{env.master_port})",
+    )
     expected = env.world_size * (env.world_size + 1) // 2
     try:
         for step in range(start, args.steps):
-            if args.fail_once and env.rank == args.fail_rank and step == args.fail_step and not os.path.exists(args.fail_once):
+            if (
+                args.fail_once
+                and env.rank == args.fail_rank
+                and step == args.fail_step
+                and not os.path.exists(args.fail_once)
+            ):
                 open(args.fail_once, "w").close()
                 _log(env, f"injected failure at step {step}")
                 return 1

@@ -362,7 +362,9 @@ class WorkerProcess:
         self.send_signal(signum)
         code = self.wait(timeout)
         if code is None:
-            logger.warning("The worker (pid %d) did not stop within %.1f s of signal %d; killing it.", self.pid, timeout, signum)
+            logger.warning(
+                "The worker (pid %d) did not stop within %.1f s of signal %d; killing it.", self.pid, timeout, signum
+            )
             self.send_signal(signal.SIGKILL)
             code = exit_code_of(self._process.wait())
         self.send_signal(signal.SIGKILL)
@@ -390,7 +392,9 @@ class ElasticAgent:
     :meth:`request_stop` (thread-safe), or use :meth:`signal_handlers` in the main thread.
     """
 
-    def __init__(self, handler: RendezvousHandler, config: AgentConfig, worker_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, handler: RendezvousHandler, config: AgentConfig, worker_env: Mapping[str, str] | None = None
+    ) -> None:
         self.handler = handler
         self.config = config
         self._worker_env = dict(worker_env or {})
@@ -460,7 +464,16 @@ class ElasticAgent:
             logger.info("%s", reason)
         else:
             logger.error("%s (exit code %d)", reason, code)
-        return AgentResult(code, reason, self._node_key(), self.handler.get_run_id(), self._restarts, list(self._rounds), started, time.time())
+        return AgentResult(
+            code,
+            reason,
+            self._node_key(),
+            self.handler.get_run_id(),
+            self._restarts,
+            list(self._rounds),
+            started,
+            time.time(),
+        )
 
     def run(self) -> AgentResult:
         """Run the job on this node until it succeeds, fails for good, or is stopped.
@@ -477,11 +490,21 @@ class ElasticAgent:
             try:
                 info, record = self._rendezvous()
             except _Interrupted as exc:
-                return self._result(128 + exc.signum, f"Stopped by signal {exc.signum} while joining the rendezvous.", started)
+                return self._result(
+                    128 + exc.signum, f"Stopped by signal {exc.signum} while joining the rendezvous.", started
+                )
             except RendezvousGracefulExitError:
-                return self._result(EXIT_SUCCESS, "The rendezvous closed while this node was surplus (redundancy list); nothing to do.", started)
+                return self._result(
+                    EXIT_SUCCESS,
+                    "The rendezvous closed while this node was surplus (redundancy list); nothing to do.",
+                    started,
+                )
             except RendezvousClosedError:
-                return self._result(EXIT_RENDEZVOUS, f"The rendezvous '{self.handler.get_run_id()}' is closed: the job has ended or was stopped.", started)
+                return self._result(
+                    EXIT_RENDEZVOUS,
+                    f"The rendezvous '{self.handler.get_run_id()}' is closed: the job has ended or was stopped.",
+                    started,
+                )
             except RendezvousError as exc:
                 return self._result(EXIT_RENDEZVOUS, f"Rendezvous failed: {type(exc).__name__}: {exc}", started)
             code, reason, outcome = self._run_round(info, record)
@@ -536,7 +559,11 @@ class ElasticAgent:
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             failed = EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
             self.handler.shutdown()  # a node that cannot run the job ends it (as a failure would)
-            return failed, f"Cannot start the program {self.config.command[0]!r}: {exc.strerror or exc}", Outcome.NOT_STARTED
+            return (
+                failed,
+                f"Cannot start the program {self.config.command[0]!r}: {exc.strerror or exc}",
+                Outcome.NOT_STARTED,
+            )
         with self._lock:
             self._worker = worker
         logger.info("Started the worker (pid %d): %s", worker.pid, " ".join(self.config.command))
@@ -552,10 +579,19 @@ class ElasticAgent:
             assert code is not None
             if self._restarts < self.config.max_restarts:
                 self._restarts += 1
-                logger.warning("The worker failed with exit code %d; restarting (%d/%d).", code, self._restarts, self.config.max_restarts)
+                logger.warning(
+                    "The worker failed with exit code %d; restarting (%d/%d).",
+                    code,
+                    self._restarts,
+                    self.config.max_restarts,
+                )
                 return None, "", outcome
             self.handler.shutdown()
-            return code, f"The worker failed with exit code {code} and --max-restarts ({self.config.max_restarts}) is used up; the rendezvous is closed.", outcome
+            return (
+                code,
+                f"The worker failed with exit code {code} and --max-restarts ({self.config.max_restarts}) is used up; the rendezvous is closed.",
+                outcome,
+            )
         if outcome is Outcome.MEMBERSHIP_CHANGED:
             return None, "", outcome
         if outcome is Outcome.CLOSED:
@@ -563,24 +599,49 @@ class ElasticAgent:
             return EXIT_RENDEZVOUS, "The rendezvous was closed while the program ran; the program was stopped.", outcome
         if outcome is Outcome.SIGNAL:
             return self._signal_exit_code(), f"Stopped by signal {self._stop_signal}; the program was stopped.", outcome
-        return EXIT_RENDEZVOUS, f"The rendezvous backend stayed unreachable for {BACKEND_GRACE:g} s; the program was stopped.", outcome
+        return (
+            EXIT_RENDEZVOUS,
+            f"The rendezvous backend stayed unreachable for {BACKEND_GRACE:g} s; the program was stopped.",
+            outcome,
+        )
 
-    def _after_barrier(self, barrier: Barrier, info: RendezvousInfo, record: RoundRecord) -> tuple[int | None, str, Outcome]:
+    def _after_barrier(
+        self, barrier: Barrier, info: RendezvousInfo, record: RoundRecord
+    ) -> tuple[int | None, str, Outcome]:
         """``(exit code or None to re-rendezvous, reason, outcome)`` once the worker succeeded."""
         if barrier is Barrier.ALL_DONE:
             self.handler.shutdown()
-            return EXIT_SUCCESS, f"The program succeeded on all {info.world_size} node(s); the rendezvous is closed.", Outcome.SUCCEEDED
+            return (
+                EXIT_SUCCESS,
+                f"The program succeeded on all {info.world_size} node(s); the rendezvous is closed.",
+                Outcome.SUCCEEDED,
+            )
         if barrier is Barrier.ROUND_BROKEN:
-            logger.warning("A node left round %d before every rank finished; re-forming the round and running the program again.", record.round)
+            logger.warning(
+                "A node left round %d before every rank finished; re-forming the round and running the program again.",
+                record.round,
+            )
             return None, "", Outcome.ROUND_BROKEN
         if barrier is Barrier.CLOSED:
             self.handler.shutdown()  # already closed: this only stops the keep-alives
             return EXIT_RENDEZVOUS, "The rendezvous was closed before every rank finished.", Outcome.CLOSED
         if barrier is Barrier.SIGNAL:
-            return self._signal_exit_code(), f"Stopped by signal {self._stop_signal} after the program succeeded.", Outcome.SIGNAL
+            return (
+                self._signal_exit_code(),
+                f"Stopped by signal {self._stop_signal} after the program succeeded.",
+                Outcome.SIGNAL,
+            )
         if barrier is Barrier.BACKEND_LOST:
-            return EXIT_RENDEZVOUS, "The rendezvous backend stayed unreachable after the program succeeded.", Outcome.BACKEND_LOST
-        return EXIT_SUCCESS, f"The program succeeded here, but not every rank reported success within {self.config.exit_barrier_timeout:g} s; the rendezvous is left open.", Outcome.BARRIER_TIMEOUT
+            return (
+                EXIT_RENDEZVOUS,
+                "The rendezvous backend stayed unreachable after the program succeeded.",
+                Outcome.BACKEND_LOST,
+            )
+        return (
+            EXIT_SUCCESS,
+            f"The program succeeded here, but not every rank reported success within {self.config.exit_barrier_timeout:g} s; the rendezvous is left open.",
+            Outcome.BARRIER_TIMEOUT,
+        )
 
     def _signal_exit_code(self) -> int:
         return 128 + (self._stop_signal or signal.SIGTERM)
@@ -610,7 +671,9 @@ class ElasticAgent:
             except RendezvousError as exc:
                 if time.monotonic() - last_ok > BACKEND_GRACE:
                     return Outcome.BACKEND_LOST, worker.stop(self.config.stop_timeout)
-                logger.warning("Checking the rendezvous failed (the worker keeps running): %s: %s", type(exc).__name__, exc)
+                logger.warning(
+                    "Checking the rendezvous failed (the worker keeps running): %s: %s", type(exc).__name__, exc
+                )
                 waiting, closed = 0, False
             if closed:
                 logger.warning("The rendezvous was closed; stopping the worker.")
@@ -648,7 +711,9 @@ class ElasticAgent:
                         store.set(ALL_DONE_KEY, b"1")
                         return Barrier.ALL_DONE
                     reported = True
-                    logger.info("The program succeeded; waiting for the other %d rank(s) to finish.", info.world_size - 1)
+                    logger.info(
+                        "The program succeeded; waiting for the other %d rank(s) to finish.", info.world_size - 1
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return Barrier.ALL_DONE if store.check([ALL_DONE_KEY]) else Barrier.TIMEOUT
@@ -766,7 +831,9 @@ def open_worker_store(environ: Mapping[str, str] | None = None, timeout: float |
 
     env = WorkerEnv.from_environ(environ)
     if not env.backend or not env.run_id or not env.store_prefix:
-        raise KeyError("RDZV_BACKEND, RDZV_RUN_ID and RDZV_STORE_PREFIX must be set: was this process started by 'rdzv run'?")
+        raise KeyError(
+            "RDZV_BACKEND, RDZV_RUN_ID and RDZV_STORE_PREFIX must be set: was this process started by 'rdzv run'?"
+        )
     plugin = rendezvous_handler_registry.plugin(env.backend)
     if plugin is not None and not plugin.cross_process:
         raise ValueError(f"The rendezvous backend '{env.backend}' offers no store shared between processes.")

@@ -127,7 +127,9 @@ class RendezvousParameters:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise ValueError(f"The rendezvous configuration option '{key}' must be a string (got a {type(value).__name__}).")
+            raise ValueError(
+                f"The rendezvous configuration option '{key}' must be a string (got a {type(value).__name__})."
+            )
         return (value.strip() if strip else value) or None
 
     def get_as_bool(self, key: str, default: bool | None = None) -> bool | None:
@@ -147,7 +149,9 @@ class RendezvousParameters:
                 return True
             if lowered in _FALSE:
                 return False
-        raise ValueError(f"The rendezvous configuration option '{key}' does not represent a valid boolean value (got {value!r}).")
+        raise ValueError(
+            f"The rendezvous configuration option '{key}' does not represent a valid boolean value (got {value!r})."
+        )
 
     def get_as_int(self, key: str, default: int | None = None) -> int | None:
         """Return ``key`` as an int.
@@ -163,7 +167,9 @@ class RendezvousParameters:
                 raise ValueError
             return int(value)
         except (TypeError, ValueError):
-            raise ValueError(f"The rendezvous configuration option '{key}' does not represent a valid integer value (got {value!r}).") from None
+            raise ValueError(
+                f"The rendezvous configuration option '{key}' does not represent a valid integer value (got {value!r})."
+            ) from None
 
     def get_as_float(self, key: str, default: float | None = None, *, minimum: float | None = None) -> float | None:
         """Return ``key`` as a float (seconds, for timeouts).
@@ -181,7 +187,9 @@ class RendezvousParameters:
             if number != number or number in (float("inf"), float("-inf")):
                 raise ValueError
         except (TypeError, ValueError):
-            raise ValueError(f"The rendezvous configuration option '{key}' does not represent a valid number (got {value!r}).") from None
+            raise ValueError(
+                f"The rendezvous configuration option '{key}' does not represent a valid number (got {value!r})."
+            ) from None
         if minimum is not None and number < minimum:
             raise ValueError(f"The rendezvous configuration option '{key}' must be >= {minimum} (got {value!r}).")
         return number
@@ -202,7 +210,9 @@ class RendezvousStoreInfo:
     master_port: int
 
     @staticmethod
-    def build(rank: int, store: Store, local_addr: str | None, server_port: int | None = None, timeout: float | None = None) -> RendezvousStoreInfo:
+    def build(
+        rank: int, store: Store, local_addr: str | None, server_port: int | None = None, timeout: float | None = None
+    ) -> RendezvousStoreInfo:
         """Agree on the bootstrap address through ``store`` (the keys torch uses).
 
         Rank 0 publishes its address (``local_addr`` or its FQDN) and ``server_port`` (or a free
@@ -244,8 +254,16 @@ class RendezvousStoreInfo:
             addr, port = fields["addr"], fields["port"]
         except (ValueError, TypeError, KeyError):
             addr = port = None
-        if not isinstance(addr, str) or not addr or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"The bootstrap address must be JSON {{\"addr\": str, \"port\": 1..65535}} (got {text!r:.200}).")
+        if (
+            not isinstance(addr, str)
+            or not addr
+            or isinstance(port, bool)
+            or not isinstance(port, int)
+            or not 0 < port < 65536
+        ):
+            raise ValueError(
+                f'The bootstrap address must be JSON {{"addr": str, "port": 1..65535}} (got {text!r:.200}).'
+            )
         return RendezvousStoreInfo(master_addr=addr, master_port=port)
 
 

@@ -300,7 +300,9 @@ def check_bootstrap(value: str) -> str:
     """Return ``value`` when it is a non-empty str of at most :data:`MAX_BOOTSTRAP_CHARS`
     characters; else raise ``ValueError`` naming it."""
     if not isinstance(value, str) or not value or len(value) > MAX_BOOTSTRAP_CHARS:
-        raise ValueError(f"A bootstrap value must be a non-empty str of at most {MAX_BOOTSTRAP_CHARS} characters (got {value!r:.80}).")
+        raise ValueError(
+            f"A bootstrap value must be a non-empty str of at most {MAX_BOOTSTRAP_CHARS} characters (got {value!r:.80})."
+        )
     return value
 
 

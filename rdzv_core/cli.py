@@ -101,7 +101,10 @@ class _RdzvGroup(click.Group):
             click.echo("rdzv: interrupted", err=True)
             code = 130
         except Exception as exc:  # a bug: still one line, the traceback at DEBUG level
-            click.echo(f"rdzv: internal error: {type(exc).__name__}: {_one_line(str(exc))} (use --log-level DEBUG for the traceback)", err=True)
+            click.echo(
+                f"rdzv: internal error: {type(exc).__name__}: {_one_line(str(exc))} (use --log-level DEBUG for the traceback)",
+                err=True,
+            )
             _debug_traceback(exc)
             code = EXIT_FAILURE
         if standalone_mode:
@@ -145,7 +148,11 @@ def _setup_logging(level: str | None, default: str) -> None:
         if isinstance(handler, _StderrHandler):
             root.removeHandler(handler)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d rdzv[%(process)d] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s.%(msecs)03d rdzv[%(process)d] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        )
+    )
     root.addHandler(handler)
     root.setLevel(name)
 
@@ -247,7 +254,9 @@ def _conf_callback(ctx: click.Context, param: click.Parameter, values: Sequence[
             raise click.BadParameter(str(exc), ctx, param) from None
         for key, item in items.items():
             if key in merged:
-                raise click.BadParameter(f"The rendezvous configuration key '{key}' is given more than once.", ctx, param)
+                raise click.BadParameter(
+                    f"The rendezvous configuration key '{key}' is given more than once.", ctx, param
+                )
             merged[key] = item
     return merged
 
@@ -255,9 +264,28 @@ def _conf_callback(ctx: click.Context, param: click.Parameter, values: Sequence[
 def _rendezvous_options(require_run_id: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         options = [
-            click.option("--backend", default="redis", show_default=True, envvar="RDZV_BACKEND", metavar="NAME", help="Rendezvous backend: redis, etcd-v3, etcd-v2, memory or a plug-in (env RDZV_BACKEND)."),
-            click.option("--endpoint", default="", envvar="RDZV_ENDPOINT", metavar="HOST:PORT|URL", help="Backend endpoint, e.g. 127.0.0.1:6379 or rediss://host:6380/0 (env RDZV_ENDPOINT; default: the backend's local default)."),
-            click.option("--run-id", envvar="RDZV_RUN_ID", metavar="ID", required=require_run_id, help="Id of the job; every node of the job uses the same (env RDZV_RUN_ID)."),
+            click.option(
+                "--backend",
+                default="redis",
+                show_default=True,
+                envvar="RDZV_BACKEND",
+                metavar="NAME",
+                help="Rendezvous backend: redis, etcd-v3, etcd-v2, memory or a plug-in (env RDZV_BACKEND).",
+            ),
+            click.option(
+                "--endpoint",
+                default="",
+                envvar="RDZV_ENDPOINT",
+                metavar="HOST:PORT|URL",
+                help="Backend endpoint, e.g. 127.0.0.1:6379 or rediss://host:6380/0 (env RDZV_ENDPOINT; default: the backend's local default).",
+            ),
+            click.option(
+                "--run-id",
+                envvar="RDZV_RUN_ID",
+                metavar="ID",
+                required=require_run_id,
+                help="Id of the job; every node of the job uses the same (env RDZV_RUN_ID).",
+            ),
             click.option(
                 "--rdzv-conf",
                 multiple=True,
@@ -274,7 +302,14 @@ def _rendezvous_options(require_run_id: bool) -> Callable[[Callable[..., Any]], 
     return decorate
 
 
-def _params(backend: str, endpoint: str, run_id: str, conf: dict[str, str], nnodes: tuple[int, int] = (1, 1), local_addr: str | None = None) -> RendezvousParameters:
+def _params(
+    backend: str,
+    endpoint: str,
+    run_id: str,
+    conf: dict[str, str],
+    nnodes: tuple[int, int] = (1, 1),
+    local_addr: str | None = None,
+) -> RendezvousParameters:
     try:
         return RendezvousParameters(backend, endpoint, run_id, nnodes[0], nnodes[1], local_addr=local_addr, **conf)
     except ValueError as exc:
@@ -302,7 +337,9 @@ def _plugin_of_kind(kind: str) -> BackendPlugin:
         if plugin.server_kind == kind:
             return plugin
     kinds = sorted({str(plugin.server_kind) for plugin in plugins})
-    raise CliError(f"No installed plug-in has a local '{kind}' server; these do: {', '.join(kinds) or 'none'}.", EXIT_USAGE)
+    raise CliError(
+        f"No installed plug-in has a local '{kind}' server; these do: {', '.join(kinds) or 'none'}.", EXIT_USAGE
+    )
 
 
 def _make_server(plugin: BackendPlugin, port: int | None = None) -> LocalServer:
@@ -315,7 +352,10 @@ def _make_server(plugin: BackendPlugin, port: int | None = None) -> LocalServer:
     try:
         return plugin.local_server(port)  # type: ignore[no-any-return]
     except ImportError as exc:
-        raise CliError(f"The {plugin.server_kind} server launcher is not available ({_one_line(str(exc))}); {plugin.install_hint}", EXIT_USAGE) from exc
+        raise CliError(
+            f"The {plugin.server_kind} server launcher is not available ({_one_line(str(exc))}); {plugin.install_hint}",
+            EXIT_USAGE,
+        ) from exc
     except ValueError as exc:
         raise CliError(_one_line(str(exc)), EXIT_USAGE) from exc
     except FileNotFoundError as exc:
@@ -342,7 +382,11 @@ def _worker_env(backend: str, endpoint: str, rdzv_conf: dict[str, str]) -> dict[
 
     plugin = rendezvous_handler_registry.plugin(backend)
     conf = plugin.without_secrets(rdzv_conf) if plugin is not None else without_secrets(rdzv_conf)
-    return {"RDZV_BACKEND": backend, "RDZV_ENDPOINT": safe_endpoint(endpoint), "RDZV_CONF": ",".join(f"{k}={v}" for k, v in conf.items())}
+    return {
+        "RDZV_BACKEND": backend,
+        "RDZV_ENDPOINT": safe_endpoint(endpoint),
+        "RDZV_CONF": ",".join(f"{k}={v}" for k, v in conf.items()),
+    }
 
 
 def _standalone_plugin(ctx: click.Context, backend: str) -> BackendPlugin:
@@ -352,7 +396,9 @@ def _standalone_plugin(ctx: click.Context, backend: str) -> BackendPlugin:
     plugin = rendezvous_handler_registry.plugin(backend)
     if plugin is None or plugin.local_server is None:
         names = ", ".join(p.name for p in _server_plugins()) or "none"
-        raise click.UsageError(f"--standalone starts the backend's local server, and '{backend}' has none (these do: {names}).", ctx)
+        raise click.UsageError(
+            f"--standalone starts the backend's local server, and '{backend}' has none (these do: {names}).", ctx
+        )
     return plugin
 
 
@@ -411,14 +457,58 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
 
 @cli.command(context_settings={**_CONTEXT, "allow_interspersed_args": False}, epilog=_RUN_EPILOG)
 @_rendezvous_options(require_run_id=False)
-@click.option("--nnodes", type=_NNodes(), default="1", show_default=True, help="Nodes of a round: N, or MIN:MAX for an elastic job.")
-@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="Worker failures answered with a re-rendezvous and restart (scaling events do not count).")
-@click.option("--standalone", is_flag=True, help="Start the backend's embedded local server (Redis by default; one machine, nothing to set up); --endpoint must not be given.")
-@click.option("--local-addr", default=None, metavar="ADDR", help="Address this node advertises (MASTER_ADDR when it is rank 0). Default: its FQDN; 127.0.0.1 with --standalone.")
-@click.option("--monitor-interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True, help="Seconds between checks of the worker and of nodes waiting to join.")
-@click.option("--stop-timeout", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds a stopped worker gets between SIGTERM and SIGKILL.")
-@click.option("--exit-barrier-timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True, help="Seconds a node whose program succeeded waits for the other nodes.")
-@click.option("--summary-file", type=click.Path(dir_okay=False, writable=True), default=None, help="Write a JSON summary (rounds, ranks, rendezvous times, exit code) here when the agent ends.")
+@click.option(
+    "--nnodes",
+    type=_NNodes(),
+    default="1",
+    show_default=True,
+    help="Nodes of a round: N, or MIN:MAX for an elastic job.",
+)
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Worker failures answered with a re-rendezvous and restart (scaling events do not count).",
+)
+@click.option(
+    "--standalone",
+    is_flag=True,
+    help="Start the backend's embedded local server (Redis by default; one machine, nothing to set up); --endpoint must not be given.",
+)
+@click.option(
+    "--local-addr",
+    default=None,
+    metavar="ADDR",
+    help="Address this node advertises (MASTER_ADDR when it is rank 0). Default: its FQDN; 127.0.0.1 with --standalone.",
+)
+@click.option(
+    "--monitor-interval",
+    type=click.FloatRange(min=0.01),
+    default=0.2,
+    show_default=True,
+    help="Seconds between checks of the worker and of nodes waiting to join.",
+)
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds a stopped worker gets between SIGTERM and SIGKILL.",
+)
+@click.option(
+    "--exit-barrier-timeout",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="Seconds a node whose program succeeded waits for the other nodes.",
+)
+@click.option(
+    "--summary-file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write a JSON summary (rounds, ranks, rendezvous times, exit code) here when the agent ends.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
 @_log_level_option
 @click.pass_context
@@ -465,10 +555,18 @@ def run(
     standalone_plugin = _standalone_plugin(ctx, backend) if standalone else None
     if not run_id:
         if not standalone:
-            raise click.UsageError("Missing --run-id (or env RDZV_RUN_ID): every node of a job must use the same id.", ctx)
+            raise click.UsageError(
+                "Missing --run-id (or env RDZV_RUN_ID): every node of a job must use the same id.", ctx
+            )
         run_id = f"standalone-{uuid.uuid4().hex[:8]}"
     try:
-        config = AgentConfig(command, max_restarts=max_restarts, monitor_interval=monitor_interval, stop_timeout=stop_timeout, exit_barrier_timeout=exit_barrier_timeout)
+        config = AgentConfig(
+            command,
+            max_restarts=max_restarts,
+            monitor_interval=monitor_interval,
+            stop_timeout=stop_timeout,
+            exit_barrier_timeout=exit_barrier_timeout,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc), ctx) from None
     srv = None
@@ -489,7 +587,9 @@ def run(
             _fail(exc)
         worker_env = _worker_env(backend, endpoint, rdzv_conf)
         agent = ElasticAgent(handler, config, worker_env)
-        logger.info("Agent of run '%s' (%s, nodes %d:%d) starts: %s", run_id, backend, nnodes[0], nnodes[1], " ".join(command))
+        logger.info(
+            "Agent of run '%s' (%s, nodes %d:%d) starts: %s", run_id, backend, nnodes[0], nnodes[1], " ".join(command)
+        )
         with agent.signal_handlers():
             result = agent.run()
     finally:
@@ -514,7 +614,9 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (for scripts) instead of a table.")
 @_log_level_option
 @click.pass_context
-def status(ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_conf: dict[str, str], as_json: bool) -> None:
+def status(
+    ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_conf: dict[str, str], as_json: bool
+) -> None:
     """Show what a rendezvous is doing, without joining it.
 
     Shows the round, whether it is complete or closed, the participants with rank, address,
@@ -571,7 +673,10 @@ def close(ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_con
             if backend_obj is not None:
                 current = read_state(backend_obj, run_id)
                 if current is None:
-                    raise CliError(f"The run '{run_id}' has no rendezvous state at {backend} {safe_endpoint(endpoint) or '(default endpoint)'}: nothing to close.", EXIT_FAILURE)
+                    raise CliError(
+                        f"The run '{run_id}' has no rendezvous state at {backend} {safe_endpoint(endpoint) or '(default endpoint)'}: nothing to close.",
+                        EXIT_FAILURE,
+                    )
                 if current.closed:
                     click.echo(f"The rendezvous '{run_id}' was already closed.")
                     ctx.exit(0)

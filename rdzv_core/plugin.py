@@ -123,7 +123,9 @@ class BackendPlugin:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"A backend plug-in needs a non-empty name (got {self.name!r}).")
         if (self.server_kind is None) != (self.local_server is None):
-            raise ValueError(f"The backend plug-in '{self.name}' must give both server_kind and local_server, or neither.")
+            raise ValueError(
+                f"The backend plug-in '{self.name}' must give both server_kind and local_server, or neither."
+            )
 
     @property
     def install_hint(self) -> str:
@@ -142,7 +144,9 @@ class BackendPlugin:
         except ImportError as exc:
             if self.extra in str(exc):
                 raise
-            raise ImportError(f"The rendezvous backend '{self.name}' cannot load its client library ({exc}). {self.install_hint}") from exc
+            raise ImportError(
+                f"The rendezvous backend '{self.name}' cannot load its client library ({exc}). {self.install_hint}"
+            ) from exc
 
     def create_handler(self, params: RendezvousParameters) -> RendezvousHandler:
         """The dynamic rendezvous handler of ``params`` on this backend (the backend and store
@@ -183,7 +187,9 @@ class BackendPlugin:
 def without_secrets(config: Mapping[str, Any], secret_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``config`` without ``secret_keys`` and without any key whose name contains one of
     :data:`SECRET_WORDS` (a plug-in that is not installed still keeps its password)."""
-    return {k: v for k, v in config.items() if k not in secret_keys and not any(word in k.lower() for word in SECRET_WORDS)}
+    return {
+        k: v for k, v in config.items() if k not in secret_keys and not any(word in k.lower() for word in SECRET_WORDS)
+    }
 
 
 def _close_quietly(*resources: Any) -> None:

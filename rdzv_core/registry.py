@@ -33,6 +33,7 @@ ENTRY_POINT_GROUP = "rdzv.backends"
 
 HandlerCreator = Callable[[RendezvousParameters], RendezvousHandler]
 
+
 class RendezvousHandlerRegistry:
     """Maps backend names to handler creators.
 
@@ -61,7 +62,9 @@ class RendezvousHandlerRegistry:
         with self._lock:
             current = self._creators.get(backend)
             if current is not None and current != creator:  # == : the same bound method too
-                raise ValueError(f"The rendezvous backend '{backend}' cannot be registered with '{creator}' as it is already registered with '{current}'.")
+                raise ValueError(
+                    f"The rendezvous backend '{backend}' cannot be registered with '{creator}' as it is already registered with '{current}'."
+                )
             self._creators[backend] = creator
             self._load_errors.pop(backend, None)
 
@@ -105,7 +108,9 @@ class RendezvousHandlerRegistry:
         creator = self._creator(params.backend)
         handler = creator(params)
         if handler.get_backend() != params.backend:
-            raise RuntimeError(f"The rendezvous backend '{handler.get_backend()}' does not match the requested backend '{params.backend}'.")
+            raise RuntimeError(
+                f"The rendezvous backend '{handler.get_backend()}' does not match the requested backend '{params.backend}'."
+            )
         return handler
 
     def _creator(self, backend: str) -> HandlerCreator:
@@ -116,7 +121,9 @@ class RendezvousHandlerRegistry:
         if creator is not None:
             return creator
         if error is not None:
-            raise ImportError(f"The rendezvous backend '{backend}' is installed but failed to load: {error!r}.") from error
+            raise ImportError(
+                f"The rendezvous backend '{backend}' is installed but failed to load: {error!r}."
+            ) from error
         raise ValueError(
             f"The rendezvous backend '{backend}' is not registered. Installed backends: {', '.join(self.backends()) or 'none'}. "
             f"Others come from plug-ins in the '{ENTRY_POINT_GROUP}' entry-point group."
@@ -140,17 +147,23 @@ class RendezvousHandlerRegistry:
         """Register what the entry point ``name`` named: a plug-in, or a creator factory."""
         if not isinstance(loaded, BackendPlugin):
             if not callable(loaded):
-                raise TypeError(f"The '{ENTRY_POINT_GROUP}' entry point '{name}' names neither a BackendPlugin nor a factory (got {type(loaded).__name__}).")
+                raise TypeError(
+                    f"The '{ENTRY_POINT_GROUP}' entry point '{name}' names neither a BackendPlugin nor a factory (got {type(loaded).__name__})."
+                )
             loaded = loaded()
         if isinstance(loaded, BackendPlugin):
             if loaded.name != name:
-                raise ValueError(f"The '{ENTRY_POINT_GROUP}' entry point '{name}' names the plug-in of backend '{loaded.name}'.")
+                raise ValueError(
+                    f"The '{ENTRY_POINT_GROUP}' entry point '{name}' names the plug-in of backend '{loaded.name}'."
+                )
             self._creators.pop(name, None)
             self.register_plugin(loaded)
         elif callable(loaded):
             self._creators[name] = loaded
         else:
-            raise TypeError(f"The factory of the '{ENTRY_POINT_GROUP}' entry point '{name}' returned {type(loaded).__name__}, not a handler creator.")
+            raise TypeError(
+                f"The factory of the '{ENTRY_POINT_GROUP}' entry point '{name}' returned {type(loaded).__name__}, not a handler creator."
+            )
 
 
 #: The default registry, fed by the ``rdzv.backends`` entry points.

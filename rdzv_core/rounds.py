@@ -40,7 +40,19 @@ from dataclasses import dataclass, field
 from rdzv_core.backend import Role, RoundSpec, Standing, check_bootstrap
 from rdzv_core.state import RendezvousState
 
-__all__ = ["SWEEP_LIMIT", "RoundRecord", "summary", "join", "leave", "complete", "keep_alive", "close", "publish_bootstrap", "standing", "MemoryMembership"]
+__all__ = [
+    "SWEEP_LIMIT",
+    "RoundRecord",
+    "summary",
+    "join",
+    "leave",
+    "complete",
+    "keep_alive",
+    "close",
+    "publish_bootstrap",
+    "standing",
+    "MemoryMembership",
+]
 
 #: At most this many lapsed nodes are removed by one sweep.
 SWEEP_LIMIT = 1000
@@ -72,7 +84,15 @@ def summary(rec: RoundRecord) -> Summary:
     """What waiting nodes react to: ``(round, complete, closed, last call running,
     wait list non-empty, participants missing, bootstrap published)``."""
     missing = rec.complete and len(rec.participants) < rec.world_size
-    return rec.round, rec.complete, rec.closed, rec.deadline is not None, bool(rec.wait_list), missing, rec.bootstrap is not None
+    return (
+        rec.round,
+        rec.complete,
+        rec.closed,
+        rec.deadline is not None,
+        bool(rec.wait_list),
+        missing,
+        rec.bootstrap is not None,
+    )
 
 
 def standing(rec: RoundRecord | None, node: str, now: float, left_redundancy: bool = False) -> Standing:
@@ -153,7 +173,9 @@ def _bump(rec: RoundRecord, before: Summary) -> bool:
     return False
 
 
-def _reply(rec: RoundRecord, node: str, now: float, before: Summary, left_redundancy: bool = False) -> tuple[Standing, bool]:
+def _reply(
+    rec: RoundRecord, node: str, now: float, before: Summary, left_redundancy: bool = False
+) -> tuple[Standing, bool]:
     """Bump the version if the summary changed, then answer ``(standing, announce)``."""
     announce = _bump(rec, before)
     return standing(rec, node, now, left_redundancy), announce
@@ -211,7 +233,9 @@ def complete(rec: RoundRecord, node: str, spec: RoundSpec, round_: int, now: flo
     return _reply(rec, node, now, before)
 
 
-def keep_alive(rec: RoundRecord, node: str, spec: RoundSpec, sweep: bool, now: float) -> tuple[Standing, list[str], bool]:
+def keep_alive(
+    rec: RoundRecord, node: str, spec: RoundSpec, sweep: bool, now: float
+) -> tuple[Standing, list[str], bool]:
     """Keep-alive of ``node`` and, when ``sweep``, removal of the lapsed others
     (:meth:`AtomicMembership.keep_alive_round`). Returns ``(standing, removed, announce)``."""
     before = summary(rec)

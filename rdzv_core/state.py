@@ -155,13 +155,19 @@ def decode_state(data: bytes, run_id: str) -> RendezvousState:
             as a state, was written by a newer schema version, or belongs to another run.
     """
     if len(data) > MAX_STATE_BYTES:
-        raise RendezvousStateError(f"The rendezvous state of run '{run_id}' is {len(data)} bytes, more than the limit of {MAX_STATE_BYTES}.")
+        raise RendezvousStateError(
+            f"The rendezvous state of run '{run_id}' is {len(data)} bytes, more than the limit of {MAX_STATE_BYTES}."
+        )
     try:
         header = _header_decoder.decode(data)
     except _DECODE_ERRORS as exc:
-        raise RendezvousStateError(f"The rendezvous state of run '{run_id}' is not a valid rdzv state ({len(data)} bytes starting {data[:16]!r}): {exc}") from None
+        raise RendezvousStateError(
+            f"The rendezvous state of run '{run_id}' is not a valid rdzv state ({len(data)} bytes starting {data[:16]!r}): {exc}"
+        ) from None
     if header.version > SCHEMA_VERSION:
-        raise RendezvousStateError(f"The rendezvous state of run '{run_id}' has schema version {header.version}, newer than the supported version {SCHEMA_VERSION}; upgrade rdzv on this node.")
+        raise RendezvousStateError(
+            f"The rendezvous state of run '{run_id}' has schema version {header.version}, newer than the supported version {SCHEMA_VERSION}; upgrade rdzv on this node."
+        )
     if header.run_id != run_id:
         raise RendezvousStateError(f"The rendezvous state belongs to run '{header.run_id}', not to run '{run_id}'.")
     try:

@@ -111,7 +111,9 @@ def open_backend(params: RendezvousParameters) -> BackendSession:
     handler = get_rendezvous_handler(params)
     exposed = getattr(handler, "backend", None)
     if not isinstance(exposed, RendezvousBackend):
-        raise ValueError(f"The rendezvous backend '{params.backend}' does not expose its state (its handler has no 'backend'); status and close need a dynamic-rendezvous backend.")
+        raise ValueError(
+            f"The rendezvous backend '{params.backend}' does not expose its state (its handler has no 'backend'); status and close need a dynamic-rendezvous backend."
+        )
     return BackendSession(exposed, None, handler, [exposed.close])
 
 
@@ -200,7 +202,9 @@ def read_state(backend: RendezvousBackend, run_id: str) -> RendezvousState | Non
     return None if current is None else decode_state(current[0], run_id)
 
 
-def read_status(backend: RendezvousBackend, run_id: str, *, backend_name: str | None = None, endpoint: str = "") -> RendezvousStatus:
+def read_status(
+    backend: RendezvousBackend, run_id: str, *, backend_name: str | None = None, endpoint: str = ""
+) -> RendezvousStatus:
     """Read and describe the rendezvous state of ``run_id`` from ``backend`` (read-only).
 
     Args:
@@ -274,21 +278,38 @@ def format_status_table(status: RendezvousStatus) -> str:
     else:
         phase = "forming"
         if status.last_call_in is not None:
-            phase += f" (last call ends in {status.last_call_in:.1f}s)" if status.last_call_in >= 0 else " (last call over)"
-    lines += [f"round:       {status.round}", f"state:       {phase}", f"closed:      {'yes' if status.closed else 'no'}"]
+            phase += (
+                f" (last call ends in {status.last_call_in:.1f}s)" if status.last_call_in >= 0 else " (last call over)"
+            )
+    lines += [
+        f"round:       {status.round}",
+        f"state:       {phase}",
+        f"closed:      {'yes' if status.closed else 'no'}",
+    ]
     rows = status.participants + status.wait_list + status.redundancy_list
     if not rows:
         lines.append("nodes:       none")
         return "\n".join(lines)
     header = ("ROLE", "RANK", "ADDRESS", "PID", "HEARTBEAT", "NODE")
     table = [header] + [
-        (n.role, "-" if n.rank is None else str(n.rank), n.addr, "-" if n.pid is None else str(n.pid), _age(n.heartbeat_age), n.node)
+        (
+            n.role,
+            "-" if n.rank is None else str(n.rank),
+            n.addr,
+            "-" if n.pid is None else str(n.pid),
+            _age(n.heartbeat_age),
+            n.node,
+        )
         for n in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     lines.append("")
     for row in table:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+        lines.append(
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        )
     lines.append("")
-    lines.append(f"participants: {len(status.participants)}  waiting: {len(status.wait_list)}  redundant: {len(status.redundancy_list)}")
+    lines.append(
+        f"participants: {len(status.participants)}  waiting: {len(status.wait_list)}  redundant: {len(status.redundancy_list)}"
+    )
     return "\n".join(lines)

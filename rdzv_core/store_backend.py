@@ -56,7 +56,9 @@ class StoreRendezvousBackend(RendezvousBackend):
     def _generation(self, value: bytes) -> int:
         head, sep, _ = value.partition(b":")
         if not sep or not head.isdigit():
-            raise RendezvousStateError(f"The state key '{self._key}' does not hold a state written by rdzv (starts {value[:16]!r}).")
+            raise RendezvousStateError(
+                f"The state key '{self._key}' does not hold a state written by rdzv (starts {value[:16]!r})."
+            )
         return int(head)
 
     def _split(self, value: bytes) -> tuple[bytes, Token]:

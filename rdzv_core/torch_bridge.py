@@ -296,7 +296,9 @@ class TorchRendezvousHandler(torch_api.RendezvousHandler):
 
     def __init__(self, handler: rdzv_api.RendezvousHandler) -> None:
         if not isinstance(handler, rdzv_api.RendezvousHandler):
-            raise TypeError(f"TorchRendezvousHandler wraps an rdzv_core.api.RendezvousHandler, not {type(handler).__name__}.")
+            raise TypeError(
+                f"TorchRendezvousHandler wraps an rdzv_core.api.RendezvousHandler, not {type(handler).__name__}."
+            )
         self._handler = handler
 
     def __repr__(self) -> str:

@@ -47,9 +47,13 @@ def _check_port(port: int | str, endpoint: str) -> int:
     try:
         value = int(port)
     except (TypeError, ValueError):
-        raise ValueError(f"The port number of the rendezvous endpoint '{endpoint}' must be an integer (got {port!r}).") from None
+        raise ValueError(
+            f"The port number of the rendezvous endpoint '{endpoint}' must be an integer (got {port!r})."
+        ) from None
     if not 0 < value < 65536:
-        raise ValueError(f"The port number of the rendezvous endpoint '{endpoint}' must be between 1 and 65535 (got {value}).")
+        raise ValueError(
+            f"The port number of the rendezvous endpoint '{endpoint}' must be between 1 and 65535 (got {value})."
+        )
     return value
 
 
@@ -77,7 +81,9 @@ def parse_rendezvous_endpoint(endpoint: str | None, default_port: int) -> Endpoi
     if "://" in text:
         return _parse_url(text, default_port)
     if "@" in text:  # credentials outside a URL: refuse without quoting them
-        raise ValueError("The rendezvous endpoint has credentials ('user:password@') but no URL scheme; write it as a URL, e.g. 'redis://user:password@host:port'.")
+        raise ValueError(
+            "The rendezvous endpoint has credentials ('user:password@') but no URL scheme; write it as a URL, e.g. 'redis://user:password@host:port'."
+        )
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or not _is_ipv6(host) or (rest and not rest.startswith(":")):
@@ -97,7 +103,9 @@ def parse_rendezvous_endpoint(endpoint: str | None, default_port: int) -> Endpoi
 def _parse_url(text: str, default_port: int) -> Endpoint:
     parts = urlsplit(text)
     if parts.scheme not in _URL_SCHEMES:
-        raise ValueError(f"The rendezvous endpoint '{parts.scheme}://{parts.hostname}' has an unsupported scheme '{parts.scheme}'; use one of {', '.join(_URL_SCHEMES)}.")
+        raise ValueError(
+            f"The rendezvous endpoint '{parts.scheme}://{parts.hostname}' has an unsupported scheme '{parts.scheme}'; use one of {', '.join(_URL_SCHEMES)}."
+        )
     safe = f"{parts.scheme}://{parts.hostname or ''}"
     if not parts.hostname:
         raise ValueError(f"The rendezvous endpoint '{safe}' has no host.")
@@ -156,7 +164,9 @@ def warn_unknown_config(config: Mapping[str, object], known: Iterable[str], back
     """
     unknown = sorted(set(config) - set(known))
     if unknown:
-        logger.warning("Unknown rendezvous configuration keys for backend '%s' are ignored: %s", backend, ", ".join(unknown))
+        logger.warning(
+            "Unknown rendezvous configuration keys for backend '%s' are ignored: %s", backend, ", ".join(unknown)
+        )
     return unknown
 
 

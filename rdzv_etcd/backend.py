@@ -45,7 +45,9 @@ def _frame(state: bytes) -> bytes:
 
 def _unframe(key: str, value: bytes) -> bytes:
     if not value.startswith(STATE_HEADER):
-        raise RendezvousStateError(f"The rendezvous state in etcd key '{key}' was not written by rdzv (unknown header {value[:8]!r}).")
+        raise RendezvousStateError(
+            f"The rendezvous state in etcd key '{key}' was not written by rdzv (unknown header {value[:8]!r})."
+        )
     return value[len(STATE_HEADER) :]
 
 
@@ -87,7 +89,9 @@ class EtcdRendezvousBackend(RendezvousBackend):
         if not run_id:
             raise ValueError("The run id must be a non-empty string.")
         if isinstance(key_ttl, bool) or not isinstance(key_ttl, int) or key_ttl < 1:
-            raise ValueError(f"The rendezvous configuration option 'key_ttl' must be an integer >= 1 second (got {key_ttl!r}).")
+            raise ValueError(
+                f"The rendezvous configuration option 'key_ttl' must be an integer >= 1 second (got {key_ttl!r})."
+            )
         self._kv = kv
         self._keys = RunKeys(run_id, root)
         self._key_ttl = key_ttl
@@ -268,7 +272,9 @@ def _timestamp(key: str, raw: bytes) -> float:
     try:
         return float(raw.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
-        raise RendezvousStateError(f"The liveness record in etcd key '{key}' is not a timestamp: {raw[:40]!r}.") from None
+        raise RendezvousStateError(
+            f"The liveness record in etcd key '{key}' is not a timestamp: {raw[:40]!r}."
+        ) from None
 
 
 def create_kv(config: EtcdConfig, api: Api) -> EtcdKV:
@@ -337,7 +343,9 @@ def create_backend(params: RendezvousParameters, api: Api | None = None) -> tupl
     config = EtcdConfig.from_params(params)
     membership = params.get_as_bool("membership")
     if membership and api == "v2":
-        raise ValueError(f"The rendezvous configuration option 'membership' needs etcd's v3 API (backend 'etcd-v3'), not {params.backend!r} (got {params.get('membership')!r}).")
+        raise ValueError(
+            f"The rendezvous configuration option 'membership' needs etcd's v3 API (backend 'etcd-v3'), not {params.backend!r} (got {params.get('membership')!r})."
+        )
     kv = create_kv(config, api)
     backend: EtcdRendezvousBackend
     if api == "v3" and membership is not False:

@@ -297,9 +297,13 @@ def _parse_endpoints(text: str | None) -> tuple[tuple[Endpoint, ...], str | None
         except ValueError as exc:
             raise ValueError(f"The rendezvous option 'endpoint' is invalid: {exc}") from None
         if parsed.scheme not in (None, "http", "https"):
-            raise ValueError(f"The rendezvous option 'endpoint' must use http:// or https:// for etcd (got '{parsed}').")
+            raise ValueError(
+                f"The rendezvous option 'endpoint' must use http:// or https:// for etcd (got '{parsed}')."
+            )
         if parsed.path not in ("", "/"):
-            raise ValueError(f"The rendezvous option 'endpoint' must not have a path for etcd (got '{parsed}{parsed.path}').")
+            raise ValueError(
+                f"The rendezvous option 'endpoint' must not have a path for etcd (got '{parsed}{parsed.path}')."
+            )
         schemes.add(parsed.scheme)
         user = user or parsed.username
         password = password or parsed.password
@@ -317,7 +321,9 @@ def _parse_protocol(value: Any, scheme: str | None) -> str:
     if protocol not in ("http", "https"):
         raise ValueError(f"The rendezvous configuration option 'protocol' must be 'http' or 'https' (got {value!r}).")
     if scheme and scheme != protocol:
-        raise ValueError(f"The rendezvous configuration option 'protocol' ({protocol}) contradicts the endpoint's scheme ({scheme}).")
+        raise ValueError(
+            f"The rendezvous configuration option 'protocol' ({protocol}) contradicts the endpoint's scheme ({scheme})."
+        )
     return protocol
 
 
@@ -325,24 +331,34 @@ def _validate(config: EtcdConfig) -> None:
     if not config.endpoints:
         raise ValueError("The rendezvous option 'endpoint' names no etcd endpoint.")
     if config.protocol not in ("http", "https"):
-        raise ValueError(f"The rendezvous configuration option 'protocol' must be 'http' or 'https' (got {config.protocol!r}).")
+        raise ValueError(
+            f"The rendezvous configuration option 'protocol' must be 'http' or 'https' (got {config.protocol!r})."
+        )
     for name in ("cacert", "cert", "key"):
         path = getattr(config, name)
         if path is not None and not os.path.isfile(path):
             raise ValueError(f"The rendezvous configuration option '{name}' names no readable file: {path!r}.")
         if path is not None and config.protocol != "https":
-            raise ValueError(f"The rendezvous configuration option '{name}' needs TLS: set 'protocol=https' or use an https:// endpoint.")
+            raise ValueError(
+                f"The rendezvous configuration option '{name}' needs TLS: set 'protocol=https' or use an https:// endpoint."
+            )
     if config.key is not None and config.cert is None:
         raise ValueError("The rendezvous configuration option 'key' needs 'cert' (the client certificate).")
     if bool(config.username) != bool(config.password):
         missing = "password" if config.username else "username"
-        raise ValueError(f"The rendezvous configuration option '{missing}' is missing: etcd authentication needs both 'username' and 'password'.")
+        raise ValueError(
+            f"The rendezvous configuration option '{missing}' is missing: etcd authentication needs both 'username' and 'password'."
+        )
     if not config.read_timeout > 0:
-        raise ValueError(f"The rendezvous configuration option 'read_timeout' must be > 0 seconds (got {config.read_timeout!r}).")
+        raise ValueError(
+            f"The rendezvous configuration option 'read_timeout' must be > 0 seconds (got {config.read_timeout!r})."
+        )
     for name in ("key_ttl", "closed_ttl"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"The rendezvous configuration option '{name}' must be an integer >= 1 second (got {value!r}).")
+            raise ValueError(
+                f"The rendezvous configuration option '{name}' must be an integer >= 1 second (got {value!r})."
+            )
     if config.retry_window < 0:
         raise ValueError(f"The retry window must not be negative (got {config.retry_window!r}).")
 
@@ -416,7 +432,9 @@ class EtcdKV(ABC):
             self.put(key, value)
 
     @abstractmethod
-    def put_if(self, key: str, value: bytes, version: int | None, ttl: float | None = None) -> tuple[bool, Versioned | None]:
+    def put_if(
+        self, key: str, value: bytes, version: int | None, ttl: float | None = None
+    ) -> tuple[bool, Versioned | None]:
         """Compare-and-set: write ``key`` only if its version is ``version``.
 
         Args:
@@ -543,14 +561,20 @@ class EtcdKV(ABC):
 
         def give_up(exc: BaseException, failure: Failure, attempts: int, elapsed: float) -> Exception:
             unknown = failure is Failure.MAYBE_SENT and not idempotent
-            return self.connection_error(op, self._describe(exc), OutcomeUnknownError if unknown else RendezvousConnectionError)
+            return self.connection_error(
+                op, self._describe(exc), OutcomeUnknownError if unknown else RendezvousConnectionError
+            )
 
         def on_retry(exc: BaseException, attempts: int, pause: float) -> None:
             logger.debug("%s; retrying in %.2f s", self.connection_error(op, self._describe(exc)), pause)
 
-        return call_with_retry(attempt, self._classify, give_up, deadline=deadline, idempotent=idempotent, on_retry=on_retry)
+        return call_with_retry(
+            attempt, self._classify, give_up, deadline=deadline, idempotent=idempotent, on_retry=on_retry
+        )
 
-    def _watch_loop(self, key: str, start_revision: int, timeout: float, attempt: Callable[[Any, WatchCursor, float], WatchOutcome]) -> bool:
+    def _watch_loop(
+        self, key: str, start_revision: int, timeout: float, attempt: Callable[[Any, WatchCursor, float], WatchOutcome]
+    ) -> bool:
         """The :meth:`watch` of both adapters: ``attempt(client, cursor, deadline)`` re-reads
         ``key`` when ``cursor.recheck`` (moving ``cursor.start`` to the read's revision + 1, or
         answering CHANGED/LOST), sets ``cursor.recheck`` and watches once.
@@ -580,7 +604,9 @@ class EtcdKV(ABC):
             if outcome is WatchOutcome.LOST:
                 logger.warning(
                     "etcd at %s does not have revision %d any more (it lost its data or is another cluster); "
-                    "reporting a change so that the state is read again.", self.endpoint, cursor.start - 1,
+                    "reporting a change so that the state is read again.",
+                    self.endpoint,
+                    cursor.start - 1,
                 )
                 return True
             if outcome is WatchOutcome.CHANGED:
@@ -588,7 +614,9 @@ class EtcdKV(ABC):
             cursor.recheck = True
             logger.debug("The etcd watch of %r ended without an event; re-reading and watching again.", key)
 
-    def connection_error(self, op: str, cause: str, kind: type[RendezvousConnectionError] = RendezvousConnectionError) -> RendezvousConnectionError:
+    def connection_error(
+        self, op: str, cause: str, kind: type[RendezvousConnectionError] = RendezvousConnectionError
+    ) -> RendezvousConnectionError:
         """Build the error for a failed ``op``: endpoint and cause, with the password masked."""
         text = scrub(cause, (self.config.password,))
         outcome = " (it may or may not have been applied)" if kind is OutcomeUnknownError else ""

@@ -127,7 +127,15 @@ def _end(prefix: str) -> str:
 
 def _flags(s: dict[str, Any]) -> tuple[Any, ...]:
     """:func:`rdzv_core.rounds.summary` of a stored summary."""
-    return s["round"], s["complete"], s["closed"], s["deadline"] is not None, s["waiting"], s["missing"], s.get("boot") is not None
+    return (
+        s["round"],
+        s["complete"],
+        s["closed"],
+        s["deadline"] is not None,
+        s["waiting"],
+        s["missing"],
+        s.get("boot") is not None,
+    )
 
 
 @dataclass
@@ -236,7 +244,9 @@ class EtcdMembership:
             _flags(s)
             return s
         except (ValueError, KeyError, TypeError):
-            raise RendezvousStateError(f"The etcd key '{self.summary_key}' holds no membership summary rdzv wrote: {raw[:60]!r}.") from None
+            raise RendezvousStateError(
+                f"The etcd key '{self.summary_key}' holds no membership summary rdzv wrote: {raw[:60]!r}."
+            ) from None
 
     def _summary_compare(self, raw: bytes | None) -> dict[str, Any]:
         if raw is None:
@@ -256,15 +266,26 @@ class EtcdMembership:
         reads.append(("count_p", {"key": _b64(p), "range_end": _b64(_end(p)), "count_only": True}))
         reads.append(("count_r", {"key": _b64(r), "range_end": _b64(_end(r)), "count_only": True}))
         if s["complete"] and s["cut"] and self._cached_rank(s, node) is None:
-            reads.append(("rank", {"key": _b64(p), "range_end": _b64(p + seg), "count_only": True, "revision": str(s["cut"])}))
+            reads.append(
+                ("rank", {"key": _b64(p), "range_end": _b64(p + seg), "count_only": True, "revision": str(s["cut"])})
+            )
         return reads
 
     def _cached_rank(self, s: dict[str, Any], node: str) -> int | None:
         with self._lock:
             return self._ranks.get((s["inc"], s["round"], s["cut"], node))
 
-    def _txn(self, raw: bytes | None, node: str, writes: list[dict[str, Any]], *, put_summary: bytes | None = None,
-             absent: tuple[str, ...] = (), alive: RoundSpec | None = None, compare: tuple[dict[str, Any], ...] = ()) -> _Snap | None:
+    def _txn(
+        self,
+        raw: bytes | None,
+        node: str,
+        writes: list[dict[str, Any]],
+        *,
+        put_summary: bytes | None = None,
+        absent: tuple[str, ...] = (),
+        alive: RoundSpec | None = None,
+        compare: tuple[dict[str, Any], ...] = (),
+    ) -> _Snap | None:
         """One transaction: compare the summary against ``raw`` (and ``absent`` keys absent);
         on success apply ``writes`` (and the new summary) and read the node's snapshot under
         the summary then in force; on failure read the summary (cached) and return ``None``.
@@ -280,7 +301,9 @@ class EtcdMembership:
             ops.append({"request_put": put})
         reads = self._reads(s_after, node)
         compares = [self._summary_compare(raw), *compare]
-        compares += [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"} for key in absent]
+        compares += [
+            {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"} for key in absent
+        ]
         payload = {
             "compare": compares,
             "success": ops + [{"request_range": req} for _, req in reads],
@@ -299,7 +322,7 @@ class EtcdMembership:
         with self._lock:
             self._raw = new_raw
         snap = _Snap(new_raw, s_after, int(response["header"]["revision"]), written=responses[: len(writes)])
-        for (what, req), item in zip(reads, responses[len(ops):], strict=True):
+        for (what, req), item in zip(reads, responses[len(ops) :], strict=True):
             rr = item.get("response_range", {})
             if what.startswith("count_") or what == "rank":
                 value = int(rr.get("count", 0))
@@ -335,8 +358,18 @@ class EtcdMembership:
 
     def _create(self) -> None:
         value = json.dumps(
-            {"inc": secrets.token_hex(8), "ver": 1, "round": 0, "complete": False, "closed": False, "ws": 0,
-             "deadline": None, "cut": None, "waiting": False, "missing": False},
+            {
+                "inc": secrets.token_hex(8),
+                "ver": 1,
+                "round": 0,
+                "complete": False,
+                "closed": False,
+                "ws": 0,
+                "deadline": None,
+                "cut": None,
+                "waiting": False,
+                "missing": False,
+            },
             separators=(",", ":"),
         ).encode()
         try:
@@ -394,7 +427,13 @@ class EtcdMembership:
         """The keep-alive record: the time it lapses (client wall clock, ms, fixed width, so
         that etcd's sort by value is the order of lapse)."""
         until = f"{round((time.time() + spec.dead_after) * 1000):015d}"
-        return {"request_put": {"key": _b64(self._alive_key(node)), "value": _b64(until), "lease": str(self._lease(node, spec))}}
+        return {
+            "request_put": {
+                "key": _b64(self._alive_key(node)),
+                "value": _b64(until),
+                "lease": str(self._lease(node, spec)),
+            }
+        }
 
     def _sweep(self, node: str, spec: RoundSpec, snap: _Snap) -> tuple[_Snap, list[str]]:
         """Remove the nodes whose keep-alive record lapsed, soonest first, ``SWEEP_BATCH`` per
@@ -408,7 +447,13 @@ class EtcdMembership:
             s = snap.s
             if s is None:
                 break
-            request = {"key": _b64(prefix), "range_end": _b64(_end(prefix)), "sort_order": "ASCEND", "sort_target": "VALUE", "limit": str(SWEEP_BATCH + 1)}
+            request = {
+                "key": _b64(prefix),
+                "range_end": _b64(_end(prefix)),
+                "sort_order": "ASCEND",
+                "sort_target": "VALUE",
+                "limit": str(SWEEP_BATCH + 1),
+            }
             now = time.time() * 1000
             lapsed = []
             for item in self._request("kv/range", request).get("kvs", []):
@@ -426,7 +471,7 @@ class EtcdMembership:
                 break
             writes, compare, who = [], [], []
             for key, mod in lapsed:
-                other = bytes.fromhex(key[len(prefix):]).decode("utf-8")
+                other = bytes.fromhex(key[len(prefix) :]).decode("utf-8")
                 seg = self._seg(other)
                 wait = self._w_prefix(s)
                 lists = [self._p_prefix(s) + seg, self._r_prefix(s) + seg] + ([wait + seg] if wait else [])
@@ -443,7 +488,10 @@ class EtcdMembership:
                 continue
             snap, index = result, 0
             for other, count in who:
-                deleted = [int(r.get("response_delete_range", {}).get("deleted", 0) or 0) for r in snap.written[index + 1 : index + 1 + count]]
+                deleted = [
+                    int(r.get("response_delete_range", {}).get("deleted", 0) or 0)
+                    for r in snap.written[index + 1 : index + 1 + count]
+                ]
                 index += 1 + count
                 if any(deleted):
                     removed.append(other)
@@ -635,7 +683,21 @@ class EtcdMembership:
             if not ready:
                 break
             # on success the next pass sees the round complete and stops
-            snap = self._put_summary(snap, node, dict(s, complete=True, cut=snap.rev, ws=snap.count_p, deadline=None, waiting=False, missing=False, boot=None, ver=s["ver"] + 1))
+            snap = self._put_summary(
+                snap,
+                node,
+                dict(
+                    s,
+                    complete=True,
+                    cut=snap.rev,
+                    ws=snap.count_p,
+                    deadline=None,
+                    waiting=False,
+                    missing=False,
+                    boot=None,
+                    ver=s["ver"] + 1,
+                ),
+            )
         return self._standing(self._reconcile(node, spec, snap))
 
     def keep_alive_round(self, node: str, spec: RoundSpec, sweep: bool) -> tuple[Standing, list[str]]:
@@ -711,7 +773,10 @@ class EtcdMembership:
             if revision:
                 request["revision"] = str(revision)
             items = self._request("kv/range", request).get("kvs", [])
-            nodes = [(bytes.fromhex(_unb64(i["key"]).decode()[len(prefix):]).decode("utf-8"), int(i["create_revision"])) for i in items]
+            nodes = [
+                (bytes.fromhex(_unb64(i["key"]).decode()[len(prefix) :]).decode("utf-8"), int(i["create_revision"]))
+                for i in items
+            ]
             return sorted(nodes, key=lambda item: item[1])
 
         current = listing(p)

@@ -263,7 +263,11 @@ class EtcdServer:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _terminate
         logger.info("Starting etcd: %s", " ".join(self._command()))
         self._process = subprocess.Popen(
-            self._command(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            self._command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             self._wait_healthy()

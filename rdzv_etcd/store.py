@@ -202,4 +202,6 @@ class EtcdStore(Store):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._kv.watch(path, revision + 1, remaining):
                     absent = [key for key, path_ in zip(keys, paths, strict=True) if path_ not in found]
-                    raise StoreTimeoutError(f"Timed out after {seconds:.3f} s waiting for keys {absent[:10]} in {self!r}.")
+                    raise StoreTimeoutError(
+                        f"Timed out after {seconds:.3f} s waiting for keys {absent[:10]} in {self!r}."
+                    )

@@ -98,7 +98,9 @@ class EtcdV2KV(EtcdKV):
 
         return self._call("put", op)
 
-    def put_if(self, key: str, value: bytes, version: int | None, ttl: float | None = None) -> tuple[bool, Versioned | None]:
+    def put_if(
+        self, key: str, value: bytes, version: int | None, ttl: float | None = None
+    ) -> tuple[bool, Versioned | None]:
         condition: dict[str, Any] = {"prevExist": False} if version is None else {"prevIndex": version}
         etcd = self._etcd
 
@@ -125,7 +127,9 @@ class EtcdV2KV(EtcdKV):
 
     def list_prefix(self, prefix: str) -> dict[str, Versioned]:
         """One recursive read of the directory ``prefix``."""
-        return {key: Versioned(self._decode(key, value), version) for key, (value, version) in self._leaves(prefix).items()}
+        return {
+            key: Versioned(self._decode(key, value), version) for key, (value, version) in self._leaves(prefix).items()
+        }
 
     def count_prefix(self, prefix: str, max_version: int | None = None) -> int:
         """v2 cannot count on the server: one recursive read of the directory, counted here."""
@@ -139,7 +143,12 @@ class EtcdV2KV(EtcdKV):
         changed for longer) re-reads the key and polls from the read's ``X-Etcd-Index`` + 1
         when it is unchanged, after a back-off; so does any poll that failed. A re-read that
         shows an index below ``start_revision - 1`` means etcd lost its data: a change."""
-        return self._watch_loop(key, start_revision, timeout, lambda client, cursor, deadline: self._watch_attempt(client, key, cursor, deadline))
+        return self._watch_loop(
+            key,
+            start_revision,
+            timeout,
+            lambda client, cursor, deadline: self._watch_attempt(client, key, cursor, deadline),
+        )
 
     def _watch_attempt(self, client: Any, key: str, cursor: WatchCursor, deadline: float) -> WatchOutcome:
         etcd = self._etcd
@@ -188,7 +197,9 @@ class EtcdV2KV(EtcdKV):
         # response was lost would be reported as failed although it was applied. Retries are
         # EtcdKV._call's job, which knows which operations are idempotent. ``False`` re-raises
         # the original error, which python-etcd needs to tell a watch timeout from a failure.
-        client.http.connection_pool_kw["retries"] = self._urllib3.Retry(total=None, connect=False, read=False, redirect=3, status=0, other=0)
+        client.http.connection_pool_kw["retries"] = self._urllib3.Retry(
+            total=None, connect=False, read=False, redirect=3, status=0, other=0
+        )
         return client
 
     def _disconnect(self, client: Any) -> None:
@@ -226,7 +237,9 @@ class EtcdV2KV(EtcdKV):
         try:
             return base64.b64decode(str(value), validate=True)
         except (binascii.Error, ValueError):
-            raise RendezvousStateError(f"The etcd v2 key '{key}' holds a value that rdzv did not write (not base64).") from None
+            raise RendezvousStateError(
+                f"The etcd v2 key '{key}' holds a value that rdzv did not write (not base64)."
+            ) from None
 
     def _leaves(self, prefix: str) -> dict[str, tuple[str, int]]:
         """``{key: (raw value, modifiedIndex)}`` of the files under the directory ``prefix``."""

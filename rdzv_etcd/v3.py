@@ -151,7 +151,9 @@ class EtcdV3KV(EtcdKV):
                 for item in response.get("responses", []):
                     values.update(self._kvs(item.get("response_range", {})))
             if revision is None:
-                revision = int(self._post(client, "kv/range", {"key": _b64("\0"), "count_only": True})["header"]["revision"])
+                revision = int(
+                    self._post(client, "kv/range", {"key": _b64("\0"), "count_only": True})["header"]["revision"]
+                )
             return values, revision
 
         return self._call("get", op)
@@ -175,7 +177,9 @@ class EtcdV3KV(EtcdKV):
 
         self._call("put", op)
 
-    def put_if(self, key: str, value: bytes, version: int | None, ttl: float | None = None) -> tuple[bool, Versioned | None]:
+    def put_if(
+        self, key: str, value: bytes, version: int | None, ttl: float | None = None
+    ) -> tuple[bool, Versioned | None]:
         encoded = _b64(key)
         if version is None:
             compare = {"key": encoded, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
@@ -207,13 +211,17 @@ class EtcdV3KV(EtcdKV):
     def delete_many(self, keys: Sequence[str]) -> None:
         def op(client: Any) -> None:
             for batch in _chunks(list(keys), MAX_TXN_OPS):
-                self._post(client, "kv/txn", {"success": [{"request_delete_range": {"key": _b64(key)}} for key in batch]})
+                self._post(
+                    client, "kv/txn", {"success": [{"request_delete_range": {"key": _b64(key)}} for key in batch]}
+                )
 
         self._call("delete", op)
 
     def list_prefix(self, prefix: str) -> dict[str, Versioned]:
         def op(client: Any) -> dict[str, Versioned]:
-            return self._kvs(self._post(client, "kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}))
+            return self._kvs(
+                self._post(client, "kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
+            )
 
         return self._call("list", op)
 
@@ -240,7 +248,12 @@ class EtcdV3KV(EtcdKV):
         from a future revision would wait for changes that were already made). A cancelled
         or compacted watch re-reads the key and resumes from the read's revision + 1."""
         epoch = self._cluster_epoch
-        return self._watch_loop(key, start_revision, timeout, lambda client, cursor, deadline: self._watch_attempt(client, key, cursor, deadline, epoch))
+        return self._watch_loop(
+            key,
+            start_revision,
+            timeout,
+            lambda client, cursor, deadline: self._watch_attempt(client, key, cursor, deadline, epoch),
+        )
 
     def _watch_attempt(self, client: Any, key: str, cursor: WatchCursor, deadline: float, epoch: int) -> WatchOutcome:
         remaining = deadline - time.monotonic()
@@ -270,7 +283,9 @@ class EtcdV3KV(EtcdKV):
 
     # -- requests -------------------------------------------------------------------------
 
-    def _post(self, client: Any, path: str, payload: dict[str, Any], *, reauthenticated: bool = False) -> dict[str, Any]:
+    def _post(
+        self, client: Any, path: str, payload: dict[str, Any], *, reauthenticated: bool = False
+    ) -> dict[str, Any]:
         """POST ``payload`` to the gateway and return the decoded JSON answer.
 
         Renews the auth token once when etcd reports it invalid (tokens expire)."""
@@ -285,7 +300,9 @@ class EtcdV3KV(EtcdKV):
         self._note_cluster(response.get("header") or {})
         return response
 
-    def _watch_stream(self, client: Any, request: dict[str, Any], remaining: float, start: int, epoch: int) -> WatchOutcome:
+    def _watch_stream(
+        self, client: Any, request: dict[str, Any], remaining: float, start: int, epoch: int
+    ) -> WatchOutcome:
         """One watch stream: EVENT, TIMEOUT, LOST (the ``created`` header shows a revision
         below ``start - 1`` or another cluster), RESUME (cancelled/compacted). Raises
         :class:`_WatchEnded` (retried) when the stream closes without an event or reports a
@@ -293,7 +310,11 @@ class EtcdV3KV(EtcdKV):
         requests = self._requests
         try:
             response = client.session.post(
-                client.get_url("watch"), json=request, stream=True, timeout=(self.config.connect_timeout, remaining), **self._tls_kwargs()
+                client.get_url("watch"),
+                json=request,
+                stream=True,
+                timeout=(self.config.connect_timeout, remaining),
+                **self._tls_kwargs(),
             )
         except requests.exceptions.ReadTimeout:
             return WatchOutcome.TIMEOUT
@@ -317,7 +338,9 @@ class EtcdV3KV(EtcdKV):
                     if result.get("canceled"):
                         logger.debug(
                             "The etcd watch from revision %d was cancelled (compact_revision=%s, reason=%r).",
-                            start, result.get("compact_revision"), result.get("cancel_reason"),
+                            start,
+                            result.get("compact_revision"),
+                            result.get("cancel_reason"),
                         )
                         return WatchOutcome.RESUME
                     if self._cluster_epoch != epoch:
@@ -341,11 +364,15 @@ class EtcdV3KV(EtcdKV):
         with self._cluster_lock:
             if cluster != self._cluster_id:
                 if self._cluster_id is not None:
-                    logger.warning("etcd at %s now answers as cluster %s (was %s).", self.endpoint, cluster, self._cluster_id)
+                    logger.warning(
+                        "etcd at %s now answers as cluster %s (was %s).", self.endpoint, cluster, self._cluster_id
+                    )
                     self._cluster_epoch += 1
                 self._cluster_id = cluster
 
-    def _with_lease(self, client: Any, ttl: float | None, send: Callable[[dict[str, str]], dict[str, Any]]) -> dict[str, Any]:
+    def _with_lease(
+        self, client: Any, ttl: float | None, send: Callable[[dict[str, str]], dict[str, Any]]
+    ) -> dict[str, Any]:
         """Run ``send(lease_fields)`` with a lease of ``ttl`` seconds (none if ``None``);
         when etcd lost the cached lease, grant a new one and send again."""
         if ttl is None:

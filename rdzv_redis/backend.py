@@ -98,7 +98,9 @@ class RedisRendezvousBackend(RendezvousBackend):
     not write (a non-integer field, fields without an incarnation).
     """
 
-    def __init__(self, client: RedisClient, run_id: str, *, key_ttl: float | None = None, closed_ttl: float | None = None) -> None:
+    def __init__(
+        self, client: RedisClient, run_id: str, *, key_ttl: float | None = None, closed_ttl: float | None = None
+    ) -> None:
         if not run_id:
             raise ValueError("The run id must be a non-empty string.")
         self._client = client
@@ -202,10 +204,15 @@ class RedisRendezvousBackend(RendezvousBackend):
         """
         deadline = time.monotonic() + max(0.0, timeout)
         return self._wait_announced(
-            self._keys.state_channel, deadline, lambda announced: self._changed(announced, token, deadline), trust_latest=timeout > 0
+            self._keys.state_channel,
+            deadline,
+            lambda announced: self._changed(announced, token, deadline),
+            trust_latest=timeout > 0,
         )
 
-    def _wait_announced(self, channel: str, deadline: float, changed: Callable[[bytes | None], bool], *, trust_latest: bool = True) -> bool:
+    def _wait_announced(
+        self, channel: str, deadline: float, changed: Callable[[bytes | None], bool], *, trust_latest: bool = True
+    ) -> bool:
         """The race-free wait of both notifications (see :mod:`rdzv_redis.notify`): register a
         waiter on the tracked ``channel``, check ``changed(newest announcement or None)``, then
         sleep until a message or ``deadline`` (monotonic s) and check again; ``None`` (nothing
@@ -367,7 +374,22 @@ class RedisRendezvousBackend(RendezvousBackend):
         role, rank|-1, world, participants, waiting, redundant, deadline_in_us|-1,
         left_redundancy, bootstrap|'', removed...}`` (the one decoder of all operations)."""
         try:
-            inc, ver, round_, complete, closed, role, rank, world, participants, waiting, redundant, deadline_in, left, boot = reply[:_STANDING_FIELDS]
+            (
+                inc,
+                ver,
+                round_,
+                complete,
+                closed,
+                role,
+                rank,
+                world,
+                participants,
+                waiting,
+                redundant,
+                deadline_in,
+                left,
+                boot,
+            ) = reply[:_STANDING_FIELDS]
             return Standing(
                 inc.decode(), int(ver), int(round_), bool(complete), bool(closed), Role(role.decode()), None if rank < 0 else int(rank),
                 int(world), int(participants), int(waiting), int(redundant), None if deadline_in < 0 else deadline_in / 1_000_000, bool(left),
@@ -507,7 +529,9 @@ class RedisRendezvousBackend(RendezvousBackend):
     def _read_round_id(self, deadline: float) -> tuple[str, int]:
         """``(inc, ver)`` of the record (``HMGET rdzv:{R}:round inc ver``), ``("", 0)``
         without one; a corrupt record differs from every id (the next operation reports it)."""
-        inc, ver = self._client.call("round id", lambda: self._client.redis.hmget(self._keys.round, "inc", "ver"), deadline=deadline)
+        inc, ver = self._client.call(
+            "round id", lambda: self._client.redis.hmget(self._keys.round, "inc", "ver"), deadline=deadline
+        )
         if inc is None:
             return "", 0
         try:
@@ -625,4 +649,3 @@ def create_backend(params: RendezvousParameters, *, shared: bool = True) -> tupl
     backend = RedisRendezvousBackend(client, params.run_id, key_ttl=config.key_ttl, closed_ttl=config.closed_ttl)
     client.retain()  # the store holds its own reference
     return backend, RedisStore(client, params.run_id, key_ttl=config.key_ttl)
-

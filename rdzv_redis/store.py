@@ -114,7 +114,9 @@ class RedisStore(Store):
             except response_error as exc:
                 if "not an integer" not in str(exc) and "overflow" not in str(exc):
                     raise
-                raise ValueError(f"The value of store key '{key}' is not an integer or the sum overflows: {exc}") from None
+                raise ValueError(
+                    f"The value of store key '{key}' is not an integer or the sum overflows: {exc}"
+                ) from None
 
         return self._client.call("store add", run, idempotent=False)
 
@@ -153,7 +155,12 @@ class RedisStore(Store):
             StoreTimeoutError: the key did not appear in time.
         """
         check_key(key)
-        return self._block([key], None, lambda: self._client.call("store get", lambda: self._client.redis.hget(self._hash, key)), lambda value: value is not None)
+        return self._block(
+            [key],
+            None,
+            lambda: self._client.call("store get", lambda: self._client.redis.hget(self._hash, key)),
+            lambda value: value is not None,
+        )
 
     def multi_get(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> list[bytes]:
         """Return the values of ``keys`` in order (``HMGET``), blocking until all exist.
@@ -167,7 +174,12 @@ class RedisStore(Store):
         keys = [check_key(k) for k in keys]
         if not keys:
             return []
-        return self._block(keys, timeout, lambda: self._client.call("store multi_get", lambda: self._client.redis.hmget(self._hash, keys)), lambda values: None not in values)
+        return self._block(
+            keys,
+            timeout,
+            lambda: self._client.call("store multi_get", lambda: self._client.redis.hmget(self._hash, keys)),
+            lambda values: None not in values,
+        )
 
     def wait(self, keys: Sequence[str], timeout: timedelta | float | None = None) -> None:
         """Block until all ``keys`` exist.
@@ -198,7 +210,9 @@ class RedisStore(Store):
         flags = self._client.call("store check", lambda: script(keys=[self._hash], args=keys))
         return [bool(flag) for flag in flags]
 
-    def _block(self, keys: list[str], timeout: timedelta | float | None, fetch: Callable[[], T], ready: Callable[[T], bool]) -> T:
+    def _block(
+        self, keys: list[str], timeout: timedelta | float | None, fetch: Callable[[], T], ready: Callable[[T], bool]
+    ) -> T:
         """Return ``fetch()`` once ``ready`` says so; until then subscribe to the channels of
         ``keys`` and re-fetch whenever one is announced; raise :class:`StoreTimeoutError` at
         the deadline. The first fetch comes before subscribing: a key that is there costs one
@@ -223,4 +237,3 @@ class RedisStore(Store):
                         f"'{self._hash}' at {self._client.config.display}."
                     )
                 self._client.notifier.sleep(waiter, remaining)  # polls while pub/sub is down
-

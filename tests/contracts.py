@@ -340,7 +340,12 @@ class MembershipContract:
 
     def test_absent_record_is_the_empty_standing(self, membership):
         m = membership()
-        for standing in (m.round_standing("a"), m.leave_round("a", self.SPEC), m.complete_round("a", self.SPEC, 0), m.keep_alive_round("a", self.SPEC, True)[0]):
+        for standing in (
+            m.round_standing("a"),
+            m.leave_round("a", self.SPEC),
+            m.complete_round("a", self.SPEC, 0),
+            m.keep_alive_round("a", self.SPEC, True)[0],
+        ):
             assert (standing.incarnation, standing.role, standing.round, standing.complete) == ("", Role.NONE, 0, False)
         assert m.membership_state() is None
 
@@ -464,7 +469,8 @@ class MembershipContract:
         assert m.keep_alive_round("a", spec, True)[1] == []
 
     @pytest.mark.parametrize(
-        "seed, spec", [(0, RoundSpec(2, 4, 0.0, 60.0)), (1, RoundSpec(1, 2, 0.0, 60.0)), (2, RoundSpec(3, 3, 60.0, 60.0))]
+        "seed, spec",
+        [(0, RoundSpec(2, 4, 0.0, 60.0)), (1, RoundSpec(1, 2, 0.0, 60.0)), (2, RoundSpec(3, 3, 60.0, 60.0))],
     )
     def test_matches_the_reference_model(self, membership, seed, spec):
         """Seeded random operations against :mod:`rdzv_core.rounds` applied to a local record:
@@ -473,7 +479,15 @@ class MembershipContract:
         m, rng, rec = membership(), random.Random(seed), None
         publishes = isinstance(m, BootstrapRecord)
         for step in range(150):
-            node, op = rng.choice(nodes), rng.choice(["join"] * 4 + ["leave"] * 2 + ["complete", "keep_alive", "standing"] + (["bootstrap"] * 2 if publishes else []))
+            node, op = (
+                rng.choice(nodes),
+                rng.choice(
+                    ["join"] * 4
+                    + ["leave"] * 2
+                    + ["complete", "keep_alive", "standing"]
+                    + (["bootstrap"] * 2 if publishes else [])
+                ),
+            )
             if step == 110:
                 op = "close"
             now = time.time()
@@ -498,13 +512,30 @@ class MembershipContract:
                 got, want = m.complete_round(node, spec, round_), rounds.complete(rec, node, spec, round_, now)[0]
             elif op == "bootstrap":
                 round_ = rec.round - rng.choice([0, 0, 1])
-                got, want = m.publish_bootstrap(node, round_, f"b{step}"), rounds.publish_bootstrap(rec, node, round_, f"b{step}", now)[0]
+                got, want = (
+                    m.publish_bootstrap(node, round_, f"b{step}"),
+                    rounds.publish_bootstrap(rec, node, round_, f"b{step}", now)[0],
+                )
             else:
                 got, want = m.keep_alive_round(node, spec, False)[0], rounds.keep_alive(rec, node, spec, False, now)[0]
             assert _comparable(got) == _comparable(want), f"seed {seed}, step {step}: {op}({node!r})"
         state, expected = m.membership_state(), rounds.to_state(rec, "run")
-        assert (state.round, state.complete, state.closed, state.world_size, state.participants, state.wait_list, state.redundancy_list) == (
-            expected.round, expected.complete, expected.closed, expected.world_size, expected.participants, expected.wait_list, expected.redundancy_list
+        assert (
+            state.round,
+            state.complete,
+            state.closed,
+            state.world_size,
+            state.participants,
+            state.wait_list,
+            state.redundancy_list,
+        ) == (
+            expected.round,
+            expected.complete,
+            expected.closed,
+            expected.world_size,
+            expected.participants,
+            expected.wait_list,
+            expected.redundancy_list,
         )
 
     def _publisher(self, membership):

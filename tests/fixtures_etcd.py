@@ -60,10 +60,14 @@ def unique_run_id(prefix: str = "run") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def etcd_params(server: Any, api: str, run_id: str | None = None, min_nodes: int = 1, max_nodes: int = 8, **config: Any) -> RendezvousParameters:
+def etcd_params(
+    server: Any, api: str, run_id: str | None = None, min_nodes: int = 1, max_nodes: int = 8, **config: Any
+) -> RendezvousParameters:
     """Rendezvous parameters of backend ``etcd-<api>`` on ``server`` (short read timeout)."""
     config.setdefault("read_timeout", 10)
-    return RendezvousParameters(f"etcd-{api}", server.endpoint, run_id or unique_run_id(), min_nodes, max_nodes, **config)
+    return RendezvousParameters(
+        f"etcd-{api}", server.endpoint, run_id or unique_run_id(), min_nodes, max_nodes, **config
+    )
 
 
 def raw_put(server: Any, api: str, key: str, value: bytes) -> None:

@@ -94,7 +94,9 @@ def redis_run_id(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def redis_params(redis_server: RedisEndpoint, redis_run_id: str) -> Any:
     def make(run_id: str | None = None, min_nodes: int = 1, max_nodes: int = 1, **config: Any) -> RendezvousParameters:
-        return RendezvousParameters("redis", redis_server.endpoint, run_id or redis_run_id, min_nodes, max_nodes, **config)
+        return RendezvousParameters(
+            "redis", redis_server.endpoint, run_id or redis_run_id, min_nodes, max_nodes, **config
+        )
 
     return make
 

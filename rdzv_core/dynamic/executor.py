@@ -59,8 +59,6 @@ _SETTLE, _GATHER_MAX, _FALLBACK = 0.05, 1.0, 1.0
 _FALLBACK_PER_NODE = 0.002
 
 
-
-
 class _StateHolder:
     """This node's copy of the state, its token, and the read/write (sync) of both."""
 
@@ -154,8 +152,6 @@ class _StateHolder:
         return True
 
 
-
-
 class _OpExecutor:
     def __init__(
         self,
@@ -186,10 +182,20 @@ class _OpExecutor:
 
     def context(self) -> _Context:
         """The :class:`_Context` of this node now (its state copy and the clock's times)."""
-        return _Context(self._key, self._holder.state, self._settings, self.keep_alive_due(), self._clock.monotonic(), self._clock.time())
+        return _Context(
+            self._key,
+            self._holder.state,
+            self._settings,
+            self.keep_alive_due(),
+            self._clock.monotonic(),
+            self._clock.time(),
+        )
 
     def keep_alive_due(self) -> bool:
-        if self._last_beat_wall is not None and self._holder.state.last_heartbeats.get(self._key, float("-inf")) < self._last_beat_wall:
+        if (
+            self._last_beat_wall is not None
+            and self._holder.state.last_heartbeats.get(self._key, float("-inf")) < self._last_beat_wall
+        ):
             return True  # the last keep-alive is not in the shared state (a lost compare-and-set)
         return self._clock.monotonic() - self._last_beat >= self._settings.interval_s
 
@@ -220,14 +226,23 @@ class _OpExecutor:
             if action is _Action.ERROR_CLOSED:
                 raise RendezvousClosedError(closed_message(self._settings.run_id))
             if action is _Action.ERROR_TIMEOUT:
-                raise RendezvousTimeoutError(f"The rendezvous operation of node '{self._key}' in run '{self._settings.run_id}' did not complete in time.")
+                raise RendezvousTimeoutError(
+                    f"The rendezvous operation of node '{self._key}' in run '{self._settings.run_id}' did not complete in time."
+                )
             if action is _Action.ERROR_GRACEFUL_EXIT:
-                raise RendezvousGracefulExitError(f"The rendezvous '{self._settings.run_id}' is closed; the redundant node '{self._key}' exits.")
+                raise RendezvousGracefulExitError(
+                    f"The rendezvous '{self._settings.run_id}' is closed; the redundant node '{self._key}' exits."
+                )
             if action is _Action.SYNC:
                 if not holder.dirty:
                     self._wait(deadline)
                 continue
-            if action in _ADMISSIONS and self._queue is not None and not holder.dirty and not holder.state.has_member(self._key):
+            if (
+                action in _ADMISSIONS
+                and self._queue is not None
+                and not holder.dirty
+                and not holder.state.has_member(self._key)
+            ):
                 self._join_through_queue(self._queue, deadline)
                 continue
             self._apply(action)
@@ -253,7 +268,11 @@ class _OpExecutor:
             if node in state.wait_list:
                 state.wait_list.remove(node)
             state.redundancy_list.append(node)
-        elif action in (_Action.REMOVE_FROM_PARTICIPANTS, _Action.REMOVE_FROM_WAIT_LIST, _Action.REMOVE_FROM_REDUNDANCY_LIST):
+        elif action in (
+            _Action.REMOVE_FROM_PARTICIPANTS,
+            _Action.REMOVE_FROM_WAIT_LIST,
+            _Action.REMOVE_FROM_REDUNDANCY_LIST,
+        ):
             _remove_nodes(state, [node], settings)
         elif action is _Action.MARK_RENDEZVOUS_COMPLETE:
             _mark_complete(state)
@@ -330,7 +349,13 @@ class _OpExecutor:
                 continue
             queue.ack_joins(pending)
             if new:
-                logger.debug("The node '%s' admitted %d queued nodes into round %d of '%s'.", self._key, len(new), holder.state.round, self._settings.run_id)
+                logger.debug(
+                    "The node '%s' admitted %d queued nodes into round %d of '%s'.",
+                    self._key,
+                    len(new),
+                    holder.state.round,
+                    self._settings.run_id,
+                )
 
     def _beat(self) -> None:
         self._liveness.beat(self._key, self._holder.state)

@@ -49,8 +49,6 @@ __all__ = ["DynamicRendezvousHandler", "create_handler"]
 logger = logging.getLogger("rdzv_core.dynamic")
 
 
-
-
 class DynamicRendezvousHandler(RendezvousHandler):
     """The elastic rendezvous handler over any :class:`RendezvousBackend`.
 
@@ -90,8 +88,14 @@ class DynamicRendezvousHandler(RendezvousHandler):
         Raises:
             ValueError: invalid bounds, interval or attempts; the message names the value.
         """
-        if isinstance(keep_alive_interval, bool) or not isinstance(keep_alive_interval, (int, float)) or keep_alive_interval <= 0:
-            raise ValueError(f"The keep-alive interval ('keep_alive_interval') must be a positive number of seconds (got {keep_alive_interval!r}).")
+        if (
+            isinstance(keep_alive_interval, bool)
+            or not isinstance(keep_alive_interval, (int, float))
+            or keep_alive_interval <= 0
+        ):
+            raise ValueError(
+                f"The keep-alive interval ('keep_alive_interval') must be a positive number of seconds (got {keep_alive_interval!r})."
+            )
         settings = RendezvousSettings(
             run_id,
             min_nodes,
@@ -120,17 +124,30 @@ class DynamicRendezvousHandler(RendezvousHandler):
         self._store = store
         self._backend = backend
         self._clock = clock
-        self._liveness: _Liveness = _TrackerLiveness(backend, settings) if isinstance(backend, LivenessTracker) else _StateLiveness(settings, clock)
+        self._liveness: _Liveness = (
+            _TrackerLiveness(backend, settings)
+            if isinstance(backend, LivenessTracker)
+            else _StateLiveness(settings, clock)
+        )
         self._holder = _StateHolder(backend, settings, self._liveness, node.key, self._on_dead_nodes, clock)
         self._executor = _OpExecutor(node, settings, self._holder, backend, self._liveness, self._emit, clock)
         #: The membership path, when the backend's server applies the operations.
-        self._membership = MembershipExecutor(node.key, settings, backend, clock, self._on_dead_nodes, self._on_role) if isinstance(backend, AtomicMembership) else None
+        self._membership = (
+            MembershipExecutor(node.key, settings, backend, clock, self._on_dead_nodes, self._on_role)
+            if isinstance(backend, AtomicMembership)
+            else None
+        )
         self._announced: set[Role] = set()
         #: (incarnation, round) of the round this node holds a rank in (membership path).
         self._joined_at: tuple[str, int] | None = None
         self._lock = threading.RLock()
         self._listeners: list[Callable[[RendezvousEvent], None]] = []
-        self._keep_alives = KeepAliveTimer(self._keep_alive_tick, settings.interval_s, f"rdzv-keep-alive-{node.local_id}", self._describe_keep_alive_error)
+        self._keep_alives = KeepAliveTimer(
+            self._keep_alive_tick,
+            settings.interval_s,
+            f"rdzv-keep-alive-{node.local_id}",
+            self._describe_keep_alive_error,
+        )
         self._bootstrap_store_info: RendezvousStoreInfo | None = None
         #: The round this node holds a rank in (set by next_rendezvous), else None.
         self._joined_round: int | None = None
@@ -171,11 +188,31 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 return self._membership.standing
             return Standing("", 0, 0, False, False, Role.NONE, None, 0, 0, 0, 0, None)
         state, key = self._holder.state, self._this_node.key
-        role = Role.PARTICIPANT if key in state.participants else Role.WAITING if key in state.wait_list else Role.REDUNDANT if key in state.redundancy_list else Role.NONE
+        role = (
+            Role.PARTICIPANT
+            if key in state.participants
+            else Role.WAITING
+            if key in state.wait_list
+            else Role.REDUNDANT
+            if key in state.redundancy_list
+            else Role.NONE
+        )
         rank = state.participants.get(key) if state.complete and role is Role.PARTICIPANT else None
         deadline_in = None if state.deadline is None else max(0.0, state.deadline - self._clock.time())
-        return Standing(str(self._holder.token or ""), 0, state.round, state.complete, state.closed, role, rank, state.world_size,
-                        len(state.participants), len(state.wait_list), len(state.redundancy_list), deadline_in)
+        return Standing(
+            str(self._holder.token or ""),
+            0,
+            state.round,
+            state.complete,
+            state.closed,
+            role,
+            rank,
+            state.world_size,
+            len(state.participants),
+            len(state.wait_list),
+            len(state.redundancy_list),
+            deadline_in,
+        )
 
     def get_backend(self) -> str:
         return self._backend_name
@@ -195,9 +232,13 @@ class DynamicRendezvousHandler(RendezvousHandler):
         """Call ``listener(event)`` on every transition of this node (exceptions are logged)."""
         self._listeners.append(listener)
 
-    def _emit(self, name: str, message: str, level: int = logging.INFO, rank: int | None = None, world_size: int | None = None) -> None:
+    def _emit(
+        self, name: str, message: str, level: int = logging.INFO, rank: int | None = None, world_size: int | None = None
+    ) -> None:
         logger.log(level, message)
-        event = RendezvousEvent(name, self._settings.run_id, self._this_node.key, self.standing.round, message, rank, world_size)
+        event = RendezvousEvent(
+            name, self._settings.run_id, self._this_node.key, self.standing.round, message, rank, world_size
+        )
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -205,7 +246,10 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 logger.exception("A rendezvous event listener failed on %s", name)
 
     def _on_dead_nodes(self, nodes: list[str]) -> None:
-        self._emit("removed_dead_nodes", f"The node '{self._this_node}' removes dead nodes {nodes[:10]}{' ...' if len(nodes) > 10 else ''} from round {self.standing.round} of the rendezvous '{self._settings.run_id}'.")
+        self._emit(
+            "removed_dead_nodes",
+            f"The node '{self._this_node}' removes dead nodes {nodes[:10]}{' ...' if len(nodes) > 10 else ''} from round {self.standing.round} of the rendezvous '{self._settings.run_id}'.",
+        )
         if self._membership is None:  # the server dropped their records itself otherwise
             for node in nodes:
                 self._liveness.forget(node)
@@ -214,7 +258,10 @@ class DynamicRendezvousHandler(RendezvousHandler):
         kind = {Role.WAITING: "wait list", Role.REDUNDANT: "redundancy list"}.get(role)
         if kind and role not in self._announced:
             self._announced.add(role)
-            self._emit("waiting", f"The node '{self._this_node}' waits in the {kind} for the next round of the rendezvous '{self._settings.run_id}'.")
+            self._emit(
+                "waiting",
+                f"The node '{self._this_node}' waits in the {kind} for the next round of the rendezvous '{self._settings.run_id}'.",
+            )
 
     # -- the handler API --------------------------------------------------------------------
 
@@ -234,7 +281,9 @@ class DynamicRendezvousHandler(RendezvousHandler):
             RendezvousConnectionError, RendezvousStateError: from the backend.
         """
         run_id = self._settings.run_id
-        self._emit("joining", f"The node '{self._this_node}' attempts to join the next round of the rendezvous '{run_id}'.")
+        self._emit(
+            "joining", f"The node '{self._this_node}' attempts to join the next round of the rendezvous '{run_id}'."
+        )
         deadline = self._clock.monotonic() + self._settings.join_s
         self._keep_alives.start()  # once per handler, while the join waits anyway
         try:
@@ -247,12 +296,21 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 bootstrap = self._bootstrap(rank, store, deadline)
                 if bootstrap is not None:
                     break
-                self._emit("round_broken", f"Round {round_} of the rendezvous '{run_id}' lost a member before rank 0 published its address; the node '{self._this_node}' joins the next round.", logging.WARNING)
+                self._emit(
+                    "round_broken",
+                    f"Round {round_} of the rendezvous '{run_id}' lost a member before rank 0 published its address; the node '{self._this_node}' joins the next round.",
+                    logging.WARNING,
+                )
         except BaseException:
             self._stop_heartbeats()  # a node without a round keeps no thread
             raise
         self._bootstrap_store_info = bootstrap
-        self._emit("completed", f"The node '{self._this_node}' has joined round {round_} of the rendezvous '{run_id}' as rank {rank} in a world of size {world_size}.", rank=rank, world_size=world_size)
+        self._emit(
+            "completed",
+            f"The node '{self._this_node}' has joined round {round_} of the rendezvous '{run_id}' as rank {rank} in a world of size {world_size}.",
+            rank=rank,
+            world_size=world_size,
+        )
         return RendezvousInfo(store, rank, world_size, bootstrap)
 
     def _join_round(self, deadline: float) -> tuple[int, int, int]:
@@ -267,13 +325,21 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 rank, world_size, round_ = self._join(deadline)
                 self._joined_round = round_
         except RendezvousTimeoutError as exc:
-            self._emit("timed_out", f"The node '{self._this_node}' timed out joining the rendezvous '{run_id}': {exc}", logging.WARNING)
+            self._emit(
+                "timed_out",
+                f"The node '{self._this_node}' timed out joining the rendezvous '{run_id}': {exc}",
+                logging.WARNING,
+            )
             raise
         except RendezvousGracefulExitError as exc:
             self._emit("graceful_exit", str(exc))
             raise
         except RendezvousError as exc:
-            self._emit("error", f"The node '{self._this_node}' failed to join the rendezvous '{run_id}': {type(exc).__name__}: {exc}", logging.WARNING)
+            self._emit(
+                "error",
+                f"The node '{self._this_node}' failed to join the rendezvous '{run_id}': {type(exc).__name__}: {exc}",
+                logging.WARNING,
+            )
             raise
         return rank, world_size, round_
 
@@ -294,7 +360,10 @@ class DynamicRendezvousHandler(RendezvousHandler):
         Raises:
             StoreTimeoutError: rank 0 did not publish by then.
         """
-        until = self._clock.monotonic() + min(max(deadline - self._clock.monotonic(), self._settings.timeout.heartbeat.total_seconds()), store.timeout.total_seconds())
+        until = self._clock.monotonic() + min(
+            max(deadline - self._clock.monotonic(), self._settings.timeout.heartbeat.total_seconds()),
+            store.timeout.total_seconds(),
+        )
         if self._membership is not None and isinstance(self._backend, BootstrapRecord):
             return self._bootstrap_from_record(rank, store, until)
         if rank == 0:
@@ -359,7 +428,9 @@ class DynamicRendezvousHandler(RendezvousHandler):
         try:
             return RendezvousStoreInfo.decode(text)
         except ValueError as exc:
-            raise RendezvousStateError(f"The round record of the rendezvous '{self._settings.run_id}' holds a bootstrap address rdzv did not write: {exc}") from None
+            raise RendezvousStateError(
+                f"The round record of the rendezvous '{self._settings.run_id}' holds a bootstrap address rdzv did not write: {exc}"
+            ) from None
 
     def _round_broke(self) -> bool:
         """Whether the round this node just joined lost a participant or is gone (one read)."""
@@ -407,10 +478,15 @@ class DynamicRendezvousHandler(RendezvousHandler):
 
         def op(ctx: _Context, deadline: float) -> _Action:
             action = _join_op(ctx, deadline)
-            kind = {_Action.ADD_TO_WAIT_LIST: "wait list", _Action.ADD_TO_REDUNDANCY_LIST: "redundancy list"}.get(action)
+            kind = {_Action.ADD_TO_WAIT_LIST: "wait list", _Action.ADD_TO_REDUNDANCY_LIST: "redundancy list"}.get(
+                action
+            )
             if kind and kind not in announced:
                 announced.add(kind)
-                self._emit("waiting", f"The node '{self._this_node}' waits in the {kind} for the next round of the rendezvous '{self._settings.run_id}'.")
+                self._emit(
+                    "waiting",
+                    f"The node '{self._this_node}' waits in the {kind} for the next round of the rendezvous '{self._settings.run_id}'.",
+                )
             return action
 
         return op
@@ -439,8 +515,12 @@ class DynamicRendezvousHandler(RendezvousHandler):
             MembershipExecutor(self._this_node.key, self._settings, self._backend, self._clock).close()  # type: ignore[arg-type]
         else:
             deadline = self._clock.monotonic() + self._settings.timeout.close.total_seconds()
-            holder = _StateHolder(self._backend, self._settings, self._liveness, self._this_node.key, self._on_dead_nodes, self._clock)
-            _OpExecutor(self._this_node, self._settings, holder, self._backend, self._liveness, self._emit, self._clock).run(_close_op, deadline)
+            holder = _StateHolder(
+                self._backend, self._settings, self._liveness, self._this_node.key, self._on_dead_nodes, self._clock
+            )
+            _OpExecutor(
+                self._this_node, self._settings, holder, self._backend, self._liveness, self._emit, self._clock
+            ).run(_close_op, deadline)
         self._emit("closed", f"The node '{self._this_node}' has closed the rendezvous '{self._settings.run_id}'.")
 
     def num_nodes_waiting(self) -> int:
@@ -461,10 +541,17 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 if self._holder.changed():
                     self._holder.sync()
                     if self._holder.dirty:
-                        self._executor.run(_flush_op, self._clock.monotonic() + self._settings.timeout.heartbeat.total_seconds())
+                        self._executor.run(
+                            _flush_op, self._clock.monotonic() + self._settings.timeout.heartbeat.total_seconds()
+                        )
                 standing = self.standing
             waiting = standing.waiting + standing.missing
-            if not waiting and self._joined_round is not None and not standing.closed and not self._holds_joined_round(standing):
+            if (
+                not waiting
+                and self._joined_round is not None
+                and not standing.closed
+                and not self._holds_joined_round(standing)
+            ):
                 return 1  # the round this node holds a rank in is gone: the rank is stale
             return waiting
 
@@ -488,7 +575,13 @@ class DynamicRendezvousHandler(RendezvousHandler):
             self._close()
             return True
         except RendezvousError as exc:
-            logger.warning("The node '%s' has failed to shut down the rendezvous '%s': %s: %s", self._this_node, self._settings.run_id, type(exc).__name__, exc)
+            logger.warning(
+                "The node '%s' has failed to shut down the rendezvous '%s': %s: %s",
+                self._this_node,
+                self._settings.run_id,
+                type(exc).__name__,
+                exc,
+            )
             return False
 
     # -- keep-alives ------------------------------------------------------------------------
@@ -531,7 +624,9 @@ class DynamicRendezvousHandler(RendezvousHandler):
 def _positive_seconds(params: RendezvousParameters, key: str) -> float | None:
     value = params.get_as_float(key)
     if value is not None and value <= 0:
-        raise ValueError(f"The rendezvous configuration option '{key}' must be a positive number of seconds (got {params.get(key)!r}).")
+        raise ValueError(
+            f"The rendezvous configuration option '{key}' must be a positive number of seconds (got {params.get(key)!r})."
+        )
     return value
 
 
@@ -565,7 +660,9 @@ def create_handler(store: Store, backend: RendezvousBackend, params: RendezvousP
     interval = _positive_seconds(params, "keep_alive_interval") or 5.0
     attempts = params.get_as_int("keep_alive_max_attempt", 3)
     if attempts is None or attempts < 1:
-        raise ValueError(f"The rendezvous configuration option 'keep_alive_max_attempt' must be an integer >= 1 (got {params.get('keep_alive_max_attempt')!r}).")
+        raise ValueError(
+            f"The rendezvous configuration option 'keep_alive_max_attempt' must be an integer >= 1 (got {params.get('keep_alive_max_attempt')!r})."
+        )
     return DynamicRendezvousHandler.from_backend(
         params.run_id,
         store,

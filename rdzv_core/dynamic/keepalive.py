@@ -27,7 +27,9 @@ class KeepAliveTimer:
     Thread-safe.
     """
 
-    def __init__(self, tick: Callable[[], None], interval_s: float, name: str, describe: Callable[[BaseException], str]) -> None:
+    def __init__(
+        self, tick: Callable[[], None], interval_s: float, name: str, describe: Callable[[BaseException], str]
+    ) -> None:
         if interval_s <= 0:
             raise ValueError(f"The keep-alive interval must be a positive number of seconds (got {interval_s!r}).")
         self._tick = tick

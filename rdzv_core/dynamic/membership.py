@@ -193,7 +193,9 @@ class MembershipExecutor:
                 self._deadline = now + self._settings.join_s  # torch: a spare that moves on starts over
         if standing.closed:
             if standing.role is Role.REDUNDANT:
-                raise RendezvousGracefulExitError(f"The rendezvous '{self._settings.run_id}' is closed; the redundant node '{self._node}' exits.")
+                raise RendezvousGracefulExitError(
+                    f"The rendezvous '{self._settings.run_id}' is closed; the redundant node '{self._node}' exits."
+                )
             raise RendezvousClosedError(closed_message(self._settings.run_id))
         if standing.role is Role.PARTICIPANT and standing.complete and standing.rank is not None:
             return Joined(standing.round, standing.rank, standing.world_size, standing)

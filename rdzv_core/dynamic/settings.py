@@ -19,6 +19,7 @@ def closed_message(run_id: str) -> str:
         "record expires (backend option closed_ttl, 300 s by default), or use another run id."
     )
 
+
 #: Configuration keys read by :func:`create_handler` (backends add their own).
 HANDLER_CONFIG_KEYS = frozenset(
     {
@@ -30,6 +31,7 @@ HANDLER_CONFIG_KEYS = frozenset(
         "keep_alive_max_attempt",
     }
 )
+
 
 class RendezvousTimeout:
     """Timeouts of the rendezvous, each a positive ``timedelta`` (``None`` = default).
@@ -106,7 +108,9 @@ class RendezvousSettings:
         if not self.run_id:
             raise ValueError("The run id must be a non-empty string.")
         if self.min_nodes < 1 or self.max_nodes < self.min_nodes:
-            raise ValueError(f"Need 1 <= min_nodes <= max_nodes (got min_nodes={self.min_nodes}, max_nodes={self.max_nodes}).")
+            raise ValueError(
+                f"Need 1 <= min_nodes <= max_nodes (got min_nodes={self.min_nodes}, max_nodes={self.max_nodes})."
+            )
         if self.keep_alive_interval <= timedelta(0):
             raise ValueError(f"The keep-alive interval ({self.keep_alive_interval}) must be positive.")
         if self.keep_alive_max_attempt < 1:

@@ -40,7 +40,14 @@ def _env() -> dict[str, str]:
 
 def rdzv(*args: str, timeout: float = BOUND) -> subprocess.CompletedProcess[str]:
     """Run one ``rdzv`` command to completion (bounded)."""
-    return subprocess.run([sys.executable, "-m", "rdzv_core.cli", *args], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rdzv_core.cli", *args],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Agents:
@@ -52,7 +59,15 @@ class Agents:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self, command: Sequence[str], *, nnodes: str = "2", max_restarts: int = 0, conf: str = FAST, extra: Sequence[str] = ()) -> subprocess.Popen[str]:
+    def start(
+        self,
+        command: Sequence[str],
+        *,
+        nnodes: str = "2",
+        max_restarts: int = 0,
+        conf: str = FAST,
+        extra: Sequence[str] = (),
+    ) -> subprocess.Popen[str]:
         i = len(self.procs)
         args = [
             sys.executable, "-m", "rdzv_core.cli", "run", "--endpoint", self.endpoint, "--run-id", self.run_id,
@@ -84,7 +99,9 @@ class Agents:
         parts = []
         for i, proc in enumerate(self.procs):
             if proc.poll() is not None and proc.stdout and proc.stderr:
-                parts.append(f"--- agent {i} (exit {proc.returncode}) ---\n{proc.stdout.read()}{proc.stderr.read()[-4000:]}")
+                parts.append(
+                    f"--- agent {i} (exit {proc.returncode}) ---\n{proc.stdout.read()}{proc.stderr.read()[-4000:]}"
+                )
         return "\n".join(parts)
 
     def kill(self) -> None:
@@ -105,7 +122,9 @@ def status_of(agents: Agents) -> RendezvousStatus:
     return collect_status(RendezvousParameters("redis", agents.endpoint, agents.run_id, 1, 1))
 
 
-def wait_status(agents: Agents, predicate: Callable[[RendezvousStatus], bool], what: str, timeout: float = BOUND) -> RendezvousStatus:
+def wait_status(
+    agents: Agents, predicate: Callable[[RendezvousStatus], bool], what: str, timeout: float = BOUND
+) -> RendezvousStatus:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = status_of(agents)
@@ -144,7 +163,23 @@ def test_normal_run_two_nodes(agents: Agents) -> None:
 def test_restart_after_worker_failure(agents: Agents, tmp_path: Path) -> None:
     marker = tmp_path / "failed-once"
     for _ in range(2):
-        agents.start([sys.executable, TRAIN, "--steps", "3", "--step-time", "0.05", "--fail-once", str(marker), "--fail-rank", "1", "--fail-step", "1"], max_restarts=2)
+        agents.start(
+            [
+                sys.executable,
+                TRAIN,
+                "--steps",
+                "3",
+                "--step-time",
+                "0.05",
+                "--fail-once",
+                str(marker),
+                "--fail-rank",
+                "1",
+                "--fail-step",
+                "1",
+            ],
+            max_restarts=2,
+        )
     assert agents.wait() == [0, 0], agents.logs()
     assert marker.exists()
     summaries = [agents.summary(i) for i in range(2)]
@@ -203,7 +238,11 @@ def test_status_json_and_table_while_running(agents: Agents) -> None:
     assert doc["wait_list"] == [] and doc["redundancy_list"] == []
     table = rdzv("status", "--endpoint", agents.endpoint, "--run-id", agents.run_id)
     assert table.returncode == 0
-    assert "complete (world size 2)" in table.stdout and "participant" in table.stdout and str(agents.procs[0].pid) in table.stdout
+    assert (
+        "complete (world size 2)" in table.stdout
+        and "participant" in table.stdout
+        and str(agents.procs[0].pid) in table.stdout
+    )
     # Read-only: the status reads joined nothing and did not disturb the round.
     after = status_of(agents)
     assert after.round == doc["round"] and len(after.participants) == 2 and after.wait_list == [] and after.complete
@@ -243,7 +282,9 @@ def test_close_of_unknown_run(redis_server: Any) -> None:
 
 def test_sigterm_is_forwarded_and_the_job_stays_open(agents: Agents, tmp_path: Path) -> None:
     pid_file = tmp_path / "worker.pid"
-    proc = agents.start(py(f"import os,time; open({str(pid_file)!r},'w').write(str(os.getpid())); time.sleep(60)"), nnodes="1")
+    proc = agents.start(
+        py(f"import os,time; open({str(pid_file)!r},'w').write(str(os.getpid())); time.sleep(60)"), nnodes="1"
+    )
     deadline = time.monotonic() + BOUND
     while not (pid_file.exists() and pid_file.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -278,7 +319,9 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_bad_nnodes(redis_server: Any) -> None:
-    result = rdzv("run", "--endpoint", redis_server.endpoint, "--run-id", "x", "--nnodes", "3:2", "--", "true", timeout=20)
+    result = rdzv(
+        "run", "--endpoint", redis_server.endpoint, "--run-id", "x", "--nnodes", "3:2", "--", "true", timeout=20
+    )
     assert result.returncode == 2
     assert "MIN (3) must be <= MAX (2)" in _one_error_line(result)
 
@@ -303,7 +346,16 @@ def test_unreachable_endpoint_fails_fast_in_one_line() -> None:
 
 def test_secrets_are_never_printed(redis_server: Any) -> None:
     endpoint = f"redis://user:s3cr3tpw@127.0.0.1:{get_free_port()}/0"
-    result = rdzv("status", "--endpoint", endpoint, "--run-id", "x", "--rdzv-conf", "retry_timeout=0.3,connect_timeout=0.3,password=hunter22", timeout=30)
+    result = rdzv(
+        "status",
+        "--endpoint",
+        endpoint,
+        "--run-id",
+        "x",
+        "--rdzv-conf",
+        "retry_timeout=0.3,connect_timeout=0.3,password=hunter22",
+        timeout=30,
+    )
     assert result.returncode == 3
     assert "s3cr3tpw" not in result.stderr + result.stdout and "hunter22" not in result.stderr + result.stdout
 
@@ -318,7 +370,14 @@ def test_standalone_single_node() -> None:
 
 
 def test_server_command_prints_endpoint_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "rdzv_core.cli", "server", "redis"], env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rdzv_core.cli", "server", "redis"],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         endpoint = proc.stdout.readline().strip()
@@ -334,7 +393,9 @@ def test_server_command_prints_endpoint_and_stops_on_sigterm() -> None:
             proc.wait(5)
 
 
-DUMP_ENV = py("import json, os, sys; json.dump({'env': dict(os.environ), 'argv': sys.argv}, open(os.environ['DUMP'], 'w'))")
+DUMP_ENV = py(
+    "import json, os, sys; json.dump({'env': dict(os.environ), 'argv': sys.argv}, open(os.environ['DUMP'], 'w'))"
+)
 
 
 def test_no_secret_reaches_the_worker(own_redis_server: Any, tmp_path: Path) -> None:
@@ -354,12 +415,17 @@ def test_no_secret_reaches_the_worker(own_redis_server: Any, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     seen = json.loads(dump.read_text())
     assert secret not in json.dumps(seen) and secret not in result.stdout + result.stderr
-    assert seen["env"]["RDZV_ENDPOINT"] == f"redis://{server.endpoint}/0" and "last_call_timeout" in seen["env"]["RDZV_CONF"]
+    assert (
+        seen["env"]["RDZV_ENDPOINT"] == f"redis://{server.endpoint}/0"
+        and "last_call_timeout" in seen["env"]["RDZV_CONF"]
+    )
 
     store_user = py(
         "from rdzv_core.agent import open_worker_store; s = open_worker_store(); s.set('k', b'v'); assert s.get('k') == b'v'; s.close()"
     )
     args[args.index("--run-id") + 1] = f"cli-{uuid.uuid4().hex[:10]}"
     args[args.index("--") + 1 :] = store_user
-    ok = subprocess.run(args, env={**env, "RDZV_REDIS_PASSWORD": secret}, cwd=REPO, capture_output=True, text=True, timeout=BOUND)
+    ok = subprocess.run(
+        args, env={**env, "RDZV_REDIS_PASSWORD": secret}, cwd=REPO, capture_output=True, text=True, timeout=BOUND
+    )
     assert ok.returncode == 0, ok.stderr

@@ -21,7 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_passes_in_under_a_minute() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RDZV_")}
     t0 = time.monotonic()
-    result = subprocess.run([sys.executable, str(REPO / "examples" / "demo.py")], cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "demo.py")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     elapsed = time.monotonic() - t0
     assert result.returncode == 0, result.stdout + result.stderr
     assert "The demo passed." in result.stdout

@@ -43,8 +43,6 @@ for round_ in range(rounds):
 """
 
 
-
-
 @pytest.fixture(params=["etcd-v2", "etcd-v3"])
 def backend_name(request):
     return request.param
@@ -55,15 +53,15 @@ def start_nodes(processes, count, backend, endpoint, run_id, min_nodes, max_node
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     args = [backend, endpoint, run_id, str(min_nodes), str(max_nodes), str(rounds), str(attempts)]
     new = [
-        subprocess.Popen([sys.executable, "-c", NODE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", NODE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         for _ in range(count)
     ]
     processes += new
     for proc in new:
         assert read_line(proc) == {"ready": True}
     return new
-
-
 
 
 def wait_for_participants(server, backend_name, run_id, count):

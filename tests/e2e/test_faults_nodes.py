@@ -51,10 +51,6 @@ print(json.dumps({"rank": info.rank, "world_size": info.world_size}), flush=True
 """
 
 
-
-
-
-
 @pytest.fixture(params=["redis", "etcd-v3", "etcd-v2"])
 def backend_endpoint(request):
     if request.param == "redis":
@@ -68,7 +64,9 @@ def test_kill9_node_is_removed_within_its_bound_and_a_new_round_forms(backend_en
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     args = [backend, endpoint, run_id, str(INTERVAL), str(ATTEMPTS)]
     processes += [
-        subprocess.Popen([sys.executable, "-c", NODE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", NODE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         for _ in range(3)
     ]
     first = [read_line(p) for p in processes]
@@ -80,7 +78,9 @@ def test_kill9_node_is_removed_within_its_bound_and_a_new_round_forms(backend_en
     os.kill(victim.pid, signal.SIGKILL)
     detected = [read_line(p)["waiting_at"] - killed_at for p in survivors]
     second = [read_line(p) for p in survivors]
-    print(f"\n[measured] {backend}: kill -9 noticed after {min(detected):.2f}-{max(detected):.2f} s (dead after {DEAD_AFTER} s, interval {INTERVAL} s)")
+    print(
+        f"\n[measured] {backend}: kill -9 noticed after {min(detected):.2f}-{max(detected):.2f} s (dead after {DEAD_AFTER} s, interval {INTERVAL} s)"
+    )
 
     # Not before the victim's last keep-alive (at most one interval before the kill) aged
     # DEAD_AFTER; not later than DEAD_AFTER plus one sweep interval, plus slack.

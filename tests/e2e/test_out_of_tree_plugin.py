@@ -77,8 +77,18 @@ def test_core_imports_no_plugin_package():
     offenders = []
     for path in sorted((REPO / "rdzv_core").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            offenders += [f"{path.relative_to(REPO)}:{node.lineno} {name}" for name in names if name.split(".")[0] in ("rdzv_redis", "rdzv_etcd")]
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [
+                f"{path.relative_to(REPO)}:{node.lineno} {name}"
+                for name in names
+                if name.split(".")[0] in ("rdzv_redis", "rdzv_etcd")
+            ]
     assert offenders == []
 
 
@@ -88,7 +98,11 @@ def test_the_registry_finds_it_through_entry_point_metadata(plugin_dir, monkeypa
     plugin = registry.plugin("testplug")
     assert plugin is not None and plugin.install_hint == "Install it with: pip install 'rdzv-testplug'"
     assert {"memory", "redis", "etcd-v2", "etcd-v3", "testplug"} <= set(registry.backends())
-    handler = registry.create_handler(RendezvousParameters("testplug", redis_server.endpoint, f"plug-{uuid.uuid4().hex[:8]}", 1, 1, last_call_timeout=0.1))
+    handler = registry.create_handler(
+        RendezvousParameters(
+            "testplug", redis_server.endpoint, f"plug-{uuid.uuid4().hex[:8]}", 1, 1, last_call_timeout=0.1
+        )
+    )
     try:
         info = handler.next_rendezvous()
         assert (info.rank, info.world_size, handler.get_backend()) == (0, 1, "testplug")
@@ -96,7 +110,9 @@ def test_the_registry_finds_it_through_entry_point_metadata(plugin_dir, monkeypa
         handler.shutdown()
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("torch"), reason="torch is not installed (pip install 'rdzv[torch]')")
+@pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("torch"), reason="torch is not installed (pip install 'rdzv[torch]')"
+)
 def test_torchrun_and_rdzv_status_use_it_with_no_core_change(plugin_dir, redis_server, tmp_path):
     run_id, out = f"plug-{uuid.uuid4().hex[:8]}", tmp_path / "out"
     out.mkdir()
@@ -110,7 +126,11 @@ def test_torchrun_and_rdzv_status_use_it_with_no_core_change(plugin_dir, redis_s
     agents = []
     for name, log in zip("ab", logs, strict=True):
         with open(log, "wb") as sink:
-            agents.append(subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env={**env, "RDZV_E2E_NODE": name}, cwd=tmp_path))
+            agents.append(
+                subprocess.Popen(
+                    command, stdout=sink, stderr=subprocess.STDOUT, env={**env, "RDZV_E2E_NODE": name}, cwd=tmp_path
+                )
+            )
     try:
         codes = [agent.wait(BOUND) for agent in agents]
     finally:

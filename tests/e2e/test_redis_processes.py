@@ -41,13 +41,11 @@ def start_nodes(count, endpoint, run_id, min_nodes, max_nodes, rounds=1):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     args = [endpoint, run_id, str(min_nodes), str(max_nodes), str(rounds)]
     return [
-        subprocess.Popen([sys.executable, "-c", NODE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", NODE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         for _ in range(count)
     ]
-
-
-
-
 
 
 def test_three_processes_get_ranks_0_1_2(redis_server, redis_run_id, processes):

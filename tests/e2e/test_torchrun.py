@@ -37,7 +37,16 @@ JOB_BOUND = 90
 RDZV_CONF = "join_timeout=60,last_call_timeout=1,keep_alive_interval=1,keep_alive_max_attempt=3,close_timeout=10"
 
 
-def torchrun_command(backend: str, endpoint: str, run_id: str, nnodes: str, nproc: int, script: str, max_restarts: int = 0, conf: str = "") -> list[str]:
+def torchrun_command(
+    backend: str,
+    endpoint: str,
+    run_id: str,
+    nnodes: str,
+    nproc: int,
+    script: str,
+    max_restarts: int = 0,
+    conf: str = "",
+) -> list[str]:
     """The torchrun command line of one agent (``python -m torch.distributed.run`` of this
     interpreter); ``conf`` adds ``--rdzv-conf`` items."""
     return [
@@ -165,7 +174,9 @@ def job(tmp_path: Path) -> Iterator[Any]:
             while not predicate():
                 dead = [a.name for a in self.agents if a.proc.poll() not in (None, -signal.SIGKILL)]
                 if dead or time.monotonic() > deadline:
-                    pytest.fail(f"{what}: not seen within {timeout} s (exited agents: {dead}); progress={self.progress()}\n{self.logs()}")
+                    pytest.fail(
+                        f"{what}: not seen within {timeout} s (exited agents: {dead}); progress={self.progress()}\n{self.logs()}"
+                    )
                 time.sleep(0.1)
 
     job = Job()
@@ -200,7 +211,9 @@ def test_torchrun_two_nodes_allreduce(setup, request, job):
     records = [json.loads((job.out / f"rank{r}.json").read_text()) for r in range(world)]
     assert [r["rank"] for r in records] == list(range(world))
     assert all(r["world_size"] == world and r["sum"] == r["expected"] == world * (world + 1) / 2 for r in records)
-    assert sorted((r["group_rank"], r["local_rank"]) for r in records) == [(g, lr) for g in range(2) for lr in range(nproc)]
+    assert sorted((r["group_rank"], r["local_rank"]) for r in records) == [
+        (g, lr) for g in range(2) for lr in range(nproc)
+    ]
     assert len({r["master"] for r in records}) == 1 and records[0]["master"].startswith("127.0.0.1:")
     assert {r["use_agent_store"] for r in records} == {"False"}
 
@@ -208,9 +221,15 @@ def test_torchrun_two_nodes_allreduce(setup, request, job):
 def test_torchrun_scale_up_admits_a_third_node(redis_server, job):
     command = torchrun_command("redis", redis_server.endpoint, run_id(), "2:3", 1, "elastic_train.py", max_restarts=3)
     first = [job.start(name, command) for name in ("a", "b")]
-    job.wait_for("a round of 2 nodes making progress", lambda: (p := job.progress()) is not None and p["world_size"] == 2 and p["step"] >= 3)
+    job.wait_for(
+        "a round of 2 nodes making progress",
+        lambda: (p := job.progress()) is not None and p["world_size"] == 2 and p["step"] >= 3,
+    )
     late = job.start("c", command)
-    job.wait_for("a round of 3 nodes making progress", lambda: (p := job.progress()) is not None and p["world_size"] == 3 and p["step"] >= 3)
+    job.wait_for(
+        "a round of 3 nodes making progress",
+        lambda: (p := job.progress()) is not None and p["world_size"] == 3 and p["step"] >= 3,
+    )
     assert sorted(job.progress()["nodes"]) == ["a", "b", "c"]
     (job.out / "stop").touch()
     codes = job.wait_all([*first, late])
@@ -225,7 +244,10 @@ def test_torchrun_scale_up_admits_a_third_node(redis_server, job):
 def test_torchrun_kill9_node_survivors_finish(redis_server, job):
     command = torchrun_command("redis", redis_server.endpoint, run_id(), "2:3", 1, "elastic_train.py", max_restarts=3)
     agents = {name: job.start(name, command) for name in ("a", "b", "c")}
-    job.wait_for("a round of 3 nodes making progress", lambda: (p := job.progress()) is not None and p["world_size"] == 3 and p["step"] >= 3)
+    job.wait_for(
+        "a round of 3 nodes making progress",
+        lambda: (p := job.progress()) is not None and p["world_size"] == 3 and p["step"] >= 3,
+    )
     killed_at = time.monotonic()
     agents["c"].kill_node()
 

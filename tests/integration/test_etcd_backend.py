@@ -117,7 +117,9 @@ def test_wait_for_change_without_state_wakes_on_creation(make_etcd, etcd_api):
     other, _ = make_etcd(etcd_api, backend.keys.run_id)
     assert backend.wait_for_change(None, 0) is False
     result = {}
-    waiter = threading.Thread(target=lambda: result.update(changed=backend.wait_for_change(None, 10), at=time.monotonic()))
+    waiter = threading.Thread(
+        target=lambda: result.update(changed=backend.wait_for_change(None, 10), at=time.monotonic())
+    )
     waiter.start()
     time.sleep(0.05)
     created = time.monotonic()

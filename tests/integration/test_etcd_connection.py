@@ -76,7 +76,9 @@ def test_endpoint_forms():
 
 
 def test_options_given_as_none_take_their_defaults():
-    config = EtcdConfig.from_endpoint("etcd", {key: None for key in ("protocol", "cacert", "cert", "key", "read_timeout", "key_ttl")})
+    config = EtcdConfig.from_endpoint(
+        "etcd", {key: None for key in ("protocol", "cacert", "cert", "key", "read_timeout", "key_ttl")}
+    )
     assert (config.protocol, config.read_timeout, config.key_ttl, config.cacert) == ("http", 60.0, 7200, None)
 
 
@@ -247,7 +249,11 @@ def _write_pki(directory):
     def save(stem, key, cert):
         key_path, cert_path = os.path.join(directory, f"{stem}.key"), os.path.join(directory, f"{stem}.pem")
         with open(key_path, "wb") as f:
-            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
         with open(cert_path, "wb") as f:
             f.write(cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path

@@ -167,7 +167,13 @@ def test_last_call_completion_and_wait_list_dropped_at_completion(membership):
     twin.do("leave_round", "node-a", spec)
     assert twin.do("leave_round", "node-b", spec).round == 1
     twin.do("join_round", "new", spec)  # round 1: participant; "late" still in the wait list
-    assert twin.do("round_standing", "late", ).role is Role.WAITING
+    assert (
+        twin.do(
+            "round_standing",
+            "late",
+        ).role
+        is Role.WAITING
+    )
     time.sleep(0.4)
     done = twin.do("complete_round", "new", spec, 1)
     assert done.complete and done.waiting == 0
@@ -302,7 +308,9 @@ def run_joins(make_membership, count: int, spec: RoundSpec) -> tuple[list[Standi
 def test_32_clients_join_at_once_into_one_round(make_membership):
     spec = RoundSpec(32, 32, 30.0, 30.0)
     standings, clients = run_joins(make_membership, 32, spec)
-    assert {(s.incarnation, s.round, s.complete, s.world_size) for s in standings} == {(standings[0].incarnation, 0, True, 32)}
+    assert {(s.incarnation, s.round, s.complete, s.world_size) for s in standings} == {
+        (standings[0].incarnation, 0, True, 32)
+    }
     assert sorted(s.rank for s in standings) == list(range(32))
     assert [s.rank for s in standings] == list(range(32))  # node-000 .. node-031: sorted order
     requests = [client.requests - 1 for client in clients]  # minus the final round_standing
@@ -467,7 +475,9 @@ def test_handlers_rendezvous_over_the_membership_backend(own_etcd, nodes, min_no
         read_timeout=10, join_timeout=30, last_call_timeout=1, keep_alive_interval=1, close_timeout=10,
     )  # fmt: skip
     made = [create_membership_backend(params) for _ in range(nodes)]
-    assert all(isinstance(backend, EtcdMembershipBackend) and isinstance(backend, AtomicMembership) for backend, _ in made)
+    assert all(
+        isinstance(backend, EtcdMembershipBackend) and isinstance(backend, AtomicMembership) for backend, _ in made
+    )
     handlers = [create_handler(store, backend, params) for backend, store in made]
     results: list[Any] = [None] * nodes
 

@@ -125,7 +125,9 @@ def test_scale_up_through_the_wait_list(make_handler):
     late = make_handler(run_id, min_nodes=2, max_nodes=4)
     with ThreadPoolExecutor(max_workers=3) as pool:
         late_future = pool.submit(late.next_rendezvous)
-        wait_until(lambda: all(h.num_nodes_waiting() > 0 for h in first), first[0].backend, "the late node on the wait list")
+        wait_until(
+            lambda: all(h.num_nodes_waiting() > 0 for h in first), first[0].backend, "the late node on the wait list"
+        )
         old_futures = [pool.submit(h.next_rendezvous) for h in first]  # agents re-rendezvous
         infos = [f.result(timeout=BOUND) for f in [*old_futures, late_future]]
     assert sorted(i.rank for i in infos) == [0, 1, 2]
@@ -144,7 +146,9 @@ def test_a_node_whose_keep_alives_stop_is_removed(make_handler):
 
     victim.backend.dead = True  # its keep-alives fail from now on
     assert removed.wait(BOUND), "no survivor removed the dead node"
-    wait_until(lambda: victim.node.key not in participants(victim.backend), victim.backend, "the dead node out of the state")
+    wait_until(
+        lambda: victim.node.key not in participants(victim.backend), victim.backend, "the dead node out of the state"
+    )
     assert survivors[0].num_nodes_waiting() > 0  # the round lost a member: re-rendezvous
     assert victim.backend.heartbeat_ages([victim.node.key]) == [None]  # its record was dropped
 
@@ -185,7 +189,10 @@ def test_a_node_removed_while_joining_joins_again(make_handler):
     """A node admitted through the join queue, declared dead (a pause) before the round
     completes, enqueues again when it resumes, and the round completes with it."""
     run_id = unique_run_id()
-    first = [make_handler(run_id, min_nodes=3, max_nodes=3, keep_alive_interval=0.5, attempts=4, join=BOUND) for _ in range(2)]
+    first = [
+        make_handler(run_id, min_nodes=3, max_nodes=3, keep_alive_interval=0.5, attempts=4, join=BOUND)
+        for _ in range(2)
+    ]
     paused, watcher = first
     removed = threading.Event()
     watcher.add_event_listener(lambda event: event.name == "removed_dead_nodes" and removed.set())
@@ -204,7 +211,9 @@ def test_a_node_removed_while_joining_joins_again(make_handler):
 def test_a_closed_etcd_v3_run_id_is_free_again_after_closed_ttl(etcd_server):
     """As on Redis: the summary of a closed etcd-v3 membership record carries a closed_ttl
     lease, so the next job under the same run id forms once it expired."""
-    params = etcd_params(etcd_server, "v3", min_nodes=1, max_nodes=1, closed_ttl=1, last_call_timeout=0.1, join_timeout=10)
+    params = etcd_params(
+        etcd_server, "v3", min_nodes=1, max_nodes=1, closed_ttl=1, last_call_timeout=0.1, join_timeout=10
+    )
     first = get_rendezvous_handler(params)
     assert first.next_rendezvous().world_size == 1
     assert first.shutdown()

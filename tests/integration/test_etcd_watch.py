@@ -45,7 +45,9 @@ def make_backend():
     made = []
 
     def make(endpoint: str, api: str, run_id: str | None = None):
-        backend, _ = create_backend(RendezvousParameters(f"etcd-{api}", endpoint, run_id or unique_run_id("watch"), 1, 2, read_timeout=5))
+        backend, _ = create_backend(
+            RendezvousParameters(f"etcd-{api}", endpoint, run_id or unique_run_id("watch"), 1, 2, read_timeout=5)
+        )
         made.append(backend)
         return backend
 
@@ -125,7 +127,9 @@ def current_revision(server: Any) -> int:
     import etcd3gw
 
     client = etcd3gw.client(host=server.host, port=server.port, timeout=10)
-    return int(client.post(client.get_url("/kv/range"), json={"key": base64.b64encode(b"\0").decode()})["header"]["revision"])
+    return int(
+        client.post(client.get_url("/kv/range"), json={"key": base64.b64encode(b"\0").decode()})["header"]["revision"]
+    )
 
 
 def compact(server: Any) -> int:
@@ -156,7 +160,9 @@ def test_waiter_sees_a_wiped_and_restarted_server_as_a_change(own_etcd, make_bac
 
     thread.join(10)
     assert not thread.is_alive()
-    print(f"\n[measured] etcd-{etcd_api} wiped: wait_for_change -> {result.get('value', result.get('error'))!r} after {result['seconds']:.2f} s, {counter.count} watch request(s)")
+    print(
+        f"\n[measured] etcd-{etcd_api} wiped: wait_for_change -> {result.get('value', result.get('error'))!r} after {result['seconds']:.2f} s, {counter.count} watch request(s)"
+    )
     assert result.get("value") is True, result
     assert result["seconds"] < 5.0
     assert counter.count <= MAX_WATCH_REQUESTS
@@ -232,7 +238,9 @@ def test_caller_loop_after_lost_history_does_not_spin(own_etcd, make_backend, et
         current = backend.get_state()
         assert current == (b"v1", token)
         changes += backend.wait_for_change(current[1], left)
-    print(f"\n[measured] etcd-{etcd_api} lost history, caller loop 3 s: {counter.count} watch request(s), {changes} change(s) reported")
+    print(
+        f"\n[measured] etcd-{etcd_api} lost history, caller loop 3 s: {counter.count} watch request(s), {changes} change(s) reported"
+    )
     assert changes == 0
     assert counter.count <= MAX_WATCH_REQUESTS
 
@@ -269,7 +277,9 @@ def proxy_to(upstream: str, watch_answer: bytes):
                 self.wfile.write(watch_answer)
                 self.close_connection = True
                 return
-            request = urllib.request.Request(upstream + self.path, data=body, method="POST", headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                upstream + self.path, data=body, method="POST", headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own etcd
                     status, data = response.status, response.read()
@@ -310,7 +320,9 @@ def test_v3_watch_stream_that_ends_at_once_backs_off(own_etcd, make_backend, ans
         with pytest.raises(RendezvousConnectionError, match="watch"):
             backend.wait_for_change(token, 3)
         seconds = time.monotonic() - start
-        print(f"\n[measured] etcd-v3 watch answered {answer[:20]!r}: gave up after {seconds:.2f} s, {proxy.watches} watch request(s)")
+        print(
+            f"\n[measured] etcd-v3 watch answered {answer[:20]!r}: gave up after {seconds:.2f} s, {proxy.watches} watch request(s)"
+        )
         assert seconds < 3.0 + 1.5
         assert 2 <= proxy.watches <= MAX_WATCH_REQUESTS
 

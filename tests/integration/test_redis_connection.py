@@ -164,7 +164,9 @@ def test_operations_survive_a_server_restart(own_redis_server):
         _, token, _ = backend.set_state(b"v1")
         store.set("k", b"v")
         waiting = {}
-        thread = threading.Thread(target=lambda: waiting.update(changed=backend.wait_for_change(token, 10), at=time.monotonic()))
+        thread = threading.Thread(
+            target=lambda: waiting.update(changed=backend.wait_for_change(token, 10), at=time.monotonic())
+        )
         thread.start()
         server.restart(keep_data=True)  # scripts and connections are gone, data kept
         written_at = time.monotonic()
@@ -210,7 +212,11 @@ def tls_files(tmp_path):
 
     def write_key(key, name):
         path = tmp_path / name
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         return str(path)
 
     def certificate(subject, issuer, public_key, signing_key, *, ca, san=None):
@@ -235,11 +241,17 @@ def tls_files(tmp_path):
     server_cert = certificate("localhost", "rdzv test CA", server_key.public_key(), ca_key, ca=False, san="localhost")
     (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    return {"ca": str(tmp_path / "ca.pem"), "cert": str(tmp_path / "server.pem"), "key": write_key(server_key, "server.key")}
+    return {
+        "ca": str(tmp_path / "ca.pem"),
+        "cert": str(tmp_path / "server.pem"),
+        "key": write_key(server_key, "server.key"),
+    }
 
 
 def test_tls_endpoint(own_redis_server, tls_files):
-    server = own_redis_server(tls_cert_file=tls_files["cert"], tls_key_file=tls_files["key"], tls_ca_cert_file=tls_files["ca"])
+    server = own_redis_server(
+        tls_cert_file=tls_files["cert"], tls_key_file=tls_files["key"], tls_ca_cert_file=tls_files["ca"]
+    )
     params = RendezvousParameters("redis", server.tls_url, "run", 1, 1, ssl_ca_certs=tls_files["ca"])
     backend, store = create_backend(params)
     try:

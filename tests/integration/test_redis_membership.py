@@ -37,7 +37,9 @@ def private(own_redis_server):
     made = []
 
     def make(run_id="run"):
-        backend, store = create_backend(RendezvousParameters("redis", f"{server.host}:{server.port}", run_id, 1, 1), shared=False)
+        backend, store = create_backend(
+            RendezvousParameters("redis", f"{server.host}:{server.port}", run_id, 1, 1), shared=False
+        )
         made.extend([backend, store])
         return backend
 
@@ -117,7 +119,10 @@ def test_changes_are_announced_as_incarnation_and_version(private):
     unchanged = backend.join_round("a", SPEC)  # no summary change: not announced
     started = backend.join_round("b", SPEC)  # min reached: the last call starts
     messages = [pubsub.get_message(timeout=5) for _ in range(2)]
-    assert [m["data"].decode() for m in messages] == [f"{created.incarnation}:{created.version}", f"{started.incarnation}:{started.version}"]
+    assert [m["data"].decode() for m in messages] == [
+        f"{created.incarnation}:{created.version}",
+        f"{started.incarnation}:{started.version}",
+    ]
     assert unchanged.version == created.version and pubsub.get_message(timeout=0.2) is None
     pubsub.close()
 
@@ -133,7 +138,13 @@ def test_every_write_refreshes_the_expiry_of_the_run(private):
     backend.leave_round("b", SPEC)
     backend.join_round("b", RoundSpec(1, 2, 5.0, 5.0))
     backend.join_round("w", RoundSpec(1, 2, 5.0, 5.0))  # the round is full: redundancy list
-    for key in (backend.keys.round, backend.keys.participants, backend.keys.redundancy_list, backend.keys.alive, backend.keys.alive_until):
+    for key in (
+        backend.keys.round,
+        backend.keys.participants,
+        backend.keys.redundancy_list,
+        backend.keys.alive,
+        backend.keys.alive_until,
+    ):
         assert 0 < raw.pttl(key) <= backend._ttl_ms, key
 
 
@@ -177,7 +188,11 @@ def test_a_corrupt_record_is_a_state_error(private):
     raw.hset(backend.keys.round, "round", "not-a-number")
     with pytest.raises(RendezvousStateError, match="round"):
         backend.join_round("b", SPEC)
-    for call in (lambda: backend.round_standing("a"), lambda: backend.keep_alive_round("a", SPEC, True), backend.membership_state):
+    for call in (
+        lambda: backend.round_standing("a"),
+        lambda: backend.keep_alive_round("a", SPEC, True),
+        backend.membership_state,
+    ):
         with pytest.raises(RendezvousStateError):
             call()
     assert backend.wait_for_round_change(("x", 1), 0) is True  # differs; the next operation reports it

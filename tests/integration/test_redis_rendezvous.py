@@ -145,7 +145,9 @@ def test_two_runs_on_one_server_never_collide(make_handler, redis_raw):
 def test_handlers_from_the_registry(redis_server, redis_run_id):
     from rdzv_core.registry import get_rendezvous_handler
 
-    params = RendezvousParameters("redis", redis_server.endpoint, redis_run_id, 2, 2, join_timeout=BOUND, last_call_timeout=0.3)
+    params = RendezvousParameters(
+        "redis", redis_server.endpoint, redis_run_id, 2, 2, join_timeout=BOUND, last_call_timeout=0.3
+    )
     handlers = [get_rendezvous_handler(params) for _ in range(2)]
     try:
         assert {h.get_backend() for h in handlers} == {"redis"}

@@ -26,9 +26,17 @@ BOUND = 30
 def cluster():
     if not find_redis_server() or not shutil.which("redis-cli"):
         pytest.skip("redis-server / redis-cli are not installed")
-    nodes = [RedisServer(extra_args=["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf"]).start() for i in range(3)]
+    nodes = [
+        RedisServer(extra_args=["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf"]).start()
+        for i in range(3)
+    ]
     try:
-        created = subprocess.run(["redis-cli", "--cluster", "create", *[n.endpoint for n in nodes], "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        created = subprocess.run(
+            ["redis-cli", "--cluster", "create", *[n.endpoint for n in nodes], "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert created.returncode == 0, created.stdout + created.stderr
         import redis
 

@@ -86,9 +86,15 @@ def test_bad_parameters_name_key_and_value(backend, kwargs, needles):
 
 def test_unknown_keys_are_logged_by_name_and_ignored(backend, caplog):
     caplog.set_level(logging.WARNING)
-    handler = get_rendezvous_handler(RendezvousParameters(*backend, "cfg-unknown", 1, 1, colour="blue", jion_timeout="5", join_timeout=5))
+    handler = get_rendezvous_handler(
+        RendezvousParameters(*backend, "cfg-unknown", 1, 1, colour="blue", jion_timeout="5", join_timeout=5)
+    )
     try:
-        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "Unknown rendezvous configuration" in r.getMessage()]
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.WARNING and "Unknown rendezvous configuration" in r.getMessage()
+        ]
         assert len(warnings) == 1
         assert "colour" in warnings[0] and "jion_timeout" in warnings[0] and "'join_timeout'" not in warnings[0]
         assert "blue" not in warnings[0]  # values may be secrets: only keys are named
@@ -122,7 +128,12 @@ def test_malformed_endpoints_name_the_endpoint(backend, endpoint, needles):
 
 @pytest.mark.parametrize(
     ("endpoint", "needles"),
-    [("redis://h:99999", ("65535",)), ("http://h:1", ("redis",)), ("h1:1,h2:2", ("sentinel_master",)), (f"redis://u:{SECRET}@h:0/0", ("65535",))],
+    [
+        ("redis://h:99999", ("65535",)),
+        ("http://h:1", ("redis",)),
+        ("h1:1,h2:2", ("sentinel_master",)),
+        (f"redis://u:{SECRET}@h:0/0", ("65535",)),
+    ],
 )
 def test_malformed_redis_endpoints(endpoint, needles):
     with pytest.raises(ValueError) as info:

@@ -52,19 +52,15 @@ def make_handlers():
         handler.backend.close()
 
 
-
-
-
-
-
-
 FAST = dict(read_timeout=0.5, join_timeout=BOUND, last_call_timeout=0.3, heartbeat_timeout=1, close_timeout=3)
 
 
 @pytest.mark.slow
 def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_etcd, make_handlers, etcd_api):
     run_id = f"frozen-{uuid.uuid4().hex[:8]}"
-    handlers = make_handlers(own_etcd, etcd_api, run_id, 3, 3, 3, keep_alive_interval=0.3, keep_alive_max_attempt=2, **FAST)
+    handlers = make_handlers(
+        own_etcd, etcd_api, run_id, 3, 3, 3, keep_alive_interval=0.3, keep_alive_max_attempt=2, **FAST
+    )
     other = make_handlers(own_etcd, etcd_api, run_id + "-other", 1, 1, 1, **FAST)[0]
     infos = rendezvous(handlers)
     assert_one_round(infos)
@@ -84,7 +80,9 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_e
     pid = own_etcd._process.pid
     os.kill(pid, signal.SIGSTOP)
     try:
-        threads = [threading.Thread(target=lambda n=name, f=fn: results.__setitem__(n, timed(f))) for name, fn in calls.items()]
+        threads = [
+            threading.Thread(target=lambda n=name, f=fn: results.__setitem__(n, timed(f))) for name, fn in calls.items()
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -92,7 +90,10 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_e
         assert not any(t.is_alive() for t in threads), "a call hangs on the frozen server"
     finally:
         os.kill(pid, signal.SIGCONT)
-    print(f"\n[measured] frozen etcd-{etcd_api} (read_timeout=0.5, retry window 3 s): " + ", ".join(f"{n} {s:.2f} s" for n, (s, _) in results.items()))
+    print(
+        f"\n[measured] frozen etcd-{etcd_api} (read_timeout=0.5, retry window 3 s): "
+        + ", ".join(f"{n} {s:.2f} s" for n, (s, _) in results.items())
+    )
     for name, (seconds, outcome) in results.items():
         # retry window + a last request's timeout, twice (a keep-alive tick may hold the
         # handler's lock for one budget), plus slack for a loaded machine
@@ -112,7 +113,17 @@ def test_restart_mid_run_keeps_the_round(own_etcd, make_handlers, etcd_api):
     the retry window is spent) the round carries on, nobody is declared dead, the store kept."""
     run_id = f"restart-{uuid.uuid4().hex[:8]}"
     # dead after 1.2 s: the outage is longer, and must not get live nodes removed
-    handlers = make_handlers(own_etcd, etcd_api, run_id, 2, 2, 2, keep_alive_interval=0.4, keep_alive_max_attempt=3, **{**FAST, "read_timeout": 2})
+    handlers = make_handlers(
+        own_etcd,
+        etcd_api,
+        run_id,
+        2,
+        2,
+        2,
+        keep_alive_interval=0.4,
+        keep_alive_max_attempt=3,
+        **{**FAST, "read_timeout": 2},
+    )
     infos = rendezvous(handlers)
     assert_one_round(infos)
     infos[0].store.set("kept", b"yes")
@@ -142,7 +153,9 @@ def test_restart_mid_run_keeps_the_round(own_etcd, make_handlers, etcd_api):
 def test_fifty_concurrent_runs_never_see_each_other(own_etcd, make_handlers):
     api = "v3"
     runs = [f"iso-{i}-{uuid.uuid4().hex[:6]}" for i in range(50)]
-    groups = {run: make_handlers(own_etcd, api, run, 2, 2, 2, join_timeout=BOUND, last_call_timeout=0.3) for run in runs}
+    groups = {
+        run: make_handlers(own_etcd, api, run, 2, 2, 2, join_timeout=BOUND, last_call_timeout=0.3) for run in runs
+    }
     handlers = [h for group in groups.values() for h in group]
     infos = dict(zip(handlers, rendezvous(handlers, timeout=90), strict=True))
     for run, group in groups.items():
@@ -187,7 +200,9 @@ class EtcdCluster:
                 "--initial-cluster", peers, "--initial-cluster-state", "new", "--heartbeat-interval", "50", "--election-timeout", "500",
                 "--logger", "zap", "--log-level", "error",
             ]  # fmt: skip
-            self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+            self.processes.append(
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            )
 
     @property
     def endpoint(self) -> str:
@@ -247,7 +262,19 @@ def test_three_member_cluster_survives_losing_its_leader(etcd_cluster, make_hand
     run_id = f"cluster-{uuid.uuid4().hex[:8]}"
     # Dead after 4 s: longer than an election (0.5 s here) plus a request stuck on a member
     # meanwhile (read_timeout), as the keep-alive settings must be in production too.
-    handlers = make_handlers(etcd_cluster, etcd_api, run_id, 3, 3, 3, read_timeout=1, join_timeout=BOUND, last_call_timeout=0.3, keep_alive_interval=1.0, keep_alive_max_attempt=4)
+    handlers = make_handlers(
+        etcd_cluster,
+        etcd_api,
+        run_id,
+        3,
+        3,
+        3,
+        read_timeout=1,
+        join_timeout=BOUND,
+        last_call_timeout=0.3,
+        keep_alive_interval=1.0,
+        keep_alive_max_attempt=4,
+    )
     with ThreadPoolExecutor(max_workers=3) as pool:
         waiting = [pool.submit(h.next_rendezvous) for h in handlers[:2]]
         deadline = time.monotonic() + BOUND
@@ -259,7 +286,9 @@ def test_three_member_cluster_survives_losing_its_leader(etcd_cluster, make_hand
         etcd_cluster.kill(leader)
         late = pool.submit(handlers[2].next_rendezvous)
         infos = [f.result(timeout=BOUND) for f in [*waiting, late]]
-    print(f"\n[measured] etcd-{etcd_api} 3-member cluster, leader (member {leader}) killed: round completed after {time.monotonic() - killed_at:.2f} s")
+    print(
+        f"\n[measured] etcd-{etcd_api} 3-member cluster, leader (member {leader}) killed: round completed after {time.monotonic() - killed_at:.2f} s"
+    )
     assert_one_round(infos)
     infos[0].store.set("k", b"v")
     assert infos[2].store.get("k") == b"v"

@@ -26,7 +26,15 @@ pytestmark = pytest.mark.integration
 #: Every wait of these tests is bounded by this (seconds).
 BOUND = 30
 #: Small timeouts for fault tests: a call gives up after ~1 s of retries, 0.5 s per attempt.
-FAST = dict(socket_timeout=0.5, connect_timeout=0.5, retry_timeout=1.0, join_timeout=BOUND, last_call_timeout=0.3, heartbeat_timeout=1, close_timeout=3)
+FAST = dict(
+    socket_timeout=0.5,
+    connect_timeout=0.5,
+    retry_timeout=1.0,
+    join_timeout=BOUND,
+    last_call_timeout=0.3,
+    heartbeat_timeout=1,
+    close_timeout=3,
+)
 
 
 @pytest.fixture
@@ -47,12 +55,6 @@ def make_handlers():
         handler._store.close()
 
 
-
-
-
-
-
-
 def wait_until(predicate, what, timeout=BOUND):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -64,9 +66,13 @@ def wait_until(predicate, what, timeout=BOUND):
 
 
 @pytest.mark.slow
-def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_redis_server, make_handlers, redis_run_id):
+def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(
+    own_redis_server, make_handlers, redis_run_id
+):
     server = own_redis_server()
-    handlers = make_handlers(server.endpoint, redis_run_id, 3, 3, 3, keep_alive_interval=0.3, keep_alive_max_attempt=2, **FAST)
+    handlers = make_handlers(
+        server.endpoint, redis_run_id, 3, 3, 3, keep_alive_interval=0.3, keep_alive_max_attempt=2, **FAST
+    )
     other = make_handlers(server.endpoint, redis_run_id + "-other", 1, 1, 1, **FAST)[0]
     infos = rendezvous(handlers)
     assert_one_round(infos)
@@ -84,12 +90,16 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_r
         "store.wait": lambda: store.wait(["never-set"]),
         "shutdown (other run)": other.shutdown,
         # a new client of the process must PING the server first
-        "create_backend": lambda: create_backend(RendezvousParameters("redis", server.endpoint, "fresh", 1, 1, **{**FAST, "socket_timeout": 0.45})),
+        "create_backend": lambda: create_backend(
+            RendezvousParameters("redis", server.endpoint, "fresh", 1, 1, **{**FAST, "socket_timeout": 0.45})
+        ),
     }
     results: dict[str, tuple[float, object]] = {}
     os.kill(server.pid, signal.SIGSTOP)
     try:
-        threads = [threading.Thread(target=lambda n=name, f=fn: results.__setitem__(n, timed(f))) for name, fn in calls.items()]
+        threads = [
+            threading.Thread(target=lambda n=name, f=fn: results.__setitem__(n, timed(f))) for name, fn in calls.items()
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -98,7 +108,10 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_r
     finally:
         os.kill(server.pid, signal.SIGCONT)
 
-    print("\n[measured] frozen redis (retry_timeout=1, socket_timeout=0.5): " + ", ".join(f"{n} {s:.2f} s" for n, (s, _) in results.items()))
+    print(
+        "\n[measured] frozen redis (retry_timeout=1, socket_timeout=0.5): "
+        + ", ".join(f"{n} {s:.2f} s" for n, (s, _) in results.items())
+    )
     for name, (seconds, outcome) in results.items():
         # retry budget + one socket timeout + waiting for a keep-alive tick holding the lock
         assert seconds < 1.0 + 0.5 + 1.5 + 2.0, f"{name} took {seconds:.2f} s"
@@ -119,7 +132,9 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_r
 # -- a restart that loses every key ----------------------------------------------------------
 
 
-def test_restart_mid_rendezvous_loses_the_state_and_the_round_still_forms(own_redis_server, make_handlers, redis_run_id):
+def test_restart_mid_rendezvous_loses_the_state_and_the_round_still_forms(
+    own_redis_server, make_handlers, redis_run_id
+):
     server = own_redis_server()
     handlers = make_handlers(server.endpoint, redis_run_id, 3, 3, 3, **{**FAST, "retry_timeout": 10})
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -136,7 +151,9 @@ def test_restart_mid_rendezvous_loses_the_state_and_the_round_still_forms(own_re
 
 def test_restart_mid_run_reports_the_stale_round_and_a_new_round_forms(own_redis_server, make_handlers, redis_run_id):
     server = own_redis_server()
-    handlers = make_handlers(server.endpoint, redis_run_id, 2, 2, 2, keep_alive_interval=0.2, **{**FAST, "retry_timeout": 5})
+    handlers = make_handlers(
+        server.endpoint, redis_run_id, 2, 2, 2, keep_alive_interval=0.2, **{**FAST, "retry_timeout": 5}
+    )
     assert_one_round(rendezvous(handlers))
     assert [h.num_nodes_waiting() for h in handlers] == [0, 0]
     server.restart()  # the round's state is lost while the job trains
@@ -152,13 +169,18 @@ def test_restart_mid_run_reports_the_stale_round_and_a_new_round_forms(own_redis
 # -- a server that stays down, or comes back ---------------------------------------------------
 
 
-def test_down_server_is_a_connection_error_after_the_retry_budget_then_recovers(own_redis_server, make_handlers, redis_run_id):
+def test_down_server_is_a_connection_error_after_the_retry_budget_then_recovers(
+    own_redis_server, make_handlers, redis_run_id
+):
     server = own_redis_server()
     budget = 2.0
     handlers = make_handlers(server.endpoint, redis_run_id, 2, 2, 2, **{**FAST, "retry_timeout": budget})
     assert_one_round(rendezvous(handlers))
     server.kill()
-    for name, call in (("num_nodes_waiting", handlers[0].num_nodes_waiting), ("next_rendezvous", handlers[1].next_rendezvous)):
+    for name, call in (
+        ("num_nodes_waiting", handlers[0].num_nodes_waiting),
+        ("next_rendezvous", handlers[1].next_rendezvous),
+    ):
         seconds, outcome = timed(call)
         if name == "num_nodes_waiting" and outcome == 0:
             continue  # no change announced before the listener saw the connection drop: the cached standing
@@ -190,7 +212,10 @@ def test_outage_shorter_than_the_retry_budget_is_invisible(own_redis_server, mak
 @pytest.mark.slow
 def test_fifty_concurrent_runs_never_see_each_other(redis_server, make_handlers, redis_raw):
     runs = [f"iso-{i}-{uuid.uuid4().hex[:6]}" for i in range(50)]
-    groups = {run: make_handlers(redis_server.endpoint, run, 2, 2, 2, join_timeout=BOUND, last_call_timeout=0.3) for run in runs}
+    groups = {
+        run: make_handlers(redis_server.endpoint, run, 2, 2, 2, join_timeout=BOUND, last_call_timeout=0.3)
+        for run in runs
+    }
     handlers = [h for group in groups.values() for h in group]
     infos = dict(zip(handlers, rendezvous(handlers, timeout=60), strict=True))
     members = {run: {h.node.key for h in group} for run, group in groups.items()}
@@ -238,8 +263,14 @@ def test_waiting_for_rank_0s_bootstrap_address_ends_by_the_join_deadline(redis_b
             real(keys, values)
 
         store.multi_set = failing_multi_set
-        timeout = RendezvousTimeout(join=timedelta(seconds=join), last_call=timedelta(seconds=0.2), heartbeat=timedelta(seconds=1))
-        handlers.append(DynamicRendezvousHandler.from_backend(redis_run_id, store, backend, 2, 2, local_addr="127.0.0.1", timeout=timeout))
+        timeout = RendezvousTimeout(
+            join=timedelta(seconds=join), last_call=timedelta(seconds=0.2), heartbeat=timedelta(seconds=1)
+        )
+        handlers.append(
+            DynamicRendezvousHandler.from_backend(
+                redis_run_id, store, backend, 2, 2, local_addr="127.0.0.1", timeout=timeout
+            )
+        )
     try:
         assert handlers[0]._store.timeout.total_seconds() >= 300
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -262,7 +293,9 @@ def test_a_state_recreated_after_data_loss_is_writable_by_a_process_that_knew_a_
     with the lost state, forever."""
     server = own_redis_server()
     ours, our_store = create_backend(RendezvousParameters("redis", server.endpoint, "loss", 1, 1, retry_timeout=5))
-    theirs, their_store = create_backend(RendezvousParameters("redis", server.endpoint, "loss", 1, 1, retry_timeout=5, socket_timeout=9))
+    theirs, their_store = create_backend(
+        RendezvousParameters("redis", server.endpoint, "loss", 1, 1, retry_timeout=5, socket_timeout=9)
+    )
     try:
         assert theirs._client is not ours._client  # another client: as another process
         _, token, _ = ours.set_state(b"v1")

@@ -39,9 +39,20 @@ def config_of(endpoint: str, **config) -> RedisConfig:
 
 
 def test_sentinel_endpoint_forms():
-    config = config_of("s1, s2:26380 ,[::1]:26381", sentinel_master=MASTER, password=PASSWORD, sentinel_password=SENTINEL_PASSWORD, db=2)
+    config = config_of(
+        "s1, s2:26380 ,[::1]:26381",
+        sentinel_master=MASTER,
+        password=PASSWORD,
+        sentinel_password=SENTINEL_PASSWORD,
+        db=2,
+    )
     assert config.sentinels == (("s1", 26379), ("s2", 26380), ("::1", 26381))
-    assert (config.sentinel_master, config.db, config.password, config.sentinel_password) == (MASTER, 2, PASSWORD, SENTINEL_PASSWORD)
+    assert (config.sentinel_master, config.db, config.password, config.sentinel_password) == (
+        MASTER,
+        2,
+        PASSWORD,
+        SENTINEL_PASSWORD,
+    )
     assert config.display == "redis+sentinel://s1:26379,s2:26380,[::1]:26381/mymaster/2"
     assert config_of("s1", sentinel_master=MASTER, ssl="true").display == "rediss+sentinel://s1:26379/mymaster/0"
     for text in (repr(config), config.display):
@@ -83,7 +94,17 @@ def test_no_sentinel_reachable_is_a_bounded_connection_error():
     from rdzv_core.utils import get_free_port
 
     endpoint = f"127.0.0.1:{get_free_port()},127.0.0.1:{get_free_port()}"
-    params = RendezvousParameters("redis", endpoint, "run", 1, 1, sentinel_master=MASTER, retry_timeout=0.5, connect_timeout=0.5, password=PASSWORD)
+    params = RendezvousParameters(
+        "redis",
+        endpoint,
+        "run",
+        1,
+        1,
+        sentinel_master=MASTER,
+        retry_timeout=0.5,
+        connect_timeout=0.5,
+        password=PASSWORD,
+    )
     start = time.monotonic()
     with pytest.raises(RendezvousConnectionError, match="no sentinel named a master for 'mymaster'") as info:
         create_backend(params)
@@ -104,7 +125,14 @@ class SentinelSet:
         self.master = RedisServer(password=PASSWORD).start()
         self.replica = RedisServer(password=PASSWORD, replica_of=self.master.endpoint).start()
         self.sentinels = [
-            RedisSentinel(self.master.endpoint, MASTER, down_after=1.0, failover_timeout=2.0, master_password=PASSWORD, password=SENTINEL_PASSWORD).start()
+            RedisSentinel(
+                self.master.endpoint,
+                MASTER,
+                down_after=1.0,
+                failover_timeout=2.0,
+                master_password=PASSWORD,
+                password=SENTINEL_PASSWORD,
+            ).start()
             for _ in range(3)
         ]
 
@@ -115,7 +143,9 @@ class SentinelSet:
     def params(self, run_id: str, min_nodes: int, max_nodes: int, **config) -> RendezvousParameters:
         config.setdefault("password", PASSWORD)
         config.setdefault("sentinel_password", SENTINEL_PASSWORD)
-        return RendezvousParameters("redis", self.endpoint, run_id, min_nodes, max_nodes, sentinel_master=MASTER, **config)
+        return RendezvousParameters(
+            "redis", self.endpoint, run_id, min_nodes, max_nodes, sentinel_master=MASTER, **config
+        )
 
     def raw(self, server: RedisServer):
         import redis
@@ -125,7 +155,9 @@ class SentinelSet:
     def master_address(self) -> tuple[str, int]:
         import redis
 
-        sentinel = redis.Redis(host=self.sentinels[0].host, port=self.sentinels[0].port, password=SENTINEL_PASSWORD, socket_timeout=5)
+        sentinel = redis.Redis(
+            host=self.sentinels[0].host, port=self.sentinels[0].port, password=SENTINEL_PASSWORD, socket_timeout=5
+        )
         try:
             host, port = sentinel.sentinel_get_master_addr_by_name(MASTER)
             return host.decode(), int(port)
@@ -137,12 +169,16 @@ class SentinelSet:
         import redis
 
         deadline = time.monotonic() + BOUND
-        clients = [redis.Redis(host=s.host, port=s.port, password=SENTINEL_PASSWORD, socket_timeout=5) for s in self.sentinels]
+        clients = [
+            redis.Redis(host=s.host, port=s.port, password=SENTINEL_PASSWORD, socket_timeout=5) for s in self.sentinels
+        ]
         master = self.raw(self.master)
         try:
             while True:
                 views = [c.sentinel_master(MASTER) for c in clients]
-                if master.info("replication").get("connected_slaves") == 1 and all(v["num-slaves"] >= 1 and v["num-other-sentinels"] >= 2 for v in views):
+                if master.info("replication").get("connected_slaves") == 1 and all(
+                    v["num-slaves"] >= 1 and v["num-other-sentinels"] >= 2 for v in views
+                ):
                     return
                 assert time.monotonic() < deadline, f"the sentinels never saw the whole set: {views}"
                 time.sleep(0.1)
@@ -200,7 +236,9 @@ def test_rendezvous_completes_after_the_master_is_killed(sentinel_set, redis_run
 
         assert sorted(i.rank for i in infos) == [0, 1, 2] and {i.world_size for i in infos} == {3}
         assert sentinel_set.master_address()[1] == sentinel_set.replica.port  # the replica took over
-        print(f"\n[measured] sentinel fail-over: rendezvous completed {completed_after:.2f} s after the master was killed")
+        print(
+            f"\n[measured] sentinel fail-over: rendezvous completed {completed_after:.2f} s after the master was killed"
+        )
         assert completed_after < BOUND
 
         # The round's store and the pub/sub listener work on the new master.

@@ -64,16 +64,32 @@ def auth_etcd():
         _request(url, "/v3/auth/role/add", {"name": "root"})
         _request(url, "/v3/auth/user/grant", {"user": "root", "role": "root"})
         _request(url, "/v3/auth/role/add", {"name": "rdzv"})
-        _request(url, "/v3/auth/role/grant", {"name": "rdzv", "perm": {"permType": "READWRITE", "key": _b64("/rdzv/"), "range_end": _b64("/rdzv0")}})
+        _request(
+            url,
+            "/v3/auth/role/grant",
+            {"name": "rdzv", "perm": {"permType": "READWRITE", "key": _b64("/rdzv/"), "range_end": _b64("/rdzv0")}},
+        )
         _request(url, "/v3/auth/user/add", {"name": "rdzv", "password": PASSWORD})
         _request(url, "/v3/auth/user/grant", {"user": "rdzv", "role": "rdzv"})
         _request(url, "/v3/auth/enable", {})
         root = f"root:{ROOT_PASSWORD}"
         _request(url, "/v2/auth/users/root", {"user": "root", "password": ROOT_PASSWORD}, "PUT")
         _request(url, "/v2/auth/enable", {}, "PUT")
-        _request(url, "/v2/auth/roles/rdzv", {"role": "rdzv", "permissions": {"kv": {"read": ["/rdzv/*"], "write": ["/rdzv/*"]}}}, "PUT", root)
+        _request(
+            url,
+            "/v2/auth/roles/rdzv",
+            {"role": "rdzv", "permissions": {"kv": {"read": ["/rdzv/*"], "write": ["/rdzv/*"]}}},
+            "PUT",
+            root,
+        )
         _request(url, "/v2/auth/users/rdzv", {"user": "rdzv", "password": PASSWORD, "roles": ["rdzv"]}, "PUT", root)
-        _request(url, "/v2/auth/roles/guest", {"role": "guest", "revoke": {"kv": {"read": ["/*"], "write": ["/*"]}}}, "PUT", root)
+        _request(
+            url,
+            "/v2/auth/roles/guest",
+            {"role": "guest", "revoke": {"kv": {"read": ["/*"], "write": ["/*"]}}},
+            "PUT",
+            root,
+        )
         yield server
     finally:
         server.stop()
@@ -124,8 +140,14 @@ def full_life(group):
 
 
 def cli(*args, env=None):
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "rdzv_core.cli", *args], capture_output=True, text=True, timeout=60, env=full_env)
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "rdzv_core.cli", *args], capture_output=True, text=True, timeout=60, env=full_env
+    )
 
 
 # -- authentication ----------------------------------------------------------------------------
@@ -133,17 +155,36 @@ def cli(*args, env=None):
 
 def test_least_privilege_user_runs_a_full_rendezvous(auth_etcd, etcd_api, handlers):
     if etcd_api == "v2":  # one node: every v2 request costs etcd a bcrypt
-        (handler,) = handlers(params("v2", auth_etcd.endpoint, "auth-v2", 1, 1, username="rdzv", password=PASSWORD, **V2_AUTH), 1)
+        (handler,) = handlers(
+            params("v2", auth_etcd.endpoint, "auth-v2", 1, 1, username="rdzv", password=PASSWORD, **V2_AUTH), 1
+        )
         (info,) = rendezvous([handler])
         info.store.set("k", b"v")
         assert info.store.get("k") == b"v"
         assert handler.shutdown() and handler.is_closed()
         return
-    group = handlers(params("v3", auth_etcd.endpoint, "auth-v3", 2, 3, username="rdzv", password=PASSWORD, keep_alive_interval=0.3, keep_alive_max_attempt=4), 3)
+    group = handlers(
+        params(
+            "v3",
+            auth_etcd.endpoint,
+            "auth-v3",
+            2,
+            3,
+            username="rdzv",
+            password=PASSWORD,
+            keep_alive_interval=0.3,
+            keep_alive_max_attempt=4,
+        ),
+        3,
+    )
     full_life(group)
 
 
-@pytest.mark.parametrize("credentials", [{}, {"username": "rdzv", "password": "wrong-" + PASSWORD}, {"username": "nobody", "password": PASSWORD}], ids=["none", "wrong-password", "unknown-user"])
+@pytest.mark.parametrize(
+    "credentials",
+    [{}, {"username": "rdzv", "password": "wrong-" + PASSWORD}, {"username": "nobody", "password": PASSWORD}],
+    ids=["none", "wrong-password", "unknown-user"],
+)
 def test_missing_or_wrong_credentials_are_bounded_clear_errors(auth_etcd, etcd_api, credentials):
     start = time.monotonic()
     with pytest.raises(RendezvousConnectionError) as info:
@@ -169,7 +210,9 @@ def tls_etcd(tmp_path_factory):
     try:
         from rdzv_etcd.server import EtcdServer
 
-        server = EtcdServer(enable_v2=True, cert_file=pki["server_cert"], key_file=pki["server_key"], client_ca_file=pki["ca"]).start()
+        server = EtcdServer(
+            enable_v2=True, cert_file=pki["server_cert"], key_file=pki["server_key"], client_ca_file=pki["ca"]
+        ).start()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     try:
@@ -180,9 +223,26 @@ def tls_etcd(tmp_path_factory):
 
 def test_tls_client_certificates_full_rendezvous(tls_etcd, etcd_api, handlers):
     server, pki = tls_etcd
-    tls = dict(cacert=pki["ca"], cert=pki["client_cert"], key=pki["client_key"], keep_alive_interval=0.3, keep_alive_max_attempt=4)
+    tls = dict(
+        cacert=pki["ca"],
+        cert=pki["client_cert"],
+        key=pki["client_key"],
+        keep_alive_interval=0.3,
+        keep_alive_max_attempt=4,
+    )
     full_life(handlers(params(etcd_api, server.url, f"tls-{etcd_api}", 2, 3, **tls), 3))
-    status = cli("status", "--backend", f"etcd-{etcd_api}", "--endpoint", server.url, "--run-id", f"tls-{etcd_api}", "--json", "--rdzv-conf", f"cacert={pki['ca']},cert={pki['client_cert']},key={pki['client_key']}")
+    status = cli(
+        "status",
+        "--backend",
+        f"etcd-{etcd_api}",
+        "--endpoint",
+        server.url,
+        "--run-id",
+        f"tls-{etcd_api}",
+        "--json",
+        "--rdzv-conf",
+        f"cacert={pki['ca']},cert={pki['client_cert']},key={pki['client_key']}",
+    )
     assert status.returncode == 0 and json.loads(status.stdout)["closed"] is True, status.stderr
 
 
@@ -190,7 +250,9 @@ def test_tls_without_a_client_certificate_is_refused_in_bounded_time(tls_etcd, e
     server, pki = tls_etcd
     start = time.monotonic()
     with pytest.raises(RendezvousConnectionError):
-        get_rendezvous_handler(params(etcd_api, server.url, f"tls-{etcd_api}", 1, 1, cacert=pki["ca"])).next_rendezvous()
+        get_rendezvous_handler(
+            params(etcd_api, server.url, f"tls-{etcd_api}", 1, 1, cacert=pki["ca"])
+        ).next_rendezvous()
     assert time.monotonic() - start < 10
 
 
@@ -206,10 +268,15 @@ def test_passwords_and_tokens_never_in_logs_exceptions_or_status(auth_etcd, etcd
     url_form = f"http://rdzv:{PASSWORD}@{auth_etcd.endpoint}"  # credentials in the endpoint URL
     n = 1 if etcd_api == "v2" else 2
     group = handlers(params(etcd_api, url_form, run_id, n, n, **extra), 1)
-    group += handlers(params(etcd_api, auth_etcd.endpoint, run_id, n, n, username="rdzv", password=PASSWORD, **extra), n - 1)
+    group += handlers(
+        params(etcd_api, auth_etcd.endpoint, run_id, n, n, username="rdzv", password=PASSWORD, **extra), n - 1
+    )
     texts = []
     infos = rendezvous(group)
-    texts += [repr(h) + repr(h.backend) + repr(h.backend.kv) + repr(h.backend.kv.config) + repr(i) for h, i in zip(group, infos, strict=True)]
+    texts += [
+        repr(h) + repr(h.backend) + repr(h.backend.kv) + repr(h.backend.kv.config) + repr(i)
+        for h, i in zip(group, infos, strict=True)
+    ]
     time.sleep(0.5)  # keep-alives (v3)
     tokens = set()
     for handler in group:
@@ -220,7 +287,9 @@ def test_passwords_and_tokens_never_in_logs_exceptions_or_status(auth_etcd, etcd
     if etcd_api == "v3":
         assert tokens, "expected v3 auth tokens to look for"
     try:
-        get_rendezvous_handler(params(etcd_api, auth_etcd.endpoint, run_id, n, n, username="rdzv", password=PASSWORD[::-1]))
+        get_rendezvous_handler(
+            params(etcd_api, auth_etcd.endpoint, run_id, n, n, username="rdzv", password=PASSWORD[::-1])
+        )
     except RendezvousConnectionError as exc:
         texts.append("".join(traceback.format_exception(exc)))
     else:
@@ -228,12 +297,63 @@ def test_passwords_and_tokens_never_in_logs_exceptions_or_status(auth_etcd, etcd
     backend_name = f"etcd-{etcd_api}"
     conf = f"read_timeout={extra.get('read_timeout', 5)}"
     runs = [  # (v2: the environment form is left out, each v2 request costs etcd a bcrypt)
-        cli("status", "--backend", backend_name, "--endpoint", auth_etcd.endpoint, "--run-id", run_id, "--json", "--log-level", "DEBUG", "--rdzv-conf", f"username=rdzv,password={PASSWORD},{conf}"),
-        cli("status", "--backend", backend_name, "--endpoint", url_form, "--run-id", run_id, "--log-level", "DEBUG", "--rdzv-conf", conf),
-        cli("status", "--backend", backend_name, "--endpoint", auth_etcd.endpoint, "--run-id", run_id, "--log-level", "DEBUG", "--rdzv-conf", conf, env={"RDZV_ETCD_USERNAME": "rdzv", "RDZV_ETCD_PASSWORD": PASSWORD})
+        cli(
+            "status",
+            "--backend",
+            backend_name,
+            "--endpoint",
+            auth_etcd.endpoint,
+            "--run-id",
+            run_id,
+            "--json",
+            "--log-level",
+            "DEBUG",
+            "--rdzv-conf",
+            f"username=rdzv,password={PASSWORD},{conf}",
+        ),
+        cli(
+            "status",
+            "--backend",
+            backend_name,
+            "--endpoint",
+            url_form,
+            "--run-id",
+            run_id,
+            "--log-level",
+            "DEBUG",
+            "--rdzv-conf",
+            conf,
+        ),
+        cli(
+            "status",
+            "--backend",
+            backend_name,
+            "--endpoint",
+            auth_etcd.endpoint,
+            "--run-id",
+            run_id,
+            "--log-level",
+            "DEBUG",
+            "--rdzv-conf",
+            conf,
+            env={"RDZV_ETCD_USERNAME": "rdzv", "RDZV_ETCD_PASSWORD": PASSWORD},
+        )
         if etcd_api == "v3"
         else cli("--version"),
-        cli("status", "--backend", backend_name, "--endpoint", auth_etcd.endpoint, "--run-id", run_id, "--json", "--log-level", "DEBUG", "--rdzv-conf", f"username=rdzv,password={PASSWORD[::-1]},{conf}"),
+        cli(
+            "status",
+            "--backend",
+            backend_name,
+            "--endpoint",
+            auth_etcd.endpoint,
+            "--run-id",
+            run_id,
+            "--json",
+            "--log-level",
+            "DEBUG",
+            "--rdzv-conf",
+            f"username=rdzv,password={PASSWORD[::-1]},{conf}",
+        ),
     ]
     assert [r.returncode for r in runs[:3]] == [0, 0, 0], [r.stderr[-500:] for r in runs]
     assert len(json.loads(runs[0].stdout)["participants"]) == n and runs[3].returncode != 0

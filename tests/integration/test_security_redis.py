@@ -64,23 +64,34 @@ def make_pki(directory: str) -> dict[str, str]:
         return path
 
     def key_pem(key):
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def ca(label):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = builder(label, label, key).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256())
+        cert = (
+            builder(label, label, key)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
         return key, cert
 
     ca_key, ca_cert = ca("rdzv security test CA")
     _, other_ca = ca("some other CA")
-    paths = {"ca": write("ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM)), "other_ca": write("other-ca.pem", other_ca.public_bytes(serialization.Encoding.PEM))}
+    paths = {
+        "ca": write("ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM)),
+        "other_ca": write("other-ca.pem", other_ca.public_bytes(serialization.Encoding.PEM)),
+    }
     sans = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     for stem, subject, usages, san in (
         ("server", "localhost", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], sans),
         ("client", "rdzv-client", [ExtendedKeyUsageOID.CLIENT_AUTH], None),
     ):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = builder(subject, "rdzv security test CA", key).add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        cert = builder(subject, "rdzv security test CA", key).add_extension(
+            x509.ExtendedKeyUsage(usages), critical=False
+        )
         if san is not None:
             cert = cert.add_extension(san, critical=False)
         cert = cert.sign(ca_key, hashes.SHA256())
@@ -105,10 +116,43 @@ def acl_server():
 
     with RedisServer(password=ADMIN_PASSWORD) as server:
         admin = redis.Redis(host=server.host, port=server.port, password=ADMIN_PASSWORD)
-        admin.execute_command("ACL", "SETUSER", "rdzv", "reset", "on", f">{PASSWORD}", "~rdzv:*", "resetchannels", "&rdzv:*", *RDZV_COMMANDS)
-        admin.execute_command("ACL", "SETUSER", "job-a", "reset", "on", f">{PASSWORD}", "~rdzv:{job-a}:*", "resetchannels", "&rdzv:{job-a}:*", *RDZV_COMMANDS)
+        admin.execute_command(
+            "ACL",
+            "SETUSER",
+            "rdzv",
+            "reset",
+            "on",
+            f">{PASSWORD}",
+            "~rdzv:*",
+            "resetchannels",
+            "&rdzv:*",
+            *RDZV_COMMANDS,
+        )
+        admin.execute_command(
+            "ACL",
+            "SETUSER",
+            "job-a",
+            "reset",
+            "on",
+            f">{PASSWORD}",
+            "~rdzv:{job-a}:*",
+            "resetchannels",
+            "&rdzv:{job-a}:*",
+            *RDZV_COMMANDS,
+        )
         # may publish (the scripts do) but not subscribe
-        admin.execute_command("ACL", "SETUSER", "no-subscribe", "reset", "on", f">{PASSWORD}", "~rdzv:*", "resetchannels", "&rdzv:*", *[c for c in RDZV_COMMANDS if c not in ("+subscribe", "+unsubscribe")])
+        admin.execute_command(
+            "ACL",
+            "SETUSER",
+            "no-subscribe",
+            "reset",
+            "on",
+            f">{PASSWORD}",
+            "~rdzv:*",
+            "resetchannels",
+            "&rdzv:*",
+            *[c for c in RDZV_COMMANDS if c not in ("+subscribe", "+unsubscribe")],
+        )
         admin.set("not-rdzv", "secret data")
         server.admin = admin
         yield server
@@ -141,7 +185,9 @@ def handlers():
 def rendezvous(handlers):
     with ThreadPoolExecutor(max_workers=len(handlers)) as pool:
         infos = [f.result(timeout=BOUND) for f in [pool.submit(h.next_rendezvous) for h in handlers]]
-    assert sorted(i.rank for i in infos) == list(range(len(handlers))) and {i.world_size for i in infos} == {len(handlers)}
+    assert sorted(i.rank for i in infos) == list(range(len(handlers))) and {i.world_size for i in infos} == {
+        len(handlers)
+    }
     return infos
 
 
@@ -157,8 +203,14 @@ def store_round_trip(info) -> None:
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "rdzv_core.cli", *args], capture_output=True, text=True, timeout=60, env=full_env)
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "rdzv_core.cli", *args], capture_output=True, text=True, timeout=60, env=full_env
+    )
 
 
 def params(endpoint, run_id, n=2, min_nodes=None, **config):
@@ -186,7 +238,19 @@ def test_password_protected_rendezvous_and_wrong_password(own_redis_server, hand
 def test_acl_user_with_the_documented_rules_runs_everything(acl_server, handlers):
     endpoint = acl_server.endpoint
     acl_server.admin.execute_command("ACL", "LOG", "RESET")
-    group = handlers.make(params(endpoint, "acl-run", n=3, min_nodes=2, username="rdzv", password=PASSWORD, keep_alive_interval=0.3, keep_alive_max_attempt=4), 3)
+    group = handlers.make(
+        params(
+            endpoint,
+            "acl-run",
+            n=3,
+            min_nodes=2,
+            username="rdzv",
+            password=PASSWORD,
+            keep_alive_interval=0.3,
+            keep_alive_max_attempt=4,
+        ),
+        3,
+    )
     infos = rendezvous(group)
     store_round_trip(infos[1])
     group[2]._stop_heartbeats()  # dead-node removal, a second round, close: every code path
@@ -195,7 +259,16 @@ def test_acl_user_with_the_documented_rules_runs_everything(acl_server, handlers
         assert time.monotonic() < deadline
         time.sleep(0.05)
     rendezvous(group[:2])
-    status = cli("status", "--endpoint", endpoint, "--run-id", "acl-run", "--json", "--rdzv-conf", f"username=rdzv,password={PASSWORD}")
+    status = cli(
+        "status",
+        "--endpoint",
+        endpoint,
+        "--run-id",
+        "acl-run",
+        "--json",
+        "--rdzv-conf",
+        f"username=rdzv,password={PASSWORD}",
+    )
     assert status.returncode == 0, status.stderr
     assert group[0].shutdown()
     denied = acl_server.admin.execute_command("ACL", "LOG")
@@ -214,7 +287,9 @@ def test_acl_user_of_one_run_cannot_touch_another(acl_server, handlers):
     assert acl_server.admin.execute_command("ACL", "LOG") == []
     start = time.monotonic()
     with pytest.raises(RendezvousConnectionError, match="refused .*no permissions") as info:
-        handlers.make(params(endpoint, "job-b", n=1, username="job-a", password=PASSWORD, retry_timeout=10), 1)[0].next_rendezvous()
+        handlers.make(params(endpoint, "job-b", n=1, username="job-a", password=PASSWORD, retry_timeout=10), 1)[
+            0
+        ].next_rendezvous()
     assert time.monotonic() - start < 2 and endpoint in str(info.value)
     as_user = redis.Redis(host=acl_server.host, port=acl_server.port, username="job-a", password=PASSWORD)
     try:
@@ -229,7 +304,9 @@ def test_acl_user_of_one_run_cannot_touch_another(acl_server, handlers):
 def test_acl_user_without_subscribe_still_completes_by_polling(acl_server, handlers, caplog):
     """A user denied SUBSCRIBE: waiters fall back to polling (the state and the store's
     blocking reads alike), and the client says so once as a warning."""
-    group = handlers.make(params(acl_server.endpoint, "no-subscribe-run", username="no-subscribe", password=PASSWORD), 2)
+    group = handlers.make(
+        params(acl_server.endpoint, "no-subscribe-run", username="no-subscribe", password=PASSWORD), 2
+    )
     start = time.monotonic()
     infos = rendezvous(group)
     store = infos[0].store
@@ -248,7 +325,9 @@ def test_acl_user_without_subscribe_still_completes_by_polling(acl_server, handl
     with pytest.raises(StoreTimeoutError):
         store.multi_get(["never"], timeout=3.0)
     assert connections() - before <= 6
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "refused the pub/sub" in r.getMessage()]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "refused the pub/sub" in r.getMessage()
+    ]
     assert warnings and "+subscribe" in warnings[0] and PASSWORD not in "".join(warnings)
 
 
@@ -259,17 +338,34 @@ def test_acl_user_without_subscribe_still_completes_by_polling(acl_server, handl
 def tls_server(pki):
     if not find_redis_server():
         pytest.skip("no redis-server")
-    with RedisServer(password=PASSWORD, tls_cert_file=pki["server_cert"], tls_key_file=pki["server_key"], tls_ca_cert_file=pki["ca"], tls_auth_clients=True) as server:
+    with RedisServer(
+        password=PASSWORD,
+        tls_cert_file=pki["server_cert"],
+        tls_key_file=pki["server_key"],
+        tls_ca_cert_file=pki["ca"],
+        tls_auth_clients=True,
+    ) as server:
         yield server
 
 
 def test_mutual_tls_rendezvous(tls_server, pki, handlers):
-    tls = dict(ssl_ca_certs=pki["ca"], ssl_certfile=pki["client_cert"], ssl_keyfile=pki["client_key"], password=PASSWORD)
+    tls = dict(
+        ssl_ca_certs=pki["ca"], ssl_certfile=pki["client_cert"], ssl_keyfile=pki["client_key"], password=PASSWORD
+    )
     group = handlers.make(params(tls_server.tls_url, "tls-run", **tls), 2)
     assert group[0].backend._client.config.tls
     infos = rendezvous(group)
     store_round_trip(infos[0])
-    status = cli("status", "--endpoint", tls_server.tls_url, "--run-id", "tls-run", "--json", "--rdzv-conf", ",".join(f"{k}={v}" for k, v in tls.items()))
+    status = cli(
+        "status",
+        "--endpoint",
+        tls_server.tls_url,
+        "--run-id",
+        "tls-run",
+        "--json",
+        "--rdzv-conf",
+        ",".join(f"{k}={v}" for k, v in tls.items()),
+    )
     assert status.returncode == 0 and '"exists": true' in status.stdout, status.stderr
     assert PASSWORD not in status.stdout + status.stderr
 
@@ -289,7 +385,20 @@ def test_tls_refusals_are_bounded_connection_errors(tls_server, pki, config):
     conf = {key: pki[value] for key, value in config.items()}
     start = time.monotonic()
     with pytest.raises(RendezvousConnectionError) as info:
-        create_backend(RendezvousParameters("redis", tls_server.tls_url, "tls-run", 1, 1, password=PASSWORD, retry_timeout=1, connect_timeout=1, socket_timeout=1, **conf))
+        create_backend(
+            RendezvousParameters(
+                "redis",
+                tls_server.tls_url,
+                "tls-run",
+                1,
+                1,
+                password=PASSWORD,
+                retry_timeout=1,
+                connect_timeout=1,
+                socket_timeout=1,
+                **conf,
+            )
+        )
     assert time.monotonic() - start < 5
     assert f"rediss://localhost:{tls_server.tls_port}" in str(info.value)
     assert PASSWORD not in "".join(traceback.format_exception(info.value))
@@ -307,11 +416,27 @@ def test_secrets_never_in_logs_exceptions_or_status(own_redis_server, handlers, 
     texts: list[str] = []
     # a full rendezvous: password in the URL for one node, in the config for the others
     url = f"redis://:{secret}@{server.endpoint}/0"
-    group = handlers.make(params(url, "secret-run", n=3, min_nodes=2, keep_alive_interval=0.3, keep_alive_max_attempt=4), 1)
-    group += handlers.make(params(server.endpoint, "secret-run", n=3, min_nodes=2, password=secret, keep_alive_interval=0.3, keep_alive_max_attempt=4), 2)
+    group = handlers.make(
+        params(url, "secret-run", n=3, min_nodes=2, keep_alive_interval=0.3, keep_alive_max_attempt=4), 1
+    )
+    group += handlers.make(
+        params(
+            server.endpoint,
+            "secret-run",
+            n=3,
+            min_nodes=2,
+            password=secret,
+            keep_alive_interval=0.3,
+            keep_alive_max_attempt=4,
+        ),
+        2,
+    )
     infos = rendezvous(group)
     store_round_trip(infos[0])
-    texts += [repr(h) + repr(h.backend) + repr(h._store) + repr(i) + str(h.backend._client.config) for h, i in zip(group, infos, strict=True)]
+    texts += [
+        repr(h) + repr(h.backend) + repr(h._store) + repr(i) + str(h.backend._client.config)
+        for h, i in zip(group, infos, strict=True)
+    ]
     time.sleep(0.5)  # keep-alives
     group[2]._stop_heartbeats()
     deadline = time.monotonic() + BOUND
@@ -320,7 +445,10 @@ def test_secrets_never_in_logs_exceptions_or_status(own_redis_server, handlers, 
         time.sleep(0.05)
     rendezvous(group[:2])
     # failures: a wrong password, an unreachable server with the password in the URL
-    for endpoint, conf in ((server.endpoint, {"password": secret[::-1]}), (f"redis://:{secret}@127.0.0.1:{get_free_port()}/0", {"retry_timeout": 0.3})):
+    for endpoint, conf in (
+        (server.endpoint, {"password": secret[::-1]}),
+        (f"redis://:{secret}@127.0.0.1:{get_free_port()}/0", {"retry_timeout": 0.3}),
+    ):
         try:
             get_rendezvous_handler(params(endpoint, "secret-run", **conf))
         except RendezvousConnectionError as exc:
@@ -329,10 +457,40 @@ def test_secrets_never_in_logs_exceptions_or_status(own_redis_server, handlers, 
             pytest.fail("expected a connection error")
     # rdzv status: password in --rdzv-conf, in RDZV_CONF, in the endpoint URL; table and JSON
     runs = [
-        cli("status", "--endpoint", server.endpoint, "--run-id", "secret-run", "--json", "--log-level", "DEBUG", "--rdzv-conf", f"password={secret}"),
-        cli("status", "--endpoint", server.endpoint, "--run-id", "secret-run", "--log-level", "DEBUG", env={"RDZV_CONF": f"password={secret}"}),
+        cli(
+            "status",
+            "--endpoint",
+            server.endpoint,
+            "--run-id",
+            "secret-run",
+            "--json",
+            "--log-level",
+            "DEBUG",
+            "--rdzv-conf",
+            f"password={secret}",
+        ),
+        cli(
+            "status",
+            "--endpoint",
+            server.endpoint,
+            "--run-id",
+            "secret-run",
+            "--log-level",
+            "DEBUG",
+            env={"RDZV_CONF": f"password={secret}"},
+        ),
         cli("status", "--endpoint", url, "--run-id", "secret-run", "--json", "--log-level", "DEBUG"),
-        cli("status", "--endpoint", server.endpoint, "--run-id", "secret-run", "--log-level", "DEBUG", "--rdzv-conf", f"password={secret[::-1]}"),
+        cli(
+            "status",
+            "--endpoint",
+            server.endpoint,
+            "--run-id",
+            "secret-run",
+            "--log-level",
+            "DEBUG",
+            "--rdzv-conf",
+            f"password={secret[::-1]}",
+        ),
     ]
     assert [r.returncode for r in runs[:3]] == [0, 0, 0], [r.stderr for r in runs]
     assert '"participants"' in runs[0].stdout and runs[3].returncode != 0

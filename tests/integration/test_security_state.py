@@ -60,10 +60,14 @@ class Target:
         if name == "redis":
             self.server = request.getfixturevalue("redis_server")
             self.raw_redis = request.getfixturevalue("redis_raw")
-            self.params = RendezvousParameters("redis", self.server.endpoint, self.run_id, 1, 2, join_timeout=10, last_call_timeout=0.2)
+            self.params = RendezvousParameters(
+                "redis", self.server.endpoint, self.run_id, 1, 2, join_timeout=10, last_call_timeout=0.2
+            )
         else:
             self.server = request.getfixturevalue("etcd_server")
-            self.params = etcd_params(self.server, name.split("-")[1], self.run_id, 1, 2, join_timeout=10, last_call_timeout=0.2)
+            self.params = etcd_params(
+                self.server, name.split("-")[1], self.run_id, 1, 2, join_timeout=10, last_call_timeout=0.2
+            )
         self.handler = get_rendezvous_handler(self.params)
         self.backend = self.handler.backend
         if name in ("redis", "etcd-v3") and blob:  # read the blob as a consumer of torch's contract does
@@ -125,9 +129,13 @@ PAYLOADS = {
     "random bytes": lambda run: random.Random(7).randbytes(512),
     "truncated state": lambda run: state_of(run)[:-7],
     "half a state": lambda run: state_of(run)[: len(state_of(run)) // 2],
-    "newer schema": lambda run: msgspec.msgpack.encode({"version": SCHEMA_VERSION + 1, "run_id": run, "round": 0, "shiny": [1, 2]}),
+    "newer schema": lambda run: msgspec.msgpack.encode(
+        {"version": SCHEMA_VERSION + 1, "run_id": run, "round": 0, "shiny": [1, 2]}
+    ),
     "another run's state": lambda run: state_of("another-run"),
-    "wrong field types": lambda run: msgspec.msgpack.encode({"version": 1, "run_id": run, "participants": {"a": "zero"}}),
+    "wrong field types": lambda run: msgspec.msgpack.encode(
+        {"version": 1, "run_id": run, "participants": {"a": "zero"}}
+    ),
     "a JSON state": lambda run: json.dumps({"version": 1, "run_id": run}).encode(),
     "a pickled state dict": lambda run: pickle.dumps({"version": 1, "run_id": run}),
     "empty": lambda run: b"",
@@ -188,7 +196,18 @@ def test_malicious_pickle_is_never_unpickled(target, tmp_path, framed):
 def test_status_cli_refuses_a_planted_pickle(target, tmp_path):
     marker = tmp_path / "pwned-by-status"
     if target.name == "redis":  # status reads the membership there
-        target.raw_redis.hset(target.backend.keys.round, mapping={"inc": "x", "ver": pickle.dumps(Plant(str(marker))), "round": 0, "complete": 0, "closed": 0, "world": 0, "seq": 0})
+        target.raw_redis.hset(
+            target.backend.keys.round,
+            mapping={
+                "inc": "x",
+                "ver": pickle.dumps(Plant(str(marker))),
+                "round": 0,
+                "complete": 0,
+                "closed": 0,
+                "world": 0,
+                "seq": 0,
+            },
+        )
     elif target.name == "etcd-v3":  # and there
         raw_put(target.server, "v3", target.backend.membership.summary_key, pickle.dumps(Plant(str(marker))))
     else:
@@ -249,7 +268,9 @@ def test_garbage_in_the_membership_record_is_a_state_error(request, field):
         target.close()
 
 
-@pytest.mark.parametrize("garbage", [b"not json", b'{"inc": 7, "ver": "x"}', b'{"inc": "a", "ver": 1}', pickle.dumps({"inc": "a"})])
+@pytest.mark.parametrize(
+    "garbage", [b"not json", b'{"inc": 7, "ver": "x"}', b'{"inc": "a", "ver": 1}', pickle.dumps({"inc": "a"})]
+)
 def test_garbage_in_the_etcd_membership_summary_is_a_state_error(request, garbage):
     target = Target("etcd-v3", request, blob=False)
     try:

@@ -25,7 +25,13 @@ from rdzv_core.torch_bridge import TorchRendezvousHandler, TorchStore  # noqa: E
 pytestmark = pytest.mark.integration
 
 #: Short timeouts for the handlers of these tests (``--rdzv-conf`` form: strings).
-FAST = {"last_call_timeout": "0.5", "join_timeout": "30", "keep_alive_interval": "1", "close_timeout": "10", "retry_timeout": "5"}
+FAST = {
+    "last_call_timeout": "0.5",
+    "join_timeout": "30",
+    "keep_alive_interval": "1",
+    "close_timeout": "10",
+    "retry_timeout": "5",
+}
 
 
 def run_all(calls: list[Callable[[], Any]], timeout: float = 60) -> list[Any]:
@@ -53,9 +59,19 @@ def run_all(calls: list[Callable[[], Any]], timeout: float = 60) -> list[Any]:
 
 @pytest.fixture
 def torch_params(redis_server, redis_run_id):
-    def make(min_nodes: int = 1, max_nodes: int = 1, endpoint: str | None = None, **config: Any) -> torch_api.RendezvousParameters:
+    def make(
+        min_nodes: int = 1, max_nodes: int = 1, endpoint: str | None = None, **config: Any
+    ) -> torch_api.RendezvousParameters:
         merged = {"timeout": 900, **FAST, **config}  # torchrun always adds 'timeout'
-        return torch_api.RendezvousParameters("redis", endpoint or redis_server.endpoint, redis_run_id, min_nodes, max_nodes, local_addr="127.0.0.1", **merged)
+        return torch_api.RendezvousParameters(
+            "redis",
+            endpoint or redis_server.endpoint,
+            redis_run_id,
+            min_nodes,
+            max_nodes,
+            local_addr="127.0.0.1",
+            **merged,
+        )
 
     return make
 
@@ -141,7 +157,9 @@ def test_rdzv_conf_password_passes_through(own_redis_server, redis_run_id, handl
     server = own_redis_server(password="s3cret-pw")
 
     def params(**config: Any) -> torch_api.RendezvousParameters:
-        return torch_api.RendezvousParameters("redis", server.endpoint, redis_run_id, 1, 1, local_addr="127.0.0.1", timeout=900, **{**FAST, **config})
+        return torch_api.RendezvousParameters(
+            "redis", server.endpoint, redis_run_id, 1, 1, local_addr="127.0.0.1", timeout=900, **{**FAST, **config}
+        )
 
     handler = get_rendezvous_handler(params(password="s3cret-pw"))
     handlers.append(handler)
@@ -158,7 +176,9 @@ def test_unreachable_redis_is_a_torch_connection_error(torch_params, handlers):
 
     start = time.monotonic()
     with pytest.raises(torch_api.RendezvousConnectionError, match="127.0.0.1"):
-        handler = get_rendezvous_handler(torch_params(endpoint=f"127.0.0.1:{get_free_port()}", retry_timeout="0.5", connect_timeout="0.5"))
+        handler = get_rendezvous_handler(
+            torch_params(endpoint=f"127.0.0.1:{get_free_port()}", retry_timeout="0.5", connect_timeout="0.5")
+        )
         handlers.append(handler)
         handler.next_rendezvous()
     assert time.monotonic() - start < 20
@@ -182,7 +202,9 @@ def _torch_round(make_handler: Callable[[], Any], nodes: int) -> list[Any]:
 
 
 def _torch_timeout() -> torch_dynamic.RendezvousTimeout:
-    return torch_dynamic.RendezvousTimeout(join=timedelta(seconds=60), last_call=timedelta(seconds=1), close=timedelta(seconds=10))
+    return torch_dynamic.RendezvousTimeout(
+        join=timedelta(seconds=60), last_call=timedelta(seconds=1), close=timedelta(seconds=10)
+    )
 
 
 def test_torch_dynamic_handler_on_redis_backend(redis_backend_factory, redis_run_id):
@@ -192,7 +214,13 @@ def test_torch_dynamic_handler_on_redis_backend(redis_backend_factory, redis_run
 
     def make() -> Any:
         return torch_dynamic.DynamicRendezvousHandler.from_backend(
-            redis_run_id, torch_store, backend, min_nodes=2, max_nodes=3, local_addr="127.0.0.1", timeout=_torch_timeout()
+            redis_run_id,
+            torch_store,
+            backend,
+            min_nodes=2,
+            max_nodes=3,
+            local_addr="127.0.0.1",
+            timeout=_torch_timeout(),
         )
 
     infos = _torch_round(make, 3)
@@ -224,7 +252,16 @@ def test_bridged_etcd_v3_round_and_torch_handler_on_etcd_v3_backend(etcd_server,
     from tests.fixtures_etcd import etcd_params, unique_run_id
 
     run_id = unique_run_id("torch")
-    params = torch_api.RendezvousParameters("etcd-v3", etcd_server.endpoint, run_id, 2, 2, local_addr="127.0.0.1", timeout=900, **{**FAST, "read_timeout": "10"})
+    params = torch_api.RendezvousParameters(
+        "etcd-v3",
+        etcd_server.endpoint,
+        run_id,
+        2,
+        2,
+        local_addr="127.0.0.1",
+        timeout=900,
+        **{**FAST, "read_timeout": "10"},
+    )
     pair = [get_rendezvous_handler(params) for _ in range(2)]
     handlers.extend(pair)
     assert {h.get_backend() for h in pair} == {"etcd-v3"}

@@ -183,7 +183,16 @@ def test_connection_error_maps_to_dist_network_error():
 
 def test_to_rdzv_parameters_passes_config_and_drops_timeout():
     params = torch_api.RendezvousParameters(
-        "redis", "127.0.0.1:6379", "job", 2, 3, local_addr="10.0.0.1", timeout=900, password="pw", join_timeout="60", ssl="true"
+        "redis",
+        "127.0.0.1:6379",
+        "job",
+        2,
+        3,
+        local_addr="10.0.0.1",
+        timeout=900,
+        password="pw",
+        join_timeout="60",
+        ssl="true",
     )
     converted = torch_bridge.to_rdzv_parameters(params)
     assert isinstance(converted, rdzv_api.RendezvousParameters)
@@ -228,7 +237,13 @@ def test_handler_maps_exceptions(ours, theirs):
             raise ours("boom shutdown")
 
     handler = TorchRendezvousHandler(Failing())
-    for call in (handler.next_rendezvous, handler.is_closed, handler.set_closed, handler.num_nodes_waiting, handler.shutdown):
+    for call in (
+        handler.next_rendezvous,
+        handler.is_closed,
+        handler.set_closed,
+        handler.num_nodes_waiting,
+        handler.shutdown,
+    ):
         with pytest.raises(theirs, match="boom") as info:
             call()
         assert type(info.value) is theirs
@@ -272,7 +287,11 @@ def test_unknown_backend_says_what_to_install():
 def test_round_on_memory_backend_through_the_bridge():
     run_id = f"bridge-mem-{time.monotonic_ns()}"
     handlers = [
-        torch_bridge.create_handler(torch_api.RendezvousParameters("memory", "", run_id, 2, 3, local_addr="127.0.0.1", timeout=900, last_call_timeout="0.5"))
+        torch_bridge.create_handler(
+            torch_api.RendezvousParameters(
+                "memory", "", run_id, 2, 3, local_addr="127.0.0.1", timeout=900, last_call_timeout="0.5"
+            )
+        )
         for _ in range(3)
     ]
     assert all(isinstance(h, torch_api.RendezvousHandler) for h in handlers)

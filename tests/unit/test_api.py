@@ -165,7 +165,13 @@ def test_get_as_float_minimum():
 
 @pytest.mark.parametrize(
     "cls",
-    [RendezvousClosedError, RendezvousTimeoutError, RendezvousConnectionError, RendezvousStateError, RendezvousGracefulExitError],
+    [
+        RendezvousClosedError,
+        RendezvousTimeoutError,
+        RendezvousConnectionError,
+        RendezvousStateError,
+        RendezvousGracefulExitError,
+    ],
 )
 def test_every_error_is_a_rendezvous_error(cls):
     assert issubclass(cls, RendezvousError)

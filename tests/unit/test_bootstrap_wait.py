@@ -74,7 +74,16 @@ def test_a_rank_0_declared_dead_before_publishing_sends_the_others_to_the_next_r
 
 
 def _pair(name: str) -> list:
-    params = RendezvousParameters("memory", "", f"{name}-{time.monotonic_ns()}", 2, 2, join_timeout=BOUND, last_call_timeout=0.05, keep_alive_interval=0.5)
+    params = RendezvousParameters(
+        "memory",
+        "",
+        f"{name}-{time.monotonic_ns()}",
+        2,
+        2,
+        join_timeout=BOUND,
+        last_call_timeout=0.05,
+        keep_alive_interval=0.5,
+    )
     return [get_rendezvous_handler(params) for _ in range(2)]
 
 
@@ -102,7 +111,11 @@ def test_the_bootstrap_address_comes_with_the_standing_not_from_a_store_read(mon
 
     reads: list[list[str]] = []
     real_multi_get = HashStore.multi_get
-    monkeypatch.setattr(HashStore, "multi_get", lambda self, keys, timeout=None: reads.append(list(keys)) or real_multi_get(self, keys, timeout))
+    monkeypatch.setattr(
+        HashStore,
+        "multi_get",
+        lambda self, keys, timeout=None: reads.append(list(keys)) or real_multi_get(self, keys, timeout),
+    )
     handlers = _pair("record")
     try:
         infos = _both(handlers)
@@ -110,7 +123,9 @@ def test_the_bootstrap_address_comes_with_the_standing_not_from_a_store_read(mon
         boot = {(info.bootstrap_store_info.master_addr, info.bootstrap_store_info.master_port) for info in infos}
         assert len(boot) == 1 and reads == []
         rank0 = next(info for info in infos if info.rank == 0)
-        assert rank0.store.get("MASTER_PORT") == str(rank0.bootstrap_store_info.master_port).encode()  # torch's keys too
+        assert (
+            rank0.store.get("MASTER_PORT") == str(rank0.bootstrap_store_info.master_port).encode()
+        )  # torch's keys too
     finally:
         for handler in handlers:
             handler.shutdown()
@@ -122,7 +137,9 @@ def test_a_bootstrap_address_rdzv_did_not_write_is_a_state_error(monkeypatch):
     handlers = _pair("corrupt")
     try:
         outcomes = _both(handlers)
-        assert all(isinstance(o, api.RendezvousStateError) for o in outcomes), outcomes  # rank 0 reads back what stands too
+        assert all(isinstance(o, api.RendezvousStateError) for o in outcomes), (
+            outcomes
+        )  # rank 0 reads back what stands too
         assert all("not-json" in str(o) for o in outcomes)
     finally:
         for handler in handlers:

@@ -106,7 +106,17 @@ def test_unknown_backend_is_one_line_with_install_hint() -> None:
 
 
 def test_bad_handler_config_names_the_key() -> None:
-    result = invoke("run", "--backend", "memory", "--run-id", f"u-{uuid.uuid4().hex}", "--rdzv-conf", "keep_alive_interval=-1", "--", "true")
+    result = invoke(
+        "run",
+        "--backend",
+        "memory",
+        "--run-id",
+        f"u-{uuid.uuid4().hex}",
+        "--rdzv-conf",
+        "keep_alive_interval=-1",
+        "--",
+        "true",
+    )
     assert result.exit_code == 2
     assert "keep_alive_interval" in error_lines(result)[-1]
 
@@ -121,7 +131,18 @@ def test_status_of_unknown_run_on_memory_backend() -> None:
 
 
 def test_status_never_prints_the_password() -> None:
-    result = invoke("status", "--backend", "memory", "--run-id", "x", "--endpoint", "redis://user:s3cr3t@127.0.0.1:6379/0", "--json", "--rdzv-conf", "password=hunter2")
+    result = invoke(
+        "status",
+        "--backend",
+        "memory",
+        "--run-id",
+        "x",
+        "--endpoint",
+        "redis://user:s3cr3t@127.0.0.1:6379/0",
+        "--json",
+        "--rdzv-conf",
+        "password=hunter2",
+    )
     assert result.exit_code == 0
     assert "s3cr3t" not in result.output and "hunter2" not in result.output
     assert json.loads(result.stdout)["endpoint"] == "redis://127.0.0.1:6379/0"
@@ -161,12 +182,34 @@ def test_run_with_memory_backend_single_node(tmp_path) -> None:
 
 
 def test_run_exit_code_is_the_programs(tmp_path) -> None:
-    result = invoke("run", "--backend", "memory", "--run-id", f"u-{uuid.uuid4().hex}", "--local-addr", "127.0.0.1", "--", "python", "-c", "raise SystemExit(7)")
+    result = invoke(
+        "run",
+        "--backend",
+        "memory",
+        "--run-id",
+        f"u-{uuid.uuid4().hex}",
+        "--local-addr",
+        "127.0.0.1",
+        "--",
+        "python",
+        "-c",
+        "raise SystemExit(7)",
+    )
     assert result.exit_code == 7
 
 
 def test_run_missing_program_exits_127() -> None:
-    result = invoke("run", "--backend", "memory", "--run-id", f"u-{uuid.uuid4().hex}", "--local-addr", "127.0.0.1", "--", "/nonexistent/program")
+    result = invoke(
+        "run",
+        "--backend",
+        "memory",
+        "--run-id",
+        f"u-{uuid.uuid4().hex}",
+        "--local-addr",
+        "127.0.0.1",
+        "--",
+        "/nonexistent/program",
+    )
     assert result.exit_code == 127
 
 

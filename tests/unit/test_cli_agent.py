@@ -126,7 +126,9 @@ def test_scale_up_restarts_the_running_agents() -> None:
     code = "import os,sys,time\nif os.environ['WORLD_SIZE']!='3': time.sleep(30)"
     agents = [make_agent(run_id, py(code), nnodes=(2, 3)) for _ in range(3)]
     results: list[AgentResult | None] = [None, None, None]
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, agents[i].run()), daemon=True) for i in range(3)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, agents[i].run()), daemon=True) for i in range(3)
+    ]
     threads[0].start()
     threads[1].start()
     deadline = time.monotonic() + BOUND
@@ -188,6 +190,12 @@ def test_missing_program() -> None:
 def test_open_worker_store_requires_rdzv_run() -> None:
     with pytest.raises(KeyError):
         open_worker_store({})
-    env = {"RANK": "0", "WORLD_SIZE": "1", "RDZV_BACKEND": "memory", "RDZV_RUN_ID": "x", "RDZV_STORE_PREFIX": "rdzv.x.0"}
+    env = {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "RDZV_BACKEND": "memory",
+        "RDZV_RUN_ID": "x",
+        "RDZV_STORE_PREFIX": "rdzv.x.0",
+    }
     with pytest.raises(ValueError, match="no store"):
         open_worker_store(env)

@@ -70,8 +70,6 @@ FAST_DEATH = {"interval": 0.1, "attempts": 4}
 # Helpers
 
 
-
-
 class FlakyBackend(StateOnlyBackend):
     """Raises :class:`RendezvousConnectionError` from every call while ``down`` is set."""
 
@@ -729,8 +727,12 @@ def test_event_listener_and_one_log_line_per_transition(cluster, caplog):
         completed = events[h.node.key][-1]
         assert (completed.rank, completed.world_size) == (info.rank, 2)
         assert completed.run_id == RUN and completed.node == h.node.key and completed.round == 0
-        joining_lines = [r for r in caplog.records if "attempts to join" in r.getMessage() and h.node.key in r.getMessage()]
-        completed_lines = [r for r in caplog.records if "has joined round" in r.getMessage() and h.node.key in r.getMessage()]
+        joining_lines = [
+            r for r in caplog.records if "attempts to join" in r.getMessage() and h.node.key in r.getMessage()
+        ]
+        completed_lines = [
+            r for r in caplog.records if "has joined round" in r.getMessage() and h.node.key in r.getMessage()
+        ]
         assert len(joining_lines) == 1 and len(completed_lines) == 1
         assert f"as rank {info.rank} in a world of size 2" in completed_lines[0].getMessage()
 
@@ -789,9 +791,22 @@ def test_timeout_validation():
 
 
 def test_settings_validation():
-    ok = dict(run_id="r", min_nodes=1, max_nodes=2, timeout=RendezvousTimeout(), keep_alive_interval=timedelta(seconds=1), keep_alive_max_attempt=3)
+    ok = dict(
+        run_id="r",
+        min_nodes=1,
+        max_nodes=2,
+        timeout=RendezvousTimeout(),
+        keep_alive_interval=timedelta(seconds=1),
+        keep_alive_max_attempt=3,
+    )
     assert RendezvousSettings(**ok).dead_after_s == 3.0
-    for change in ({"run_id": ""}, {"min_nodes": 0}, {"max_nodes": 0}, {"keep_alive_interval": timedelta(0)}, {"keep_alive_max_attempt": 0}):
+    for change in (
+        {"run_id": ""},
+        {"min_nodes": 0},
+        {"max_nodes": 0},
+        {"keep_alive_interval": timedelta(0)},
+        {"keep_alive_max_attempt": 0},
+    ):
         with pytest.raises(ValueError):
             RendezvousSettings(**{**ok, **change})
 
@@ -799,7 +814,9 @@ def test_settings_validation():
 @pytest.mark.parametrize("interval", [0, -1, "5", True])
 def test_from_backend_rejects_bad_intervals(interval):
     with pytest.raises(ValueError, match="keep_alive_interval"):
-        DynamicRendezvousHandler.from_backend(RUN, HashStore(), StoreRendezvousBackend(HashStore(), RUN), 1, 1, keep_alive_interval=interval)
+        DynamicRendezvousHandler.from_backend(
+            RUN, HashStore(), StoreRendezvousBackend(HashStore(), RUN), 1, 1, keep_alive_interval=interval
+        )
 
 
 def test_create_handler_reads_the_config():
@@ -849,7 +866,12 @@ def test_create_handler_bad_config_names_the_key(key, value):
 def test_memory_plugin_end_to_end(caplog):
     config = {"last_call_timeout": "0.2", "keep_alive_interval": "0.1", "join_timeout": "10", "unknown_knob": "1"}
     with caplog.at_level(logging.WARNING, logger="rdzv_core.utils"):
-        handlers = [get_rendezvous_handler(RendezvousParameters("memory", "", "memory-e2e", 2, 2, local_addr="127.0.0.1", **config)) for _ in range(2)]
+        handlers = [
+            get_rendezvous_handler(
+                RendezvousParameters("memory", "", "memory-e2e", 2, 2, local_addr="127.0.0.1", **config)
+            )
+            for _ in range(2)
+        ]
     assert "unknown_knob" in caplog.text
     try:
         assert all(h.get_backend() == "memory" for h in handlers)
@@ -866,10 +888,19 @@ def test_memory_plugin_end_to_end(caplog):
 
 
 def _settings(min_nodes: int = 2, max_nodes: int = 3) -> RendezvousSettings:
-    return RendezvousSettings(RUN, min_nodes, max_nodes, RendezvousTimeout(last_call=timedelta(seconds=5)), timedelta(seconds=1), 3)
+    return RendezvousSettings(
+        RUN, min_nodes, max_nodes, RendezvousTimeout(last_call=timedelta(seconds=5)), timedelta(seconds=1), 3
+    )
 
 
-def _decide(state: RendezvousState, node: str = "me", *, deadline_in: float = 60, keep_alive_due: bool = False, settings: RendezvousSettings | None = None):
+def _decide(
+    state: RendezvousState,
+    node: str = "me",
+    *,
+    deadline_in: float = 60,
+    keep_alive_due: bool = False,
+    settings: RendezvousSettings | None = None,
+):
     ctx = _Context(node, state, settings or _settings(), keep_alive_due, time.monotonic(), time.time())
     return _join_op(ctx, time.monotonic() + deadline_in)
 
@@ -881,25 +912,48 @@ def test_join_op_decision_table():
     assert _decide(st(run_id=RUN, closed=True, redundancy_list=["me"])) is A.ERROR_GRACEFUL_EXIT
     full = {"a": 0, "b": 1, "c": 2}
     assert _decide(st(run_id=RUN, complete=True, participants=full, world_size=3, redundancy_list=["me"])) is A.SYNC
-    assert _decide(st(run_id=RUN, complete=True, participants=full, world_size=3, redundancy_list=["me"]), keep_alive_due=True) is A.KEEP_ALIVE
+    assert (
+        _decide(
+            st(run_id=RUN, complete=True, participants=full, world_size=3, redundancy_list=["me"]), keep_alive_due=True
+        )
+        is A.KEEP_ALIVE
+    )
     # a redundant node never times out while the round is full
-    assert _decide(st(run_id=RUN, complete=True, participants=full, world_size=3, redundancy_list=["me"]), deadline_in=-100) is A.SYNC
-    assert _decide(st(run_id=RUN, complete=True, participants={"a": 0, "b": 1}, world_size=3, redundancy_list=["me"])) is A.REMOVE_FROM_REDUNDANCY_LIST
+    assert (
+        _decide(
+            st(run_id=RUN, complete=True, participants=full, world_size=3, redundancy_list=["me"]), deadline_in=-100
+        )
+        is A.SYNC
+    )
+    assert (
+        _decide(st(run_id=RUN, complete=True, participants={"a": 0, "b": 1}, world_size=3, redundancy_list=["me"]))
+        is A.REMOVE_FROM_REDUNDANCY_LIST
+    )
     assert _decide(st(run_id=RUN, complete=True, participants={"a": 0, "me": 1}, world_size=2)) is A.FINISH
     assert _decide(st(run_id=RUN, complete=True, participants={"a": 0, "b": 1}, world_size=2)) is A.ADD_TO_WAIT_LIST
-    assert _decide(st(run_id=RUN, complete=True, participants={"a": 0, "b": 1}, world_size=2, wait_list=["me"])) is A.SYNC
+    assert (
+        _decide(st(run_id=RUN, complete=True, participants={"a": 0, "b": 1}, world_size=2, wait_list=["me"])) is A.SYNC
+    )
     assert _decide(st(run_id=RUN, complete=True, participants=full, world_size=3)) is A.ADD_TO_REDUNDANCY_LIST
     # a wait-listed node left out of a full round becomes redundant (it must not look waiting)
-    assert _decide(st(run_id=RUN, complete=True, participants=full, world_size=3, wait_list=["me"])) is A.ADD_TO_REDUNDANCY_LIST
+    assert (
+        _decide(st(run_id=RUN, complete=True, participants=full, world_size=3, wait_list=["me"]))
+        is A.ADD_TO_REDUNDANCY_LIST
+    )
     assert _decide(st(run_id=RUN)) is A.ADD_TO_PARTICIPANTS
     assert _decide(st(run_id=RUN, participants={"a": 0})) is A.ADD_TO_PARTICIPANTS
     assert _decide(st(run_id=RUN, participants={"a": 0}, wait_list=["me"])) is A.ADD_TO_PARTICIPANTS
     assert _decide(st(run_id=RUN, participants={"me": 0})) is A.SYNC
     assert _decide(st(run_id=RUN, participants={"a": 0, "me": 0}, deadline=time.time() + 60)) is A.SYNC
-    assert _decide(st(run_id=RUN, participants={"a": 0, "me": 0}, deadline=time.time() - 1)) is A.MARK_RENDEZVOUS_COMPLETE
+    assert (
+        _decide(st(run_id=RUN, participants={"a": 0, "me": 0}, deadline=time.time() - 1)) is A.MARK_RENDEZVOUS_COMPLETE
+    )
     # past the join deadline: roll back, then time out
     assert _decide(st(run_id=RUN, participants={"me": 0}), deadline_in=-1) is A.REMOVE_FROM_PARTICIPANTS
-    assert _decide(st(run_id=RUN, complete=True, participants={"a": 0}, world_size=2, wait_list=["me"]), deadline_in=-1) is A.REMOVE_FROM_WAIT_LIST
+    assert (
+        _decide(st(run_id=RUN, complete=True, participants={"a": 0}, world_size=2, wait_list=["me"]), deadline_in=-1)
+        is A.REMOVE_FROM_WAIT_LIST
+    )
     assert _decide(st(run_id=RUN), deadline_in=-1) is A.ERROR_TIMEOUT
     assert _decide(st(run_id=RUN, participants={"me": 0}), deadline_in=-100) is A.ERROR_TIMEOUT
 
@@ -908,12 +962,29 @@ def test_exit_and_close_ops():
     s = _settings()
     future, past = time.monotonic() + 60, time.monotonic() - 1
     member = RendezvousState(run_id=RUN, participants={"me": 0})
-    assert _exit_op(_Context("me", member, s, False, time.monotonic(), time.time()), future) is _Action.REMOVE_FROM_PARTICIPANTS
+    assert (
+        _exit_op(_Context("me", member, s, False, time.monotonic(), time.time()), future)
+        is _Action.REMOVE_FROM_PARTICIPANTS
+    )
     assert _exit_op(_Context("me", member, s, False, time.monotonic(), time.time()), past) is _Action.ERROR_TIMEOUT
-    assert _exit_op(_Context("me", RendezvousState(run_id=RUN), s, False, time.monotonic(), time.time()), past) is _Action.FINISH
-    assert _close_op(_Context("me", RendezvousState(run_id=RUN), s, False, time.monotonic(), time.time()), future) is _Action.MARK_RENDEZVOUS_CLOSED
-    assert _close_op(_Context("me", RendezvousState(run_id=RUN), s, False, time.monotonic(), time.time()), past) is _Action.ERROR_TIMEOUT
-    assert _close_op(_Context("me", RendezvousState(run_id=RUN, closed=True), s, False, time.monotonic(), time.time()), past) is _Action.FINISH
+    assert (
+        _exit_op(_Context("me", RendezvousState(run_id=RUN), s, False, time.monotonic(), time.time()), past)
+        is _Action.FINISH
+    )
+    assert (
+        _close_op(_Context("me", RendezvousState(run_id=RUN), s, False, time.monotonic(), time.time()), future)
+        is _Action.MARK_RENDEZVOUS_CLOSED
+    )
+    assert (
+        _close_op(_Context("me", RendezvousState(run_id=RUN), s, False, time.monotonic(), time.time()), past)
+        is _Action.ERROR_TIMEOUT
+    )
+    assert (
+        _close_op(
+            _Context("me", RendezvousState(run_id=RUN, closed=True), s, False, time.monotonic(), time.time()), past
+        )
+        is _Action.FINISH
+    )
 
 
 def test_add_participant_last_call_and_completion():
@@ -937,7 +1008,15 @@ def test_mark_complete_assigns_sorted_ranks():
 
 def test_remove_nodes_epilogue():
     s = _settings(2, 3)
-    complete = RendezvousState(run_id=RUN, round=4, complete=True, participants={"a": 0, "b": 1}, world_size=2, wait_list=["w"], last_heartbeats={"a": 1.0, "w": 1.0})
+    complete = RendezvousState(
+        run_id=RUN,
+        round=4,
+        complete=True,
+        participants={"a": 0, "b": 1},
+        world_size=2,
+        wait_list=["w"],
+        last_heartbeats={"a": 1.0, "w": 1.0},
+    )
     assert _remove_nodes(complete, ["a", "w"], s) is True
     assert complete.participants == {"b": 1} and complete.world_size == 2 and complete.round == 4
     assert complete.wait_list == [] and complete.last_heartbeats == {}
@@ -945,7 +1024,9 @@ def test_remove_nodes_epilogue():
     assert _remove_nodes(complete, ["b"], s) is True
     assert (complete.complete, complete.round, complete.world_size) == (False, 5, 0)
 
-    forming = RendezvousState(run_id=RUN, participants={"a": 0, "b": 0}, deadline=time.time() + 5, redundancy_list=["r"])
+    forming = RendezvousState(
+        run_id=RUN, participants={"a": 0, "b": 0}, deadline=time.time() + 5, redundancy_list=["r"]
+    )
     assert _remove_nodes(forming, ["r"], s) is False and forming.deadline is not None
     assert _remove_nodes(forming, ["a"], s) is True
     assert forming.deadline is None and forming.round == 0

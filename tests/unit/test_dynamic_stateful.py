@@ -76,8 +76,6 @@ class FakeClock(Clock):
         self.mono += seconds
 
 
-
-
 @dataclass
 class Node:
     key: str
@@ -101,7 +99,12 @@ class RendezvousMachine(RuleBasedStateMachine):
             RUN,
             MIN_NODES,
             MAX_NODES,
-            RendezvousTimeout(join=timedelta(seconds=20), last_call=timedelta(seconds=1), close=timedelta(seconds=10), heartbeat=timedelta(seconds=5)),
+            RendezvousTimeout(
+                join=timedelta(seconds=20),
+                last_call=timedelta(seconds=1),
+                close=timedelta(seconds=10),
+                heartbeat=timedelta(seconds=5),
+            ),
             keep_alive_interval=timedelta(seconds=1),
             keep_alive_max_attempt=2,
         )
@@ -119,7 +122,11 @@ class RendezvousMachine(RuleBasedStateMachine):
     def _make_node(self, i: int) -> Node:
         inner = StoreRendezvousBackend(self.store, RUN)
         backend: RendezvousBackend = inner if self.kind == "tracker" else StateOnlyBackend(inner)
-        liveness = _TrackerLiveness(inner, self.settings) if self.kind == "tracker" else _StateLiveness(self.settings, self.clock)
+        liveness = (
+            _TrackerLiveness(inner, self.settings)
+            if self.kind == "tracker"
+            else _StateLiveness(self.settings, self.clock)
+        )
         desc = NodeDesc("node", 1, i)
 
         def on_dead(nodes: list[str]) -> None:
@@ -299,7 +306,9 @@ class RendezvousMachine(RuleBasedStateMachine):
             assert state.world_size == 0
             assert len(state.participants) < MAX_NODES
             # the last call runs exactly while the round has min_nodes or more participants
-            assert (state.deadline is not None) == (len(state.participants) >= MIN_NODES), f"last call out of step: {state}"
+            assert (state.deadline is not None) == (len(state.participants) >= MIN_NODES), (
+                f"last call out of step: {state}"
+            )
 
 
 RendezvousMachine.TestCase.settings = settings(

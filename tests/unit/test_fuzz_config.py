@@ -30,10 +30,23 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 SECRET = "Zq9-s3cr3t-Xw7"
 
 _host_chars = string.ascii_letters + string.digits + "-."
-hosts = st.text(_host_chars, min_size=1, max_size=20).filter(lambda h: ":" not in h and not h.startswith("[")) | st.ip_addresses(v=4).map(str)
+hosts = st.text(_host_chars, min_size=1, max_size=20).filter(
+    lambda h: ":" not in h and not h.startswith("[")
+) | st.ip_addresses(v=4).map(str)
 ports = st.integers(1, 65535)
 # text that looks like endpoints (their characters and pieces), plus anything
-_pieces = list(_host_chars + ":/@[]%?#, \t") + ["redis://", "rediss://", "http://", "https://", "unix://", "::1", "65535", "65536", "0", "\u0661"]
+_pieces = list(_host_chars + ":/@[]%?#, \t") + [
+    "redis://",
+    "rediss://",
+    "http://",
+    "https://",
+    "unix://",
+    "::1",
+    "65535",
+    "65536",
+    "0",
+    "\u0661",
+]
 endpoint_text = st.lists(st.sampled_from(_pieces), max_size=16).map("".join) | st.text(max_size=40)
 
 
@@ -114,7 +127,15 @@ def test_config_round_trip(config):
 
 # -- RendezvousParameters getters ---------------------------------------------------------------------
 
-any_value = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | st.lists(st.integers(), max_size=2) | st.binary(max_size=4)
+any_value = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.lists(st.integers(), max_size=2)
+    | st.binary(max_size=4)
+)
 
 
 @FUZZ
@@ -136,7 +157,19 @@ def test_parameter_getters_raise_only_value_error(value):
 
 redis_options = st.dictionaries(
     st.sampled_from(
-        ["db", "username", "password", "ssl", "socket_timeout", "connect_timeout", "retry_timeout", "max_connections", "key_ttl", "sentinel_master", "sentinel_password"]
+        [
+            "db",
+            "username",
+            "password",
+            "ssl",
+            "socket_timeout",
+            "connect_timeout",
+            "retry_timeout",
+            "max_connections",
+            "key_ttl",
+            "sentinel_master",
+            "sentinel_password",
+        ]
     ),
     any_value,
     max_size=4,

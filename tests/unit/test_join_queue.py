@@ -38,9 +38,20 @@ class Run:
         backend.set_state = counted  # type: ignore[method-assign]
         return backend
 
-    def handler(self, min_nodes: int, max_nodes: int, interval: float = 0.5, join: float = BOUND) -> DynamicRendezvousHandler:
+    def handler(
+        self, min_nodes: int, max_nodes: int, interval: float = 0.5, join: float = BOUND
+    ) -> DynamicRendezvousHandler:
         timeout = RendezvousTimeout(join=_td(join), last_call=_td(0.3), close=_td(5), heartbeat=_td(2))
-        return DynamicRendezvousHandler.from_backend(self.run_id, self.store, self.backend(), min_nodes, max_nodes, "127.0.0.1", timeout, keep_alive_interval=interval)
+        return DynamicRendezvousHandler.from_backend(
+            self.run_id,
+            self.store,
+            self.backend(),
+            min_nodes,
+            max_nodes,
+            "127.0.0.1",
+            timeout,
+            keep_alive_interval=interval,
+        )
 
 
 def _td(seconds: float):

@@ -128,7 +128,9 @@ class MembershipModel(RuleBasedStateMachine):
 
     def _new_node(self) -> Node:
         backend = MemoryRendezvousBackend(self.store, self.server)
-        handler = DynamicRendezvousHandler(NodeDesc("host", 1, next(self.ids)), self.settings, "memory", self.store, backend, clock=self.clock)
+        handler = DynamicRendezvousHandler(
+            NodeDesc("host", 1, next(self.ids)), self.settings, "memory", self.store, backend, clock=self.clock
+        )
         return Node(handler)
 
     # -- driving one node -------------------------------------------------------------------

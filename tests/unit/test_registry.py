@@ -253,7 +253,9 @@ def test_unknown_name_with_nothing_installed():
 
 def test_default_registry_finds_memory():
     assert "memory" in rendezvous_handler_registry.backends()
-    handler = get_rendezvous_handler(RendezvousParameters("memory", "", "registry-test-run", 1, 1, keep_alive_interval=0.2))
+    handler = get_rendezvous_handler(
+        RendezvousParameters("memory", "", "registry-test-run", 1, 1, keep_alive_interval=0.2)
+    )
     try:
         assert isinstance(handler, DynamicRendezvousHandler)
         assert handler.get_backend() == "memory"
@@ -290,5 +292,8 @@ def test_secret_keys_are_kept_from_workers():
     from rdzv_core.plugin import without_secrets
 
     conf = {"password": "p", "sentinel_password": "s", "api_token": "t", "last_call_timeout": "1", "username": "u"}
-    assert rendezvous_handler_registry.plugin("redis").without_secrets(conf) == {"last_call_timeout": "1", "username": "u"}
+    assert rendezvous_handler_registry.plugin("redis").without_secrets(conf) == {
+        "last_call_timeout": "1",
+        "username": "u",
+    }
     assert without_secrets({"my_secret": "x", "key_ttl": "60"}) == {"key_ttl": "60"}  # by name, for any plug-in

@@ -119,7 +119,9 @@ def test_newer_schema_version_raises_state_error():
 
 
 def test_newer_schema_with_unknown_fields_still_reports_the_version():
-    data = msgspec.msgpack.encode({"version": SCHEMA_VERSION + 1, "run_id": RUN, "new_field": {"x": [1]}, "round": "changed type"})
+    data = msgspec.msgpack.encode(
+        {"version": SCHEMA_VERSION + 1, "run_id": RUN, "new_field": {"x": [1]}, "round": "changed type"}
+    )
     with pytest.raises(RendezvousStateError, match="upgrade"):
         decode_state(data, RUN)
 
@@ -182,7 +184,12 @@ def test_fuzz_decode_raises_only_state_error(data):
 
 
 _msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8) | st.binary(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=6,
 )
@@ -194,7 +201,17 @@ _msgpack_values = st.recursive(
         {"version": st.integers(-3, SCHEMA_VERSION + 1), "run_id": st.sampled_from([RUN, "other", ""])},
         optional={
             name: _msgpack_values
-            for name in ("round", "complete", "deadline", "closed", "participants", "world_size", "wait_list", "redundancy_list", "last_heartbeats")
+            for name in (
+                "round",
+                "complete",
+                "deadline",
+                "closed",
+                "participants",
+                "world_size",
+                "wait_list",
+                "redundancy_list",
+                "last_heartbeats",
+            )
         },
     )
 )
@@ -265,7 +282,9 @@ def test_node_desc_from_arbitrary_key_never_raises(key):
     assert isinstance(node, NodeDesc)
 
 
-@pytest.mark.parametrize("key", ["plainhost", "host_abc_1", "host_1_x", "_1_2", "", "h__1", "host_\u00b2_1", "host_1_\u0663", "host_+1_2"])
+@pytest.mark.parametrize(
+    "key", ["plainhost", "host_abc_1", "host_1_x", "_1_2", "", "h__1", "host_\u00b2_1", "host_1_\u0663", "host_+1_2"]
+)
 def test_node_desc_from_foreign_key(key):
     assert NodeDesc.from_key(key) == NodeDesc(key, 0, 0)
 

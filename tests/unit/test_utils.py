@@ -56,7 +56,14 @@ def test_redis_url_with_credentials_and_db():
 
 def test_rediss_url_without_port_uses_default():
     ep = parse_rendezvous_endpoint("rediss://cache.internal", 6380)
-    assert (ep.scheme, ep.host, ep.port, ep.username, ep.password, ep.path) == ("rediss", "cache.internal", 6380, None, None, "")
+    assert (ep.scheme, ep.host, ep.port, ep.username, ep.password, ep.path) == (
+        "rediss",
+        "cache.internal",
+        6380,
+        None,
+        None,
+        "",
+    )
 
 
 def test_redis_url_password_only():
@@ -64,7 +71,10 @@ def test_redis_url_password_only():
     assert ep.username is None and ep.password == SECRET
 
 
-@pytest.mark.parametrize(("text", "scheme", "port"), [("http://etcd:2379", "http", 2379), ("https://etcd", "https", 443), ("HTTPS://etcd:1", "https", 1)])
+@pytest.mark.parametrize(
+    ("text", "scheme", "port"),
+    [("http://etcd:2379", "http", 2379), ("https://etcd", "https", 443), ("HTTPS://etcd:1", "https", 1)],
+)
 def test_http_urls(text, scheme, port):
     ep = parse_rendezvous_endpoint(text, 443)
     assert (ep.scheme, ep.host, ep.port) == (scheme, "etcd", port)

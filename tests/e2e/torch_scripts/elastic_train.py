@@ -30,7 +30,15 @@ STEP_SLEEP = 0.1
 
 
 def record(event: str, **fields: object) -> None:
-    line = json.dumps({"event": event, "node": NODE, "pid": os.getpid(), "restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"]), **fields})
+    line = json.dumps(
+        {
+            "event": event,
+            "node": NODE,
+            "pid": os.getpid(),
+            "restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"]),
+            **fields,
+        }
+    )
     with open(os.path.join(OUT, "events.jsonl"), "a") as f:
         f.write(line + "\n")
 
@@ -58,7 +66,15 @@ def main() -> int:
         if rank == 0:
             tmp = os.path.join(OUT, f"progress.json.{os.getpid()}")
             with open(tmp, "w") as f:
-                json.dump({"world_size": world_size, "step": step, "restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"]), "nodes": names}, f)
+                json.dump(
+                    {
+                        "world_size": world_size,
+                        "step": step,
+                        "restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"]),
+                        "nodes": names,
+                    },
+                    f,
+                )
             os.replace(tmp, os.path.join(OUT, "progress.json"))
         if tensor[1].item() > 0:
             break
