@@ -71,6 +71,11 @@ class LocalServer(Protocol):
         """SIGKILL it, as a crash, without cleaning up (fault injection)."""
         ...
 
+    def restart(self, *, keep_data: bool) -> None:
+        """Stop it and start it again on the same port, with its data or empty (a server
+        that lost its data)."""
+        ...
+
 
 #: ``port -> server`` (``None``: a free port): a :class:`LocalServer`, created, not started.
 ServerFactory = Callable[[int | None], LocalServer]

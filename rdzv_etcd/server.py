@@ -210,12 +210,15 @@ class EtcdServer:
             self._base_dir = None
         atexit.unregister(self.stop)
 
-    def restart(self, *, kill: bool = False) -> None:
-        """Stop etcd (``kill``: SIGKILL, as a crash) and start it again on the same ports and
-        data directory; wait until it is healthy."""
+    def restart(self, *, keep_data: bool = True, kill: bool = False) -> None:
+        """Stop etcd (``kill``: SIGKILL, as a crash) and start it again on the same ports;
+        wait until it is healthy. ``keep_data=False`` starts it on an empty data directory
+        (a member that lost its disk: every key is gone)."""
         if self._port is None:
             raise RuntimeError("The etcd server has not been started.")
         self._terminate(kill=kill)
+        if not keep_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
         self._launch()
 
     def halt(self, *, kill: bool = False) -> None:

@@ -12,7 +12,6 @@ and only guard against hangs.
 
 from __future__ import annotations
 
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -68,9 +67,7 @@ def server(request):
     with private_etcd("churn") as etcd:
 
         def lose_data() -> None:
-            etcd.kill()
-            shutil.rmtree(etcd.data_dir)  # a new, empty member on the same port
-            etcd.restart()
+            etcd.restart(keep_data=False, kill=True)  # a new, empty member on the same port
 
         yield ChurnServer("etcd-v3", etcd.endpoint, {"read_timeout": 5}, lose_data)
 

@@ -272,8 +272,12 @@ def test_fresh_registry_discovers_the_installed_group():
 def test_the_shipped_backends_are_plugins_and_their_servers_local_servers():
     from rdzv_core.plugin import BackendPlugin, LocalServer
 
-    members = [name for name in ("endpoint", "running", "pid", "start", "stop", "kill") if hasattr(LocalServer, name)]
-    assert len(members) == 6
+    members = [
+        name
+        for name in ("endpoint", "running", "pid", "start", "stop", "kill", "restart")
+        if hasattr(LocalServer, name)
+    ]
+    assert len(members) == 7
     kinds = {}
     for name in ("redis", "etcd-v2", "etcd-v3", "memory"):
         plugin = rendezvous_handler_registry.plugin(name)
