@@ -188,6 +188,8 @@ class PrefixStore(Store):
     def __init__(self, prefix: str, store: Store) -> None:
         if not prefix:
             raise ValueError("PrefixStore needs a non-empty prefix.")
+        if not isinstance(store, Store):
+            raise TypeError(f"PrefixStore wraps a Store (got {type(store).__name__}).")
         self.prefix = prefix
         self.underlying_store = store
 

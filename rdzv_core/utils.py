@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ __all__ = [
 ]
 
 _URL_SCHEMES = ("redis", "rediss", "http", "https", "unix")
+_HOST_RE = re.compile(r"[\w.:-]+")
 logger = logging.getLogger(__name__)
 
 
@@ -36,6 +38,17 @@ class Endpoint:
     username: str | None = None
     password: str | None = None
     path: str = ""
+
+    # torch's parse_rendezvous_endpoint returns ``(host, port)``: unpacking and indexing work
+    # the same here (``host, port = parse_rendezvous_endpoint(...)``).
+    def __iter__(self) -> Iterator[str | int]:
+        return iter((self.host, self.port))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> str | int:
+        return (self.host, self.port)[index]
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -97,7 +110,16 @@ def parse_rendezvous_endpoint(endpoint: str | None, default_port: int) -> Endpoi
     host, sep, port_text = text.partition(":")
     if not host or any(c in host for c in "/@ ") or (sep and not port_text):
         raise ValueError(f"The rendezvous endpoint '{text}' must be 'host[:port]' or a URL.")
+    _check_host(host, text)
     return Endpoint(host, _check_port(port_text, text) if sep else default_port)
+
+
+def _check_host(host: str, endpoint: str) -> None:
+    """torch's rule: letters, digits, ``_``, ``.``, ``-`` (and ``:`` of IPv6) only."""
+    if not _HOST_RE.fullmatch(host):
+        raise ValueError(
+            f"The hostname of the rendezvous endpoint '{endpoint}' must be a dot-separated list of labels, an IPv4 address, or an IPv6 address."
+        )
 
 
 def _parse_url(text: str, default_port: int) -> Endpoint:
@@ -109,6 +131,7 @@ def _parse_url(text: str, default_port: int) -> Endpoint:
     safe = f"{parts.scheme}://{parts.hostname or ''}"
     if not parts.hostname:
         raise ValueError(f"The rendezvous endpoint '{safe}' has no host.")
+    _check_host(parts.hostname, safe)
     try:
         port = parts.port
     except ValueError:
@@ -128,22 +151,27 @@ def _parse_url(text: str, default_port: int) -> Endpoint:
 def parse_rendezvous_config(text: str | None) -> dict[str, str]:
     """Parse ``"key=value,key2=value2"`` (torchrun's ``--rdzv-conf`` form) into a dict.
 
-    Whitespace around keys and values is stripped; empty items are ignored.
+    Whitespace around keys and values is stripped; an empty (or blank) string is ``{}``.
 
     Raises:
-        ValueError: an item has no ``=`` or an empty key, or a key repeats; the message names it.
+        ValueError: as torch: an empty item or key (``"a=1,,b=2"``, ``"=1"``), an item without
+            a value (``"a"``, ``"a="``); and a key that repeats. The message names the item.
     """
     config: dict[str, str] = {}
+    if not (text or "").strip():
+        return config
     for item in (text or "").split(","):
-        if not item.strip():
-            continue
         key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"The rendezvous configuration item '{item.strip()}' must have the form 'key=value'.")
+        key, value = key.strip(), value.strip()
+        if not key:
+            raise ValueError(
+                f"The rendezvous configuration string must be in format <key1>=<value1>,...,<keyN>=<valueN> (got the item '{item.strip()}')."
+            )
+        if not sep or not value:
+            raise ValueError(f"The rendezvous configuration option '{key}' must have a value specified.")
         if key in config:
             raise ValueError(f"The rendezvous configuration key '{key}' is given more than once.")
-        config[key] = value.strip()
+        config[key] = value
     return config
 
 

@@ -76,7 +76,7 @@ def test_parse_nnodes_rejects(text: str) -> None:
     [
         (["run", "--run-id", "x", "--nnodes", "3:2", "--", "true"], "MIN (3) must be <= MAX (2)"),
         (["run", "--run-id", "x", "--nnodes", "zero", "--", "true"], "--nnodes"),
-        (["run", "--run-id", "x", "--rdzv-conf", "novalue", "--", "true"], "key=value"),
+        (["run", "--run-id", "x", "--rdzv-conf", "novalue", "--", "true"], "must have a value"),
         (["run", "--run-id", "x", "--rdzv-conf", "a=1", "--rdzv-conf", "a=2", "--", "true"], "more than once"),
         (["run", "--run-id", "x", "--max-restarts", "-1", "--", "true"], "--max-restarts"),
         (["run", "--", "true"], "--run-id"),

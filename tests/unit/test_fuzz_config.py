@@ -115,7 +115,9 @@ def test_config_parser_raises_only_value_error(text):
 
 
 _keys = st.text(string.ascii_letters + "_", min_size=1, max_size=12)
-_values = st.text(st.characters(blacklist_characters=",", blacklist_categories=("Cs",)), max_size=16)
+_values = st.text(
+    st.characters(blacklist_characters=",", blacklist_categories=("Cs",)), min_size=1, max_size=16
+).filter(str.strip)
 
 
 @FUZZ

@@ -160,23 +160,26 @@ def test_config_basic():
     assert parse_rendezvous_config("k=v,k2=v2") == {"k": "v", "k2": "v2"}
 
 
-def test_config_whitespace_and_empty_items():
-    assert parse_rendezvous_config("  k = v , k2=  v2 ,, ") == {"k": "v", "k2": "v2"}
+def test_config_whitespace_is_stripped():
+    assert parse_rendezvous_config("  k = v , k2=  v2 ") == {"k": "v", "k2": "v2"}
 
 
 def test_config_empty_and_none():
     assert parse_rendezvous_config("") == {}
     assert parse_rendezvous_config(None) == {}
-    assert parse_rendezvous_config(" , ") == {}
+    with pytest.raises(ValueError, match="must be in format"):  # torch refuses empty items
+        parse_rendezvous_config(" , ")
 
 
-def test_config_value_may_contain_equals_and_be_empty():
-    assert parse_rendezvous_config("a=b=c,empty=") == {"a": "b=c", "empty": ""}
+def test_config_value_may_contain_equals_but_not_be_empty():
+    assert parse_rendezvous_config("a=b=c") == {"a": "b=c"}
+    with pytest.raises(ValueError, match="'empty' must have a value specified"):
+        parse_rendezvous_config("a=b=c,empty=")
 
 
 @pytest.mark.parametrize("text", ["k", "k=v,novalue", "=v", " = v"])
 def test_config_missing_equals_or_key(text):
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(ValueError, match="must be in format|must have a value specified"):
         parse_rendezvous_config(text)
 
 
@@ -243,3 +246,47 @@ def test_scrub_masks_every_given_secret():
 
     assert scrub("auth pw1 then pw2 failed", ("pw1", None, "", "pw2")) == "auth *** then *** failed"
     assert scrub("nothing here", ()) == "nothing here"
+
+
+# -- torch compatibility: the cases of torch's own rendezvous utils tests ----------------------
+
+
+def test_endpoint_unpacks_as_torchs_host_port_tuple():
+    host, port = parse_rendezvous_endpoint("localhost:1234", 5678)
+    assert (host, port) == ("localhost", 1234) and tuple(parse_rendezvous_endpoint("", 29400)) == ("localhost", 29400)
+    endpoint = parse_rendezvous_endpoint("redis://h:1/0", 6379)
+    assert (endpoint[0], endpoint[1], len(endpoint), endpoint.scheme) == ("h", 1, 2, "redis")
+
+
+@pytest.mark.parametrize("endpoint", ["~", "~:123", "a$b:1", "redis://~:1"])
+def test_invalid_hostnames_are_refused_as_torch_does(endpoint):
+    with pytest.raises(ValueError, match="must be a dot-separated list of labels, an IPv4 address, or an IPv6 address"):
+        parse_rendezvous_endpoint(endpoint, 29400)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("a=1,,b=2", "must be in format"),
+        (",a=1", "must be in format"),
+        ("a=1,", "must be in format"),
+        ("=1", "must be in format"),
+        ("a", "'a' must have a value specified"),
+        ("a=", "'a' must have a value specified"),
+        ("a= ", "'a' must have a value specified"),
+    ],
+)
+def test_config_strings_torch_refuses_are_refused(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        parse_rendezvous_config(text)
+
+
+def test_config_blank_is_empty_and_values_are_stripped():
+    assert parse_rendezvous_config("  ") == {} and parse_rendezvous_config(" a = 1 , b=x=y ") == {"a": "1", "b": "x=y"}
+
+
+def test_prefix_store_refuses_a_missing_store():
+    from rdzv_core.store import PrefixStore
+
+    with pytest.raises(TypeError, match="wraps a Store"):
+        PrefixStore("p", None)  # type: ignore[arg-type]
