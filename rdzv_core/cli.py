@@ -628,6 +628,9 @@ def status(
     {node, role, rank, addr, pid, heartbeat_age} (seconds; null = no live record).
 
     \b
+    Exit code 1 when the run does not exist (the table or JSON is printed all the same).
+
+    \b
     Examples:
       rdzv status --endpoint 127.0.0.1:6379 --run-id job42
       rdzv status --endpoint 127.0.0.1:6379 --run-id job42 --json | jq .participants
@@ -644,6 +647,12 @@ def status(
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(format_status_table(result))
+    if not result.exists:
+        click.echo(
+            f"rdzv status: no rendezvous '{run_id}' on {result.endpoint or backend} (nothing joined it, or its record expired).",
+            err=True,
+        )
+        ctx.exit(EXIT_FAILURE)
     ctx.exit(0)
 
 

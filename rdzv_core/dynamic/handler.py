@@ -621,6 +621,28 @@ class DynamicRendezvousHandler(RendezvousHandler):
         self._keep_alives.stop(self._tick_timeout_s())
 
 
+def handler_options(params: RendezvousParameters) -> tuple[RendezvousTimeout, float, int]:
+    """The handler's options of ``params.config`` (see :func:`create_handler`), checked:
+    ``(timeouts, keep_alive_interval seconds, keep_alive_max_attempt)``.
+
+    Raises:
+        ValueError: a value is not a positive number (or int); the message names the key.
+    """
+    timeout = RendezvousTimeout(
+        join=_timedelta_or_none(_positive_seconds(params, "join_timeout")),
+        last_call=_timedelta_or_none(_positive_seconds(params, "last_call_timeout")),
+        close=_timedelta_or_none(_positive_seconds(params, "close_timeout")),
+        heartbeat=_timedelta_or_none(_positive_seconds(params, "heartbeat_timeout")),
+    )
+    interval = _positive_seconds(params, "keep_alive_interval") or 5.0
+    attempts = params.get_as_int("keep_alive_max_attempt", 3)
+    if attempts is None or attempts < 1:
+        raise ValueError(
+            f"The rendezvous configuration option 'keep_alive_max_attempt' must be an integer >= 1 (got {params.get('keep_alive_max_attempt')!r})."
+        )
+    return timeout, interval, attempts
+
+
 def _positive_seconds(params: RendezvousParameters, key: str) -> float | None:
     value = params.get_as_float(key)
     if value is not None and value <= 0:
@@ -651,18 +673,7 @@ def create_handler(store: Store, backend: RendezvousBackend, params: RendezvousP
     Raises:
         ValueError: a value is not a positive number (or int); the message names the key.
     """
-    timeout = RendezvousTimeout(
-        join=_timedelta_or_none(_positive_seconds(params, "join_timeout")),
-        last_call=_timedelta_or_none(_positive_seconds(params, "last_call_timeout")),
-        close=_timedelta_or_none(_positive_seconds(params, "close_timeout")),
-        heartbeat=_timedelta_or_none(_positive_seconds(params, "heartbeat_timeout")),
-    )
-    interval = _positive_seconds(params, "keep_alive_interval") or 5.0
-    attempts = params.get_as_int("keep_alive_max_attempt", 3)
-    if attempts is None or attempts < 1:
-        raise ValueError(
-            f"The rendezvous configuration option 'keep_alive_max_attempt' must be an integer >= 1 (got {params.get('keep_alive_max_attempt')!r})."
-        )
+    timeout, interval, attempts = handler_options(params)
     return DynamicRendezvousHandler.from_backend(
         params.run_id,
         store,

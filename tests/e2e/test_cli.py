@@ -384,7 +384,7 @@ def test_server_command_prints_endpoint_and_stops_on_sigterm() -> None:
         host, _, port = endpoint.partition(":")
         assert host == "127.0.0.1" and port.isdigit()
         status = rdzv("status", "--endpoint", endpoint, "--run-id", "nothing-here", "--json")
-        assert status.returncode == 0 and json.loads(status.stdout)["exists"] is False
+        assert status.returncode == 1 and json.loads(status.stdout)["exists"] is False
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:

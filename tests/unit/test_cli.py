@@ -124,9 +124,12 @@ def test_bad_handler_config_names_the_key() -> None:
 def test_status_of_unknown_run_on_memory_backend() -> None:
     run_id = f"u-{uuid.uuid4().hex}"
     table = invoke("status", "--backend", "memory", "--run-id", run_id)
-    assert table.exit_code == 0
-    assert run_id in table.output and "state:       none" in table.output
-    doc = json.loads(invoke("status", "--backend", "memory", "--run-id", run_id, "--json").output)
+    assert table.exit_code == 1  # a missing run is an error for scripts; the table is printed all the same
+    assert run_id in table.stdout and "state:       none" in table.stdout
+    assert error_lines(table) == [
+        f"rdzv status: no rendezvous '{run_id}' on memory (nothing joined it, or its record expired)."
+    ]
+    doc = json.loads(invoke("status", "--backend", "memory", "--run-id", run_id, "--json").stdout)
     assert doc["exists"] is False and doc["run_id"] == run_id and doc["participants"] == []
 
 
@@ -143,7 +146,7 @@ def test_status_never_prints_the_password() -> None:
         "--rdzv-conf",
         "password=hunter2",
     )
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # no such run
     assert "s3cr3t" not in result.output and "hunter2" not in result.output
     assert json.loads(result.stdout)["endpoint"] == "redis://127.0.0.1:6379/0"
 
@@ -158,15 +161,17 @@ def test_close_of_unknown_run_fails_in_one_line() -> None:
 def test_options_from_environment() -> None:
     run_id = f"u-{uuid.uuid4().hex}"
     result = invoke("status", "--json", env={"RDZV_BACKEND": "memory", "RDZV_RUN_ID": run_id})
-    assert result.exit_code == 0
-    doc = json.loads(result.output)
+    assert result.exit_code == 1  # no such run
+    doc = json.loads(result.stdout)
     assert doc["backend"] == "memory" and doc["run_id"] == run_id
 
 
 def test_log_level_is_accepted_on_group_and_command() -> None:
     run_id = f"u-{uuid.uuid4().hex}"
-    assert invoke("--log-level", "DEBUG", "status", "--backend", "memory", "--run-id", run_id).exit_code == 0
-    assert invoke("status", "--log-level", "error", "--backend", "memory", "--run-id", run_id).exit_code == 0
+    assert (
+        invoke("--log-level", "DEBUG", "status", "--backend", "memory", "--run-id", run_id).exit_code == 1
+    )  # no such run
+    assert invoke("status", "--log-level", "error", "--backend", "memory", "--run-id", run_id).exit_code == 1
     assert invoke("status", "--log-level", "loud", "--backend", "memory", "--run-id", run_id).exit_code == 2
 
 
@@ -225,3 +230,22 @@ def test_run_missing_program_exits_127() -> None:
 )
 def test_safe_endpoint(endpoint: str, expected: str) -> None:
     assert safe_endpoint(endpoint) == expected
+
+
+def test_status_refuses_bad_handler_options_as_run_does() -> None:
+    result = invoke("status", "--backend", "memory", "--run-id", "x", "--rdzv-conf", "join_timeout=-1")
+    assert result.exit_code == 2 and "join_timeout" in error_lines(result)[-1]
+
+
+def test_status_of_an_existing_run_exits_0() -> None:
+    from rdzv_core.api import RendezvousParameters
+    from rdzv_core.registry import get_rendezvous_handler
+
+    run_id = f"u-{uuid.uuid4().hex}"
+    handler = get_rendezvous_handler(RendezvousParameters("memory", "", run_id, 1, 1, last_call_timeout=0.1))
+    try:
+        handler.next_rendezvous()
+        result = invoke("status", "--backend", "memory", "--run-id", run_id, "--json")
+        assert result.exit_code == 0 and json.loads(result.stdout)["exists"] is True
+    finally:
+        handler.shutdown()
