@@ -74,14 +74,17 @@ ETCD_CONFIG_KEYS = frozenset(
 USERNAME_ENV = "RDZV_ETCD_USERNAME"
 PASSWORD_ENV = "RDZV_ETCD_PASSWORD"
 
-_INSTALL_HINT = "pip install 'rdzv[etcd]'"
+#: The extra that installs each client library: etcd-v3 needs only etcd3gw; python-etcd
+#: (etcd's v2 API, source only, 2017) is not pulled in for it.
+EXTRA_OF_CLIENT = {"etcd3gw": "rdzv[etcd]", "etcd": "rdzv[etcd-v2]"}
 
 
 def import_client(module: str) -> ModuleType:
     """Import an etcd client library (``"etcd"`` = python-etcd, ``"etcd3gw"``) on first use.
 
     Raises:
-        ImportError: the library is missing; the message says ``pip install 'rdzv[etcd]'``.
+        ImportError: the library is missing; the message says which extra to install
+            (``pip install 'rdzv[etcd]'`` for etcd3gw, ``'rdzv[etcd-v2]'`` for python-etcd).
     """
     try:
         return importlib.import_module(module)
@@ -89,7 +92,7 @@ def import_client(module: str) -> ModuleType:
         dist = {"etcd": "python-etcd"}.get(module, module)
         raise ImportError(
             f"The rdzv etcd plug-in needs the '{dist}' package, which cannot be imported "
-            f"({exc}). Install it with: {_INSTALL_HINT}"
+            f"({exc}). Install it with: pip install '{EXTRA_OF_CLIENT.get(module, 'rdzv[etcd]')}'"
         ) from exc
 
 

@@ -32,14 +32,14 @@ def _local_server(port: int | None) -> Any:
     return EtcdServer()
 
 
-def _plugin(name: str, api: Api, torch: bool) -> BackendPlugin:
+def _plugin(name: str, api: Api, torch: bool, extra: str) -> BackendPlugin:
     return BackendPlugin(
-        name, functools.partial(create_backend, api=api), ETCD_CONFIG_KEYS, extra="rdzv[etcd]", server_kind="etcd", local_server=_local_server,
+        name, functools.partial(create_backend, api=api), ETCD_CONFIG_KEYS, extra=extra, server_kind="etcd", local_server=_local_server,
         torch=torch, secret_keys=frozenset({"password"}),
     )  # fmt: skip
 
 
 #: ``etcd-v2``: etcd's v2 API (needs ``--enable-v2``); not offered to torchrun (torch's own).
-V2 = _plugin("etcd-v2", "v2", torch=False)
+V2 = _plugin("etcd-v2", "v2", torch=False, extra="rdzv[etcd-v2]")
 #: ``etcd-v3``: etcd's v3 API through the JSON gateway, per-node membership keys by default.
-V3 = _plugin("etcd-v3", "v3", torch=True)
+V3 = _plugin("etcd-v3", "v3", torch=True, extra="rdzv[etcd]")

@@ -52,7 +52,7 @@ class EtcdV2KV(EtcdKV):
     asks the cluster for its member URLs, which may not be reachable from here).
 
     Raises:
-        ImportError: python-etcd is not installed (``pip install 'rdzv[etcd]'``).
+        ImportError: python-etcd is not installed (``pip install 'rdzv[etcd-v2]'``).
     """
 
     api = "v2"

@@ -151,7 +151,7 @@ def test_client_libraries_are_imported_lazily():
             try:
                 create_kv(EtcdConfig(), api)
             except ImportError as exc:
-                print(api, "pip install 'rdzv[etcd]'" in str(exc))
+                print(api, ("pip install 'rdzv[etcd-v2]'" if api == "v2" else "pip install 'rdzv[etcd]'") in str(exc))
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
