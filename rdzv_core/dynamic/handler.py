@@ -47,6 +47,8 @@ from rdzv_core.store import PrefixStore, Store, StoreTimeoutError
 __all__ = ["DynamicRendezvousHandler", "create_handler"]
 
 logger = logging.getLogger("rdzv_core.dynamic")
+#: At most one progress line per this many seconds while the round stands still.
+PROGRESS_EVERY = 30.0
 
 
 class DynamicRendezvousHandler(RendezvousHandler):
@@ -133,7 +135,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
         self._executor = _OpExecutor(node, settings, self._holder, backend, self._liveness, self._emit, clock)
         #: The membership path, when the backend's server applies the operations.
         self._membership = (
-            MembershipExecutor(node.key, settings, backend, clock, self._on_dead_nodes, self._on_role)
+            MembershipExecutor(node.key, settings, backend, clock, self._on_dead_nodes, self._on_standing)
             if isinstance(backend, AtomicMembership)
             else None
         )
@@ -149,6 +151,8 @@ class DynamicRendezvousHandler(RendezvousHandler):
             self._describe_keep_alive_error,
         )
         self._bootstrap_store_info: RendezvousStoreInfo | None = None
+        self._progress_key: tuple[object, ...] | None = None
+        self._progress_at = float("-inf")
         #: The round this node holds a rank in (set by next_rendezvous), else None.
         self._joined_round: int | None = None
 
@@ -262,6 +266,37 @@ class DynamicRendezvousHandler(RendezvousHandler):
                 "waiting",
                 f"The node '{self._this_node}' waits in the {kind} for the next round of the rendezvous '{self._settings.run_id}'.",
             )
+
+    def _on_standing(self, standing: Standing) -> None:
+        """A standing the join learned: announce the role, and log the progress (INFO) when
+        the round changed (version, role) and at most every :data:`PROGRESS_EVERY` s
+        otherwise, so a long wait shows who is there and what is needed."""
+        self._on_role(standing.role)
+        if standing.role is Role.PARTICIPANT and standing.complete:
+            return  # joined: the "completed" event says the rest
+        now = self._clock.monotonic()
+        key = (standing.change_id, standing.role)
+        if key == self._progress_key and now - self._progress_at < PROGRESS_EVERY:
+            return
+        self._progress_key, self._progress_at = key, now
+        logger.info("%s", self._progress_text(standing))
+
+    def _progress_text(self, standing: Standing) -> str:
+        spec = self._settings.round_spec()
+        where = {
+            Role.WAITING: " from the wait list",
+            Role.REDUNDANT: " from the redundancy list",
+            Role.NONE: " (not placed yet)",
+        }.get(standing.role, "")
+        text = (
+            f"The node '{self._this_node}' waits{where} for round {standing.round} of the rendezvous '{self._settings.run_id}': "
+            f"{standing.participants} joined (min_nodes={spec.min_nodes}, max_nodes={spec.max_nodes}), {standing.waiting} waiting"
+        )
+        if standing.complete:
+            return text + f"; the round is complete with {standing.world_size} node(s)."
+        if standing.deadline_in is not None:
+            return text + f"; the last call ends in {standing.deadline_in:.1f} s."
+        return text + f"; {max(0, spec.min_nodes - standing.participants)} more needed before the last call starts."
 
     # -- the handler API --------------------------------------------------------------------
 

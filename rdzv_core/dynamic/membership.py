@@ -72,7 +72,8 @@ class MembershipExecutor:
         backend: The backend (implements :class:`~rdzv_core.backend.AtomicMembership`).
         clock: The time source (tests pass a fake one).
         on_dead: Called with the keys of nodes this node's sweeps removed.
-        on_role: Called with each new :class:`~rdzv_core.backend.Role` the join reaches.
+        on_standing: Called with each :class:`~rdzv_core.backend.Standing` the join's
+            requests answer (roles reached, progress; never blocks).
     """
 
     def __init__(
@@ -82,7 +83,7 @@ class MembershipExecutor:
         backend: AtomicMembership,
         clock: Clock = SYSTEM_CLOCK,
         on_dead: Callable[[list[str]], None] | None = None,
-        on_role: Callable[[Role], None] | None = None,
+        on_standing: Callable[[Standing], None] | None = None,
     ) -> None:
         self._node = node
         self._settings = settings
@@ -90,7 +91,7 @@ class MembershipExecutor:
         self._clock = clock
         self._spec = settings.round_spec()
         self._on_dead = on_dead or (lambda nodes: None)
-        self._on_role = on_role or (lambda role: None)
+        self._on_standing = on_standing or (lambda standing: None)
         #: The last standing the server answered (``None`` before the first call).
         self.standing: Standing | None = None
         self._received_at = 0.0
@@ -188,7 +189,7 @@ class MembershipExecutor:
         now = self._clock.monotonic()
         if self._fresh:
             self._fresh = False
-            self._on_role(standing.role)
+            self._on_standing(standing)
             if standing.left_redundancy:
                 self._deadline = now + self._settings.join_s  # torch: a spare that moves on starts over
         if standing.closed:

@@ -144,3 +144,37 @@ def test_a_bootstrap_address_rdzv_did_not_write_is_a_state_error(monkeypatch):
     finally:
         for handler in handlers:
             handler.shutdown()
+
+
+def test_progress_is_logged_per_change_and_at_most_every_30_s_otherwise(caplog):
+    """While a node waits, one INFO line per change of the round and one per PROGRESS_EVERY
+    seconds otherwise: joined/needed, the last call."""
+    from rdzv_core.backend import Role, Standing
+    from rdzv_core.dynamic.clock import Clock
+    from rdzv_core.dynamic.handler import PROGRESS_EVERY, DynamicRendezvousHandler
+    from rdzv_core.memory import create_backend
+
+    class Manual(Clock):
+        now = 100.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Manual()
+    params = RendezvousParameters("memory", "", f"progress-{time.monotonic_ns()}", 3, 4)
+    backend, store = create_backend(params)
+    handler = DynamicRendezvousHandler.from_backend(params.run_id, store, backend, 3, 4, "127.0.0.1", clock=clock)
+
+    def standing(version: int, participants: int, deadline_in: float | None = None) -> Standing:
+        return Standing("inc", version, 0, False, False, Role.PARTICIPANT, None, 0, participants, 1, 0, deadline_in)
+
+    with caplog.at_level("INFO", logger="rdzv_core.dynamic"):
+        handler._on_standing(standing(1, 1))
+        handler._on_standing(standing(1, 2))  # same round state: quiet
+        clock.now += PROGRESS_EVERY
+        handler._on_standing(standing(1, 2))  # 30 s later: again
+        handler._on_standing(standing(2, 3, deadline_in=4.5))  # the last call started: a change
+    lines = [r.getMessage() for r in caplog.records if "waits for round" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert "1 joined (min_nodes=3, max_nodes=4), 1 waiting; 2 more needed" in lines[0]
+    assert "2 joined" in lines[1] and "the last call ends in 4.5 s" in lines[2]
