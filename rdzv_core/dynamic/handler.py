@@ -272,7 +272,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
         the round changed (version, role) and at most every :data:`PROGRESS_EVERY` s
         otherwise, so a long wait shows who is there and what is needed."""
         self._on_role(standing.role)
-        if standing.role is Role.PARTICIPANT and standing.complete:
+        if (standing.role is Role.PARTICIPANT and standing.complete) or not logger.isEnabledFor(logging.INFO):
             return  # joined: the "completed" event says the rest
         now = self._clock.monotonic()
         key = (standing.change_id, standing.role)
