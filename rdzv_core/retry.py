@@ -77,6 +77,19 @@ def call_with_retry(
         What ``give_up`` builds; whatever ``fn`` raises that ``classify`` does not know.
     """
     start = time.monotonic()
+    try:
+        return fn()  # the common case: one attempt, no retry machinery
+    except Exception as exc:
+        if classify(exc) is None:
+            raise
+        pending = [exc]
+
+    def attempt() -> T:
+        # tenacity's first attempt re-raises the failure already seen, so it decides about
+        # it exactly as about any later one (no second call).
+        if pending:
+            raise pending.pop()
+        return fn()
 
     def retryable(exc: BaseException) -> bool:
         kind = classify(exc)
@@ -97,7 +110,7 @@ def call_with_retry(
         reraise=True,
     )
     try:
-        return retrying(fn)
+        return retrying(attempt)
     except Exception as exc:
         kind = classify(exc)
         if kind is None:
