@@ -804,6 +804,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     H.raise_nofile()  # the servers started from here inherit it (Redis maxclients)
+    #: What every row of this run shares.
+    common: dict[str, Any] = {
+        "last_call": args.last_call,
+        "keep_alive_interval": args.keep_alive_interval,
+        "client_sharing": args.client_sharing,
+        "switch_interval": args.switch_interval,
+        "experiments": args.experiment,
+    }
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.torch and "torch-c10d" not in backends:
         backends.append("torch-c10d")
@@ -846,18 +854,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     continue
                 log(f"scale {b} N={n} ...")
-                row = run_round(
-                    b,
-                    n,
-                    args.procs,
-                    args.timeout,
-                    last_call=args.last_call,
-                    keep_alive_interval=args.keep_alive_interval,
-                    client_sharing=args.client_sharing,
-                    pyspy_dir=args.pyspy,
-                    switch_interval=args.switch_interval,
-                    experiments=args.experiment,
-                )
+                row = run_round(b, n, args.procs, args.timeout, pyspy_dir=args.pyspy, **common)
                 log(f"  -> {row['status']} {row.get('seconds')} s {row.get('error', '')}")
                 result["scale"].append(row)
                 save()
@@ -887,18 +884,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for rep in range(args.repeat):
                 log(f"last-join {b} N={n} ({rep + 1}/{args.repeat}) ...")
-                row = run_round(
-                    b,
-                    n,
-                    args.procs,
-                    args.timeout,
-                    last_call=args.last_call,
-                    keep_alive_interval=args.keep_alive_interval,
-                    last_join=True,
-                    client_sharing=args.client_sharing,
-                    switch_interval=args.switch_interval,
-                    experiments=args.experiment,
-                )
+                row = run_round(b, n, args.procs, args.timeout, last_join=True, **common)
                 log(f"  -> {row['status']} {row.get('last_join_latency_s')} s {row.get('error', '')}")
                 result["last_join"].append(row)
                 save()
@@ -916,18 +902,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 continue
             log(f"idle {b} N={n} ...")
-            row = run_round(
-                b,
-                n,
-                args.procs,
-                args.timeout,
-                last_call=args.last_call,
-                keep_alive_interval=args.keep_alive_interval,
-                idle_intervals=args.idle_intervals,
-                client_sharing=args.client_sharing,
-                switch_interval=args.switch_interval,
-                experiments=args.experiment,
-            )
+            row = run_round(b, n, args.procs, args.timeout, idle_intervals=args.idle_intervals, **common)
             log(
                 f"  -> {row['status']} {row.get('idle', {}).get('bytes_in_per_node_per_interval')} B/node/interval {row.get('error', '')}"
             )

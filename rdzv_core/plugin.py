@@ -138,19 +138,12 @@ class BackendPlugin:
         return f"Install it with: pip install '{self.extra}'"
 
     def open(self, params: RendezvousParameters) -> tuple[RendezvousBackend, Store]:
-        """Warn about unknown configuration keys, check the handler's (``rdzv status`` refuses
-        what ``rdzv run`` refuses), then ``create_backend(params)`` (connects; its errors
-        propagate, an ``ImportError`` with :attr:`install_hint` added when its message lacks
-        it).
-
-        Raises:
-            ValueError: a bad handler option (names the key), or what ``create_backend`` raises.
-        """
+        """Warn about unknown configuration keys, then ``create_backend(params)`` (connects;
+        its errors propagate, an ``ImportError`` with :attr:`install_hint` added when its
+        message lacks it)."""
         from rdzv_core.dynamic import HANDLER_CONFIG_KEYS
-        from rdzv_core.dynamic.handler import handler_options
 
         warn_unknown_config(params.config, self.config_keys | HANDLER_CONFIG_KEYS, self.name)
-        handler_options(params)
         try:
             return self.create_backend(params)
         except ImportError as exc:

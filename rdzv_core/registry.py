@@ -156,8 +156,7 @@ class RendezvousHandlerRegistry:
                 raise ValueError(
                     f"The '{ENTRY_POINT_GROUP}' entry point '{name}' names the plug-in of backend '{loaded.name}'."
                 )
-            self._creators.pop(name, None)
-            self.register_plugin(loaded)
+            self.register_plugin(loaded)  # discovery skips names already registered
         elif callable(loaded):
             self._creators[name] = loaded
         else:

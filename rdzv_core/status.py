@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from rdzv_core.api import RendezvousParameters
 from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBackend
+from rdzv_core.dynamic.handler import handler_options
 from rdzv_core.registry import get_rendezvous_handler, rendezvous_handler_registry
 from rdzv_core.state import NodeDesc, RendezvousState, decode_state
 from rdzv_core.store import Store
@@ -106,6 +107,7 @@ def open_backend(params: RendezvousParameters) -> BackendSession:
     """
     plugin = rendezvous_handler_registry.plugin(params.backend)
     if plugin is not None:
+        handler_options(params)  # refuse what a handler refuses (create_handler checks its own)
         backend, store = plugin.open(params)
         return BackendSession(backend, store, None, [store.close, backend.close])
     handler = get_rendezvous_handler(params)

@@ -445,7 +445,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
             with self._lock:
                 standing = ex.standing
                 assert standing is not None
-                if standing.missing > 0 or not self._holds_joined_round(standing):
+                if self._broken(standing):
                     return None
                 if standing.bootstrap is not None:
                     return self._decode_bootstrap(standing.bootstrap)
@@ -475,7 +475,11 @@ class DynamicRendezvousHandler(RendezvousHandler):
             else:
                 self._holder.sync()
                 standing = self.standing
-            return standing.missing > 0 or not self._holds_joined_round(standing)
+            return self._broken(standing)
+
+    def _broken(self, standing: Standing) -> bool:
+        """Whether ``standing`` shows the round this node joined short of a participant, or gone."""
+        return standing.missing > 0 or not self._holds_joined_round(standing)
 
     def _holds_joined_round(self, standing: Standing) -> bool:
         """Whether ``standing`` still shows this node as a participant of the round it joined

@@ -52,7 +52,8 @@ local function load()
     end
     return nil
   end
-  local rec = {inc = f[1], complete = f[4] == '1', closed = f[5] == '1', boot = f[9] or nil}
+  local rec = {inc = f[1], complete = f[4] == '1', closed = f[5] == '1', boot = f[9] or nil,
+    stored = {deadline = f[7] ~= false, boot = f[9] ~= false}}
   for _, i in ipairs({2, 3, 6, 8}) do
     rec[FIELDS[i]] = tonumber(f[i])
     if not rec[FIELDS[i]] then return {corrupt = FIELDS[i]} end
@@ -65,7 +66,7 @@ local function load()
 end
 
 local function create()
-  return {inc = ARGV[9], ver = 1, round = 0, complete = false, closed = false, world = 0, seq = 0, new = true}
+  return {inc = ARGV[9], ver = 1, round = 0, complete = false, closed = false, world = 0, seq = 0, new = true, stored = {}}
 end
 
 -- Refresh the expiry of every key of the run (absent keys are skipped by PEXPIRE): key_ttl,
@@ -77,20 +78,23 @@ local function touch(rec)
   end
 end
 
+-- One HSET of every field; the optional ones (deadline, boot) go with it when set, and are
+-- deleted only when the record held them (no HDEL per operation).
 local function save(rec)
-  redis.call('HSET', H, 'inc', rec.inc, 'ver', int(rec.ver), 'round', int(rec.round),
+  local fields = {'inc', rec.inc, 'ver', int(rec.ver), 'round', int(rec.round),
     'complete', rec.complete and '1' or '0', 'closed', rec.closed and '1' or '0',
-    'world', int(rec.world), 'seq', int(rec.seq))
-  if rec.deadline then
-    redis.call('HSET', H, 'deadline', int(rec.deadline))
-  else
-    redis.call('HDEL', H, 'deadline')
+    'world', int(rec.world), 'seq', int(rec.seq)}
+  local gone = {}
+  for _, opt in ipairs({{'deadline', rec.deadline and int(rec.deadline)}, {'boot', rec.boot}}) do
+    if opt[2] then
+      fields[#fields + 1] = opt[1]
+      fields[#fields + 1] = opt[2]
+    elseif rec.stored[opt[1]] then
+      gone[#gone + 1] = opt[1]
+    end
   end
-  if rec.boot then
-    redis.call('HSET', H, 'boot', rec.boot)
-  else
-    redis.call('HDEL', H, 'boot')
-  end
+  redis.call('HSET', H, unpack(fields))
+  if #gone > 0 then redis.call('HDEL', H, unpack(gone)) end
   touch(rec)
 end
 
