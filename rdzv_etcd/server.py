@@ -99,7 +99,7 @@ class EtcdServer:
             raise ValueError("EtcdServer needs 'cert_file'/'key_file' to require client certificates.")
         self.enable_v2 = enable_v2
         self.cert_file, self.key_file, self.client_ca_file = cert_file, key_file, client_ca_file
-        self.binary = find_etcd_binary(binary)
+        self.binary = self._resolve_binary(binary)
         self._host = host
         self._given_data_dir = data_dir
         self.startup_timeout = startup_timeout
@@ -110,6 +110,11 @@ class EtcdServer:
         self._base_dir: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    def _resolve_binary(self, binary: str | None) -> str:
+        """The etcd executable to run (:func:`find_etcd_binary`; a hook for launchers that
+        run etcd elsewhere, e.g. in a container)."""
+        return find_etcd_binary(binary)
 
     # -- properties -----------------------------------------------------------------------
 

@@ -2,23 +2,23 @@
 
 Fixtures:
 
-* ``redis_server`` (session) — a running Redis: a testcontainers ``RedisContainer`` when a
-  Docker engine answers a ping within a second, otherwise a local
-  :class:`rdzv_redis.server.RedisServer` (``redis-server`` from PATH). Which one is used is
-  printed in the pytest header. Tests are skipped when neither is available.
+* ``redis_server`` (session) — a running Redis of the session's provider (:mod:`tests.servers`:
+  a container through testcontainers, or a local ``redis-server``, as ``RDZV_TEST_SERVERS``
+  says; the pytest header names it). Tests are skipped when neither is available.
 * ``redis_run_id`` (function) — a fresh, unique run id.
 * ``redis_params`` (function) — ``make(run_id=None, min_nodes=1, max_nodes=1, **config)`` ->
   :class:`RendezvousParameters` for ``redis_server``.
 * ``redis_backend_factory`` (function) — ``make(run_id=None, **config)`` -> ``(backend, store)``
   from :func:`rdzv_redis.create_backend`; everything made is closed at teardown.
 * ``redis_raw`` (function) — a plain ``redis.Redis`` on ``redis_server`` for poking at keys.
-* ``own_redis_server`` (function) — a private ``RedisServer`` (with ``restart()``/``kill()``)
-  for fault-injection tests; started on demand: ``own_redis_server(password=None)``.
+* ``own_redis_server`` (function) — a private server of the session's provider (a
+  ``RedisServer`` or ``ContainerRedis``: ``restart()``, ``kill()``, ``pid``; freeze it with
+  :func:`tests.servers.paused`) for fault-injection tests; started on demand:
+  ``own_redis_server(password=None, **RedisServer arguments)``.
 """
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +27,9 @@ from typing import Any
 import pytest
 
 from rdzv_core.api import RendezvousParameters
-from rdzv_redis.server import RedisServer, find_redis_server
+from rdzv_redis.server import RedisServer
+from tests import servers
+from tests.containers import ContainerLauncher
 
 
 @dataclass
@@ -47,42 +49,11 @@ class RedisEndpoint:
         return f"redis://{self.host}:{self.port}/0"
 
 
-@functools.lru_cache(maxsize=1)
-def _server_kind() -> str:
-    """``"testcontainers"``, ``"redis-server"`` or ``"none"`` (decided once per session)."""
-    try:
-        import docker
-
-        docker.from_env(timeout=1).ping()
-        return "testcontainers"
-    except Exception:  # no client, no daemon, no permission: fall back to the local binary
-        pass
-    return "redis-server" if find_redis_server() else "none"
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    kind = _server_kind()
-    where = {
-        "testcontainers": "testcontainers RedisContainer (Docker engine reachable)",
-        "redis-server": f"local redis-server ({find_redis_server()}) via rdzv_redis.server.RedisServer",
-        "none": "none found (Redis tests will be skipped)",
-    }[kind]
-    return f"redis server: {where}"
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisEndpoint]:
-    kind = _server_kind()
-    if kind == "testcontainers":
-        from testcontainers.redis import RedisContainer
-
-        with RedisContainer("redis:7") as container:
-            yield RedisEndpoint(kind, container.get_container_host_ip(), int(container.get_exposed_port(6379)))
-    elif kind == "redis-server":
-        with RedisServer() as server:
-            yield RedisEndpoint(kind, server.host, server.port)
-    else:
-        pytest.skip("Neither a Docker engine nor a redis-server binary is available.")
+    with servers.redis_server() as server:
+        kind = "testcontainers" if isinstance(server, ContainerLauncher) else "redis-server"
+        yield RedisEndpoint(kind, server.host, server.port)
 
 
 @pytest.fixture
@@ -128,15 +99,13 @@ def redis_raw(redis_server: RedisEndpoint) -> Iterator[Any]:
 
 @pytest.fixture
 def own_redis_server() -> Iterator[Any]:
-    if not find_redis_server():
-        pytest.skip("No redis-server binary available for a private server.")
-    servers: list[RedisServer] = []
+    started: list[RedisServer] = []
 
     def make(**kwargs: Any) -> RedisServer:
-        server = RedisServer(**kwargs).start()
-        servers.append(server)
-        return server
+        server = servers.redis_server(**kwargs)
+        started.append(server)
+        return server.start()
 
     yield make
-    for server in servers:
+    for server in started:
         server.stop()

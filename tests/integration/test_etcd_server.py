@@ -18,7 +18,7 @@ from tests.fixtures_etcd import etcd_params, etcd_provider
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(etcd_provider()[0] != "binary", reason="needs the local etcd binary"),
+    pytest.mark.skipif(etcd_provider()[0] != "binaries", reason="tests the local etcd launcher"),
 ]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -20,6 +19,7 @@ from rdzv_core.api import RendezvousConnectionError, RendezvousTimeoutError
 from rdzv_core.registry import get_rendezvous_handler
 from tests.fixtures_etcd import etcd_params, private_etcd
 from tests.integration.rounds import assert_one_round, rendezvous, round_record, timed
+from tests.servers import paused
 
 pytestmark = pytest.mark.integration
 
@@ -77,9 +77,7 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_e
         "new handler": lambda: get_rendezvous_handler(etcd_params(own_etcd, etcd_api, "fresh", 1, 1, **FAST)),
     }
     results: dict[str, tuple[float, object]] = {}
-    pid = own_etcd._process.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with paused(own_etcd):  # SIGSTOP, or docker pause for a container
         threads = [
             threading.Thread(target=lambda n=name, f=fn: results.__setitem__(n, timed(f))) for name, fn in calls.items()
         ]
@@ -88,8 +86,6 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(own_e
         for thread in threads:
             thread.join(BOUND)
         assert not any(t.is_alive() for t in threads), "a call hangs on the frozen server"
-    finally:
-        os.kill(pid, signal.SIGCONT)
     print(
         f"\n[measured] frozen etcd-{etcd_api} (read_timeout=0.5, retry window 3 s): "
         + ", ".join(f"{n} {s:.2f} s" for n, (s, _) in results.items())

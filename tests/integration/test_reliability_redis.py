@@ -7,8 +7,6 @@ registry (``get_rendezvous_handler``), as an agent would create them. Every wait
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 import uuid
@@ -20,6 +18,7 @@ from rdzv_core.api import RendezvousConnectionError, RendezvousParameters, Rende
 from rdzv_core.registry import get_rendezvous_handler
 from rdzv_redis import create_backend
 from tests.integration.rounds import assert_one_round, rendezvous, timed
+from tests.servers import paused
 
 pytestmark = pytest.mark.integration
 
@@ -95,8 +94,7 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(
         ),
     }
     results: dict[str, tuple[float, object]] = {}
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
+    with paused(server):  # SIGSTOP, or docker pause for a container
         threads = [
             threading.Thread(target=lambda n=name, f=fn: results.__setitem__(n, timed(f))) for name, fn in calls.items()
         ]
@@ -105,8 +103,6 @@ def test_frozen_server_every_call_ends_by_its_deadline_and_sigcont_resumes(
         for thread in threads:
             thread.join(BOUND)
         assert not any(t.is_alive() for t in threads), "a call hangs on the frozen server"
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
 
     print(
         "\n[measured] frozen redis (retry_timeout=1, socket_timeout=0.5): "

@@ -3,13 +3,13 @@
 Sentinel mode is switched on by the configuration key ``sentinel_master`` (the monitored
 master's name); the endpoint then lists the sentinels, ``host[:port]`` separated by commas.
 The fail-over test starts a master, a replica and three ``redis-sentinel`` processes on
-loopback, kills the master (SIGKILL) while nodes wait in a rendezvous, and checks that the
-rendezvous completes on the promoted replica and that pub/sub follows it.
+loopback (local binaries or containers, as ``RDZV_TEST_SERVERS`` says: :mod:`tests.servers`),
+kills the master (SIGKILL, or ``docker kill``) while nodes wait in a rendezvous, and checks
+that the rendezvous completes on the promoted replica and that pub/sub follows it.
 """
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import traceback
@@ -20,7 +20,8 @@ import pytest
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters
 from rdzv_core.registry import get_rendezvous_handler
 from rdzv_redis import RedisConfig, create_backend
-from rdzv_redis.server import RedisSentinel, RedisServer, find_redis_server
+from rdzv_redis.server import RedisServer
+from tests import servers
 
 pytestmark = pytest.mark.integration
 
@@ -122,10 +123,10 @@ class SentinelSet:
     """A master, one replica and three sentinels (quorum 2) on loopback, all with passwords."""
 
     def __init__(self) -> None:
-        self.master = RedisServer(password=PASSWORD).start()
-        self.replica = RedisServer(password=PASSWORD, replica_of=self.master.endpoint).start()
+        self.master = servers.redis_server(password=PASSWORD).start()
+        self.replica = servers.redis_server(password=PASSWORD, replica_of=self.master.endpoint).start()
         self.sentinels = [
-            RedisSentinel(
+            servers.redis_sentinel(
                 self.master.endpoint,
                 MASTER,
                 down_after=1.0,
@@ -193,9 +194,7 @@ class SentinelSet:
 
 @pytest.fixture
 def sentinel_set():
-    if not find_redis_server() or not (shutil.which("redis-sentinel") or find_redis_server()):
-        pytest.skip("redis-server / redis-sentinel are not installed")
-    cluster = SentinelSet()
+    cluster = SentinelSet()  # skips the test when there is neither an image nor a binary
     try:
         cluster.wait_ready()
         yield cluster
