@@ -165,6 +165,14 @@ class ContainerRedis(ContainerLauncher, RedisServer):
         self._run([binary, config, *self._extra_args], [self._tmpdir, *tls_dirs])
         self._wait_until_up()
 
+    def _log_tail(self, lines: int = 20) -> str:
+        """The end of the server's log file, else of the container's output (an error before
+        the log file was opened, such as a bad argument)."""
+        tail = super()._log_tail(lines)
+        if self._container is not None and tail.strip() in ("", "(no log)"):
+            tail = self._wrapped().logs(tail=lines).decode(errors="replace") or tail
+        return tail
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server, remove its container and its temporary directory."""
         super().stop(timeout)
