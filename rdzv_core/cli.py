@@ -389,6 +389,30 @@ def _worker_env(backend: str, endpoint: str, rdzv_conf: dict[str, str]) -> dict[
     }
 
 
+def _serve_metrics(ctx: click.Context, handler: Any, agent: ElasticAgent, port: int, addr: str) -> Callable[[], None]:
+    """Start the Prometheus exporter of ``rdzv run --metrics-port`` on the handler's event
+    hook and the agent's round hook; return what stops it."""
+    from rdzv_core.metrics import MetricsServer, RendezvousMetrics
+
+    try:
+        metrics = RendezvousMetrics(handler.get_run_id(), getattr(getattr(handler, "node", None), "key", ""))
+        server = MetricsServer(metrics, port, addr)
+    except ImportError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    except OSError as exc:
+        raise click.UsageError(f"--metrics-port {port}: cannot listen on {addr}:{port}: {exc}", ctx) from None
+    add_listener = getattr(handler, "add_event_listener", None)
+    if callable(add_listener):
+        add_listener(metrics.on_event)
+    else:
+        logger.warning(
+            "The %s handler has no event hook: the metrics show the agent's rounds only.", type(handler).__name__
+        )
+    agent.add_round_listener(metrics.on_round_end)
+    logger.info("Metrics: http://%s:%d/metrics", addr, server.port)
+    return server.close
+
+
 def _standalone_plugin(ctx: click.Context, backend: str) -> BackendPlugin:
     """The plug-in of ``backend`` when it has a local server, for ``rdzv run --standalone``."""
     from rdzv_core.registry import rendezvous_handler_registry
@@ -509,6 +533,20 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
     default=None,
     help="Write a JSON summary (rounds, ranks, rendezvous times, exit code) here when the agent ends.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="PORT",
+    help="Serve Prometheus metrics of this node on http://ADDR:PORT/metrics (0: a free port, logged). Needs the metrics extra: pip install 'rdzv[metrics]'.",
+)
+@click.option(
+    "--metrics-addr",
+    default="0.0.0.0",
+    show_default=True,
+    metavar="ADDR",
+    help="Address the metrics server binds (with --metrics-port).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
 @_log_level_option
 @click.pass_context
@@ -526,6 +564,8 @@ def run(
     stop_timeout: float,
     exit_barrier_timeout: float,
     summary_file: str | None,
+    metrics_port: int | None,
+    metrics_addr: str,
     command: tuple[str, ...],
 ) -> None:
     """Run CMD on this node as part of an elastic job (one agent per node).
@@ -570,6 +610,7 @@ def run(
     except ValueError as exc:
         raise click.UsageError(str(exc), ctx) from None
     srv = None
+    closers: list[Callable[[], None]] = []
     if standalone_plugin is not None:
         kind = str(standalone_plugin.server_kind)
         srv = _make_server(standalone_plugin)
@@ -587,12 +628,16 @@ def run(
             _fail(exc)
         worker_env = _worker_env(backend, endpoint, rdzv_conf)
         agent = ElasticAgent(handler, config, worker_env)
+        if metrics_port is not None:
+            closers.append(_serve_metrics(ctx, handler, agent, metrics_port, metrics_addr))
         logger.info(
             "Agent of run '%s' (%s, nodes %d:%d) starts: %s", run_id, backend, nnodes[0], nnodes[1], " ".join(command)
         )
         with agent.signal_handlers():
             result = agent.run()
     finally:
+        for close in reversed(closers):
+            close()
         if srv is not None:
             srv.stop()
     if summary_file:
