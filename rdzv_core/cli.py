@@ -655,22 +655,34 @@ def run(
 
 
 @cli.command(context_settings=_CONTEXT)
-@_rendezvous_options(require_run_id=True)
+@_rendezvous_options(require_run_id=False)
+@click.option(
+    "--all", "all_runs", is_flag=True, help="List every run on the server (one line each) instead of one run."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (for scripts) instead of a table.")
 @_log_level_option
 @click.pass_context
 def status(
-    ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_conf: dict[str, str], as_json: bool
+    ctx: click.Context,
+    backend: str,
+    endpoint: str,
+    run_id: str | None,
+    rdzv_conf: dict[str, str],
+    all_runs: bool,
+    as_json: bool,
 ) -> None:
     """Show what a rendezvous is doing, without joining it.
 
     Shows the round, whether it is complete or closed, the participants with rank, address,
-    agent pid and the age of their last heartbeat, and the wait and redundancy lists.
+    agent pid and the age of their last heartbeat, and the wait and redundancy lists. With
+    --all, one line per run on the server (redis: SCAN of rdzv:{*}:*; etcd: the runs under
+    the key root).
 
     \b
     JSON fields: run_id, backend, endpoint, exists, round, complete, closed, world_size,
     last_call_in, read_at, and participants/wait_list/redundancy_list: lists of
     {node, role, rank, addr, pid, heartbeat_age} (seconds; null = no live record).
+    With --all: a list of such documents.
 
     \b
     Exit code 1 when the run does not exist (the table or JSON is printed all the same).
@@ -679,10 +691,22 @@ def status(
     Examples:
       rdzv status --endpoint 127.0.0.1:6379 --run-id job42
       rdzv status --endpoint 127.0.0.1:6379 --run-id job42 --json | jq .participants
+      rdzv status --endpoint 127.0.0.1:6379 --all
     """
     _configure(ctx, "WARNING")
-    from rdzv_core.status import collect_status, format_status_table
+    from rdzv_core.status import collect_all_status, collect_status, format_runs_table, format_status_table
 
+    if all_runs:
+        if run_id:
+            raise click.UsageError("--all lists every run: do not give --run-id.", ctx)
+        try:
+            statuses = collect_all_status(_params(backend, endpoint, "-", rdzv_conf))
+        except (RendezvousError, ValueError, ImportError) as exc:
+            _fail(exc)
+        click.echo(json.dumps([s.to_dict() for s in statuses], indent=2) if as_json else format_runs_table(statuses))
+        ctx.exit(0)
+    if not run_id:
+        raise click.UsageError("Missing --run-id (or env RDZV_RUN_ID), or --all.", ctx)
     params = _params(backend, endpoint, run_id, rdzv_conf)
     try:
         result = collect_status(params)
@@ -698,6 +722,55 @@ def status(
             err=True,
         )
         ctx.exit(EXIT_FAILURE)
+    ctx.exit(0)
+
+
+@cli.command(context_settings=_CONTEXT)
+@_rendezvous_options(require_run_id=False)
+@click.option("--all-closed", is_flag=True, help="Reset every closed run on the server (live runs are left alone).")
+@click.option("--force", is_flag=True, help="Also reset a run that is not closed (its nodes lose their round).")
+@_log_level_option
+@click.pass_context
+def reset(
+    ctx: click.Context,
+    backend: str,
+    endpoint: str,
+    run_id: str | None,
+    rdzv_conf: dict[str, str],
+    all_closed: bool,
+    force: bool,
+) -> None:
+    """Delete a run's keys, so a new job can use its run id at once.
+
+    A closed run's keys expire by themselves after closed_ttl (300 s by default); until then
+    a node joining under that run id gets RendezvousClosedError. reset deletes them now:
+    the state, membership, liveness records, join queue and store of the run. A run that is
+    not closed is refused unless --force (its nodes then re-join a fresh rendezvous).
+
+    \b
+    Examples:
+      rdzv reset --endpoint 127.0.0.1:6379 --run-id job42
+      rdzv reset --endpoint 127.0.0.1:6379 --all-closed
+    """
+    _configure(ctx, "WARNING")
+    from rdzv_core.status import ResetRefused, collect_all_status, reset_run
+
+    if all_closed == bool(run_id):
+        raise click.UsageError("Give either --run-id ID or --all-closed.", ctx)
+    try:
+        if run_id:
+            targets = [run_id]
+        else:
+            targets = [s.run_id for s in collect_all_status(_params(backend, endpoint, "-", rdzv_conf)) if s.closed]
+        for target in targets:
+            deleted = reset_run(_params(backend, endpoint, target, rdzv_conf), force=force)
+            click.echo(f"Reset the rendezvous '{target}': {deleted} key(s) deleted.")
+    except ResetRefused as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    except (RendezvousError, ValueError, ImportError) as exc:
+        _fail(exc)
+    if not targets:
+        click.echo("No closed run to reset.")
     ctx.exit(0)
 
 

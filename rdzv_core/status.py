@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from rdzv_core.api import RendezvousParameters
-from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBackend
+from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBackend, RunCatalog
 from rdzv_core.dynamic.handler import handler_options
 from rdzv_core.registry import get_rendezvous_handler, rendezvous_handler_registry
 from rdzv_core.state import NodeDesc, RendezvousState, decode_state
@@ -35,7 +35,11 @@ __all__ = [
     "open_backend",
     "read_status",
     "collect_status",
+    "collect_all_status",
+    "reset_run",
+    "ResetRefused",
     "format_status_table",
+    "format_runs_table",
     "safe_endpoint",
 ]
 
@@ -262,6 +266,72 @@ def collect_status(params: RendezvousParameters) -> RendezvousStatus:
         return read_status(session.backend, params.run_id, backend_name=params.backend, endpoint=params.endpoint)
 
 
+def _catalog(session: BackendSession, backend_name: str) -> RunCatalog:
+    if not isinstance(session.backend, RunCatalog):
+        raise ValueError(f"The rendezvous backend '{backend_name}' cannot list or delete runs (it has no RunCatalog).")
+    return session.backend
+
+
+def collect_all_status(params: RendezvousParameters) -> list[RendezvousStatus]:
+    """The status of every run on the server of ``params`` (``rdzv status --all``).
+
+    ``params.run_id`` only opens the backend; the runs are those of
+    :meth:`~rdzv_core.backend.RunCatalog.list_run_ids`, read one after the other (a run
+    whose keys vanish between the listing and its read is reported with ``exists=False``).
+
+    Raises:
+        ValueError: the backend cannot list runs, or bad configuration.
+        RendezvousConnectionError: the backend is unreachable.
+        RendezvousStateError: a run's stored state is corrupt.
+    """
+    with open_backend(params) as session:
+        run_ids = _catalog(session, params.backend).list_run_ids()
+    statuses = []
+    for run_id in run_ids:
+        with open_backend(_for_run(params, run_id)) as session:
+            statuses.append(read_status(session.backend, run_id, backend_name=params.backend, endpoint=params.endpoint))
+    return statuses
+
+
+def _for_run(params: RendezvousParameters, run_id: str) -> RendezvousParameters:
+    return RendezvousParameters(
+        params.backend, params.endpoint, run_id, params.min_nodes, params.max_nodes, params.local_addr, **params.config
+    )
+
+
+class ResetRefused(Exception):
+    """:func:`reset_run` refused to delete a run that is still live (not closed) without ``force``."""
+
+
+def reset_run(params: RendezvousParameters, *, force: bool = False) -> int:
+    """Delete every key of run ``params.run_id`` (``rdzv reset``), so a new job can use the
+    id at once instead of waiting for ``closed_ttl``.
+
+    Args:
+        params: Backend, endpoint, run id and configuration.
+        force: Also delete a run that is not closed (its nodes lose their round and re-join
+            a fresh rendezvous); without it such a run is refused.
+
+    Returns:
+        The number of keys deleted (0 when the run had none).
+
+    Raises:
+        ResetRefused: the run is live (has a state that is not closed) and ``force`` is false.
+        ValueError: the backend cannot delete runs, or bad configuration.
+        RendezvousConnectionError: the backend is unreachable.
+    """
+    with open_backend(params) as session:
+        catalog = _catalog(session, params.backend)
+        if not force:
+            state = read_state(session.backend, params.run_id)
+            if state is not None and not state.closed:
+                raise ResetRefused(
+                    f"The rendezvous '{params.run_id}' is live (round {state.round}, not closed): close it first "
+                    f"(rdzv close --run-id {params.run_id}) or reset it with --force."
+                )
+        return catalog.delete_run()
+
+
 def _age(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
@@ -315,3 +385,32 @@ def format_status_table(status: RendezvousStatus) -> str:
         f"participants: {len(status.participants)}  waiting: {len(status.wait_list)}  redundant: {len(status.redundancy_list)}"
     )
     return "\n".join(lines)
+
+
+def _phase(status: RendezvousStatus) -> str:
+    if not status.exists:
+        return "gone"
+    if status.closed:
+        return "closed"
+    return f"complete ({status.world_size})" if status.complete else "forming"
+
+
+def format_runs_table(statuses: Sequence[RendezvousStatus]) -> str:
+    """Return one line per run (``rdzv status --all``): run id, round, phase and the number
+    of participants, waiting and redundant nodes (no trailing newline)."""
+    if not statuses:
+        return "no runs"
+    header = ("RUN ID", "ROUND", "STATE", "PARTICIPANTS", "WAITING", "REDUNDANT")
+    rows = [header] + [
+        (
+            s.run_id,
+            str(s.round),
+            _phase(s),
+            str(len(s.participants)),
+            str(len(s.wait_list)),
+            str(len(s.redundancy_list)),
+        )
+        for s in statuses
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -467,6 +467,15 @@ class EtcdKV(ABC):
         """Return every key under ``prefix`` (which ends with ``/``) with value and version."""
 
     @abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix`` (which ends with ``/``); return how many."""
+
+    @abstractmethod
+    def child_names(self, prefix: str) -> list[str]:
+        """Return the distinct first segments (str, escaped as stored, sorted) of the keys
+        under ``prefix`` (which ends with ``/``), without reading their values."""
+
+    @abstractmethod
     def count_prefix(self, prefix: str, max_version: int | None = None) -> int:
         """Return the number of keys under ``prefix`` (which ends with ``/``); with
         ``max_version``, only those whose version is at most that."""

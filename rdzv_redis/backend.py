@@ -49,7 +49,7 @@ from rdzv_core.backend import RendezvousBackend, Role, RoundSpec, Standing, Toke
 from rdzv_core.rounds import SWEEP_LIMIT
 from rdzv_core.state import RendezvousState
 from rdzv_redis.client import RedisClient, RedisConfig
-from rdzv_redis.keys import RunKeys
+from rdzv_redis.keys import CHANNEL_PREFIX, RunKeys
 
 if TYPE_CHECKING:
     from rdzv_redis.store import RedisStore
@@ -63,6 +63,8 @@ _TOKEN_RE = re.compile(r"\A[0-9]+-[0-9a-f]{16}\Z")
 _HEADER_MAX = 64
 #: Nodes per command or script call (Lua's unpack() has a stack limit).
 _NODES_PER_CALL = 512
+#: COUNT hint of the SCANs of the administrative RunCatalog operations.
+_SCAN_COUNT = 1000
 #: Upper bound (seconds) of the window in which a repeated keep-alive is skipped.
 _KEEP_ALIVE_DEDUP = 0.5
 #: The fixed fields of a ``round.lua`` standing (the removed nodes follow).
@@ -304,6 +306,39 @@ class RedisRendezvousBackend(RendezvousBackend):
 
         self._client.call("forget_node", forget)
         self._keep_alive_sent.pop(node, None)
+
+    # -- RunCatalog ---------------------------------------------------------------------------
+
+    def list_run_ids(self) -> list[str]:
+        """Return the ids of the runs with keys on the server (``SCAN MATCH rdzv:{*}:*``; the
+        run id is the hash tag of each key)."""
+
+        def scan() -> list[str]:
+            runs = set()
+            for key in self._client.redis.scan_iter(match=CHANNEL_PREFIX + "{*}:*", count=_SCAN_COUNT):
+                text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+                run, sep, _ = text[len(CHANNEL_PREFIX) + 1 :].rpartition("}:")  # no '}' after the tag
+                if sep and run:
+                    runs.add(run)
+            return sorted(runs)
+
+        return self._client.call("list_run_ids", scan)
+
+    def delete_run(self) -> int:
+        """Delete every key of the run (``SCAN MATCH rdzv:{R}:*`` with ``R``'s glob characters
+        escaped, then ``UNLINK`` in batches); return how many keys went."""
+        pattern = _glob_escape(self._keys.prefix) + "*"
+
+        def delete() -> int:
+            keys = list(self._client.redis.scan_iter(match=pattern, count=_SCAN_COUNT))
+            return sum(
+                int(self._client.redis.unlink(*keys[i : i + _NODES_PER_CALL]))
+                for i in range(0, len(keys), _NODES_PER_CALL)
+            )
+
+        deleted = int(self._client.call("delete_run", delete))
+        self._keep_alive_sent.clear()
+        return deleted
 
     # -- JoinQueue ----------------------------------------------------------------------------
 
@@ -590,6 +625,11 @@ class RedisRendezvousBackend(RendezvousBackend):
                 f"(key '{self._keys.state}') is corrupt or was not written by rdzv: it starts with {raw[:24]!r}."
             )
         return state, token
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern (``SCAN MATCH``)."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
 def _round_differs(announced: bytes | None, seen: tuple[str, int] | None) -> bool | None:
