@@ -204,7 +204,12 @@ def cli(ctx: click.Context) -> None:
       rdzv run --standalone -- python train.py
 
     Options shared by the commands can come from the environment: RDZV_BACKEND,
-    RDZV_ENDPOINT, RDZV_RUN_ID, RDZV_CONF, RDZV_LOG_LEVEL.
+    RDZV_ENDPOINT, RDZV_RUN_ID, RDZV_CONF, RDZV_LOG_LEVEL, or torchrun's PET_RDZV_BACKEND,
+    PET_RDZV_ENDPOINT, PET_RDZV_ID, PET_RDZV_CONF (and, for run, PET_NNODES,
+    PET_MAX_RESTARTS, PET_STANDALONE, PET_LOCAL_ADDR, PET_MONITOR_INTERVAL). An option on the
+    command line wins, then RDZV_*, then PET_*.
+
+    Shell completion: eval "$(rdzv completion bash)" (or zsh, fish).
     """
     ctx.ensure_object(dict)
 
@@ -261,6 +266,17 @@ def _conf_callback(ctx: click.Context, param: click.Parameter, values: Sequence[
     return merged
 
 
+def _complete_backend(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of ``--backend``: the names of the installed plug-ins."""
+    from rdzv_core.registry import rendezvous_handler_registry
+
+    try:
+        names = sorted(plugin.name for plugin in rendezvous_handler_registry.plugins())
+    except Exception:  # completion must never fail loudly
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 def _rendezvous_options(require_run_id: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         options = [
@@ -268,31 +284,32 @@ def _rendezvous_options(require_run_id: bool) -> Callable[[Callable[..., Any]], 
                 "--backend",
                 default="redis",
                 show_default=True,
-                envvar="RDZV_BACKEND",
+                envvar=["RDZV_BACKEND", "PET_RDZV_BACKEND"],
                 metavar="NAME",
-                help="Rendezvous backend: redis, etcd-v3, etcd-v2, memory or a plug-in (env RDZV_BACKEND).",
+                shell_complete=_complete_backend,
+                help="Rendezvous backend: redis, etcd-v3, etcd-v2, memory or a plug-in (env RDZV_BACKEND or torchrun's PET_RDZV_BACKEND).",
             ),
             click.option(
                 "--endpoint",
                 default="",
-                envvar="RDZV_ENDPOINT",
+                envvar=["RDZV_ENDPOINT", "PET_RDZV_ENDPOINT"],
                 metavar="HOST:PORT|URL",
-                help="Backend endpoint, e.g. 127.0.0.1:6379 or rediss://host:6380/0 (env RDZV_ENDPOINT; default: the backend's local default).",
+                help="Backend endpoint, e.g. 127.0.0.1:6379 or rediss://host:6380/0 (env RDZV_ENDPOINT or PET_RDZV_ENDPOINT; default: the backend's local default).",
             ),
             click.option(
                 "--run-id",
-                envvar="RDZV_RUN_ID",
+                envvar=["RDZV_RUN_ID", "PET_RDZV_ID"],
                 metavar="ID",
                 required=require_run_id,
-                help="Id of the job; every node of the job uses the same (env RDZV_RUN_ID).",
+                help="Id of the job; every node of the job uses the same (env RDZV_RUN_ID or PET_RDZV_ID).",
             ),
             click.option(
                 "--rdzv-conf",
                 multiple=True,
-                envvar="RDZV_CONF",
+                envvar=["RDZV_CONF", "PET_RDZV_CONF"],
                 metavar="K=V,...",
                 callback=_conf_callback,
-                help="Backend and handler configuration, e.g. last_call_timeout=1,keep_alive_interval=0.5,password=... (repeatable; env RDZV_CONF).",
+                help="Backend and handler configuration, e.g. last_call_timeout=1,keep_alive_interval=0.5,password=... (repeatable; env RDZV_CONF or PET_RDZV_CONF).",
             ),
         ]
         for option in reversed(options):
@@ -483,6 +500,7 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
 @_rendezvous_options(require_run_id=False)
 @click.option(
     "--nnodes",
+    envvar="PET_NNODES",
     type=_NNodes(),
     default="1",
     show_default=True,
@@ -490,6 +508,7 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
 )
 @click.option(
     "--max-restarts",
+    envvar="PET_MAX_RESTARTS",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
@@ -497,17 +516,20 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
 )
 @click.option(
     "--standalone",
+    envvar="PET_STANDALONE",
     is_flag=True,
     help="Start the backend's embedded local server (Redis by default; one machine, nothing to set up); --endpoint must not be given.",
 )
 @click.option(
     "--local-addr",
+    envvar="PET_LOCAL_ADDR",
     default=None,
     metavar="ADDR",
     help="Address this node advertises (MASTER_ADDR when it is rank 0). Default: its FQDN; 127.0.0.1 with --standalone.",
 )
 @click.option(
     "--monitor-interval",
+    envvar="PET_MONITOR_INTERVAL",
     type=click.FloatRange(min=0.01),
     default=0.2,
     show_default=True,
@@ -815,6 +837,23 @@ def close(ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_con
         _fail(exc)
     click.echo(f"Closed the rendezvous '{run_id}'.")
     ctx.exit(0)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script of rdzv for SHELL.
+
+    \b
+    Examples:
+      eval "$(rdzv completion bash)"          # in ~/.bashrc
+      rdzv completion fish > ~/.config/fish/completions/rdzv.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # the choices are click's built-in shells
+    click.echo(completer(cli, {}, "rdzv", "_RDZV_COMPLETE").source())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -429,3 +429,15 @@ def test_no_secret_reaches_the_worker(own_redis_server: Any, tmp_path: Path) -> 
         args, env={**env, "RDZV_REDIS_PASSWORD": secret}, cwd=REPO, capture_output=True, text=True, timeout=BOUND
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_torchrun_pet_variables_configure_rdzv_run() -> None:
+    """PET_STANDALONE and PET_NNODES, as torchrun's environment sets them, are honoured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RDZV_", "PET_"))}
+    env.update(PET_STANDALONE="1", PET_NNODES="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "rdzv_core.cli", "run", "--", sys.executable, "-c", "import os; print('rank', os.environ['RANK'])"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "rank 0" in done.stdout
