@@ -702,7 +702,8 @@ def status(
 
     \b
     JSON fields: run_id, backend, endpoint, exists, round, complete, closed, world_size,
-    last_call_in, read_at, and participants/wait_list/redundancy_list: lists of
+    min_nodes, max_nodes, needed, last_call_timeout, last_call_in, last_call_at, read_at,
+    and participants/wait_list/redundancy_list: lists of
     {node, role, rank, addr, pid, heartbeat_age} (seconds; null = no live record).
     With --all: a list of such documents.
 

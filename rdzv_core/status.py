@@ -160,6 +160,12 @@ class RendezvousStatus:
         world_size: Participants when the round completed (0 before).
         last_call_in: Seconds until the last call of an incomplete round ends (may be
             negative when overdue), or ``None``.
+        last_call_at: When it ends (wall-clock seconds since the epoch), or ``None``.
+        min_nodes, max_nodes: The node bounds of the nodes that last wrote the record, or
+            ``None`` when unknown (a record written by an older rdzv).
+        last_call_timeout: Their last call (seconds), or ``None`` when unknown.
+        needed: Participants still needed before the last call starts (an incomplete,
+            open round with known bounds), else ``None``.
         participants, wait_list, redundancy_list: The nodes, participants sorted by rank.
         read_at: Wall-clock time of the read (seconds since the epoch).
     """
@@ -173,6 +179,11 @@ class RendezvousStatus:
     closed: bool = False
     world_size: int = 0
     last_call_in: float | None = None
+    last_call_at: float | None = None
+    min_nodes: int | None = None
+    max_nodes: int | None = None
+    last_call_timeout: float | None = None
+    needed: int | None = None
     participants: list[NodeStatus] = field(default_factory=list)
     wait_list: list[NodeStatus] = field(default_factory=list)
     redundancy_list: list[NodeStatus] = field(default_factory=list)
@@ -236,7 +247,15 @@ def read_status(
     status.closed = state.closed
     status.world_size = state.world_size
     if state.deadline is not None:
+        status.last_call_at = state.deadline
         status.last_call_in = round(state.deadline - time.time(), 3)
+    status.min_nodes, status.max_nodes, status.last_call_timeout = (
+        state.min_nodes,
+        state.max_nodes,
+        state.last_call_timeout,
+    )
+    if state.min_nodes is not None and not (state.complete or state.closed):
+        status.needed = max(0, state.min_nodes - len(state.participants))
     participants = sorted(state.participants, key=lambda n: (state.participants[n], n))
     everyone = [*participants, *state.wait_list, *state.redundancy_list]
     ages = _heartbeat_ages(backend, state, everyone) if everyone else []
@@ -336,6 +355,23 @@ def _age(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
+def _bounds_lines(status: RendezvousStatus) -> list[str]:
+    """``nodes:`` (joined against min/max, how many more are needed) and ``last call:`` (its
+    length, and when it ends while it runs)."""
+    if status.min_nodes is None:
+        return []
+    text = f"{len(status.participants)} joined (min_nodes {status.min_nodes}, max_nodes {status.max_nodes})"
+    if status.needed:
+        text += f": {status.needed} more needed before the last call starts"
+    lines = [f"nodes:       {text}"]
+    if status.last_call_at is not None and not status.complete:
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(status.last_call_at))
+        lines.append(f"last call:   {status.last_call_timeout:g} s, ends at {at}")
+    else:
+        lines.append(f"last call:   {status.last_call_timeout:g} s (starts at min_nodes)")
+    return lines
+
+
 def format_status_table(status: RendezvousStatus) -> str:
     """Return ``status`` as a human-readable text table (no trailing newline)."""
     where = f"{status.backend} at {status.endpoint}" if status.endpoint else status.backend
@@ -358,6 +394,7 @@ def format_status_table(status: RendezvousStatus) -> str:
         f"state:       {phase}",
         f"closed:      {'yes' if status.closed else 'no'}",
     ]
+    lines += _bounds_lines(status)
     rows = status.participants + status.wait_list + status.redundancy_list
     if not rows:
         lines.append("nodes:       none")

@@ -125,6 +125,19 @@ def _end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
+def _spec_entry(spec: RoundSpec | None) -> dict[str, Any]:
+    """The summary entry ``spec``: ``[min_nodes, max_nodes, last call (s)]`` (for status)."""
+    return {} if spec is None else {"spec": [spec.min_nodes, spec.max_nodes, spec.last_call]}
+
+
+def _stored_spec(s: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`RendezvousState` fields of the summary's ``spec`` entry (none without one)."""
+    entry = s.get("spec")
+    if not (isinstance(entry, list) and len(entry) == 3 and all(isinstance(x, (int, float)) for x in entry)):
+        return {}
+    return {"min_nodes": int(entry[0]), "max_nodes": int(entry[1]), "last_call_timeout": float(entry[2])}
+
+
 def _flags(s: dict[str, Any]) -> tuple[Any, ...]:
     """:func:`rdzv_core.rounds.summary` of a stored summary."""
     return (
@@ -356,9 +369,10 @@ class EtcdMembership:
                 return snap
         raise RendezvousStateError("The membership summary changed on every read; giving up.")
 
-    def _create(self) -> None:
+    def _create(self, spec: RoundSpec | None = None) -> None:
         value = json.dumps(
             {
+                **_spec_entry(spec),
                 "inc": secrets.token_hex(8),
                 "ver": 1,
                 "round": 0,
@@ -556,6 +570,7 @@ class EtcdMembership:
         if _flags(n) == _flags(s):
             return None
         n["ver"] = s["ver"] + 1
+        n.update(_spec_entry(spec))  # rides along with a transition (never written alone)
         return n
 
     def _reconcile(self, node: str, spec: RoundSpec, snap: _Snap) -> _Snap:
@@ -616,7 +631,7 @@ class EtcdMembership:
         overflowed: tuple[str, int] | None = None  # the open round this node's put overfilled
         for _ in range(MAX_ATTEMPTS):
             if snap.s is None:
-                self._create()
+                self._create(spec)
                 snap = self._snapshot(node, alive=spec)
                 continue
             s = snap.s
@@ -797,6 +812,7 @@ class EtcdMembership:
             participants=participants,
             wait_list=[node for node, _ in listing(w)] if w else [],
             redundancy_list=[node for node, _ in listing(self._r_prefix(s))],
+            **_stored_spec(s),
         )
 
     def close(self) -> None:

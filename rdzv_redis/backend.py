@@ -390,10 +390,12 @@ class RedisRendezvousBackend(RendezvousBackend):
             RendezvousConnectionError: Redis unreachable within the retry budget.
             RendezvousStateError: the round hash holds something rdzv did not write.
         """
+        carried = "1" if spec is not None else ""
         spec = spec or RoundSpec(1, 1, 0.0, 0.0)
         args = [
             op, node, spec.min_nodes, spec.max_nodes, int(spec.last_call * 1_000_000), int(spec.dead_after * 1_000_000),
             self._ttl_ms, self._keys.round_channel, secrets.token_hex(8), extra, SWEEP_LIMIT, value, self._closed_ttl_ms,
+            carried,
         ]  # fmt: skip
         script = self._client.scripts["round"]
         reply = self._client.call(f"round {op}", lambda: script(keys=self._keys.round_keys(), args=args))
@@ -602,6 +604,7 @@ class RedisRendezvousBackend(RendezvousBackend):
                 participants={node.decode(): int(score) for node, score in participants},
                 wait_list=[node.decode() for node in waiting],
                 redundancy_list=[node.decode() for node in redundant],
+                **_stored_spec(fields),
             )
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise RendezvousStateError(
@@ -625,6 +628,22 @@ class RedisRendezvousBackend(RendezvousBackend):
                 f"(key '{self._keys.state}') is corrupt or was not written by rdzv: it starts with {raw[:24]!r}."
             )
         return state, token
+
+
+def _stored_spec(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """The bounds and last call (``min``, ``max``, ``lcall`` in us) kept in the round hash, as
+    :class:`RendezvousState` fields; none when the hash lacks them.
+
+    Raises:
+        ValueError: a field is not a number.
+    """
+    if b"min" not in fields:
+        return {}
+    return {
+        "min_nodes": int(fields[b"min"]),
+        "max_nodes": int(fields[b"max"]),
+        "last_call_timeout": int(fields[b"lcall"]) / 1_000_000,
+    }
 
 
 def _glob_escape(text: str) -> str:

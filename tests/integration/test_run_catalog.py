@@ -123,3 +123,65 @@ def test_the_cli_lists_and_resets_closed_runs(redis_server: Any, handlers: list[
     assert refused.returncode == 1 and "--force" in refused.stderr
     both = _rdzv("reset", "--endpoint", endpoint, "--run-id", live_id, "--all-closed")
     assert both.returncode == 2
+
+
+@pytest.fixture(params=["redis", "etcd-v3", "etcd-v2"])
+def bounded_params(request: pytest.FixtureRequest) -> Callable[[str, int, int], RendezvousParameters]:
+    conf = {**FAST, "last_call_timeout": 30}
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        return lambda run_id, lo, hi: RendezvousParameters("redis", server.endpoint, run_id, lo, hi, **conf)
+    server = request.getfixturevalue("etcd_server")
+    api = request.param.split("-")[1]
+    return lambda run_id, lo, hi: etcd_params(server, api, run_id, lo, hi, **conf)
+
+
+def test_status_shows_the_bounds_what_is_needed_and_the_last_call(bounded_params: Any) -> None:
+    """A forming round of 1 node with min 2 needs 1 more; with 2 the 30 s last call runs."""
+    import threading
+
+    from rdzv_core.status import format_status_table
+
+    run_id = f"bounds-{uuid.uuid4().hex[:8]}"
+    made = [get_rendezvous_handler(bounded_params(run_id, 2, 3)) for _ in range(2)]
+    threads = []
+    try:
+        for handler in made:
+            threads.append(threading.Thread(target=_try_join, args=(handler,), daemon=True))
+            threads[-1].start()
+            expected = len(threads)
+            status = _wait_for(
+                lambda: collect_status(bounded_params(run_id, 1, 1)), lambda s, n=expected: len(s.participants) == n
+            )
+            assert (status.min_nodes, status.max_nodes, status.last_call_timeout) == (2, 3, 30)
+            if expected == 1:
+                assert status.needed == 1 and status.last_call_at is None
+                assert "1 more needed" in format_status_table(status)
+            else:
+                assert status.needed == 0 and status.last_call_at is not None and 20 < status.last_call_in <= 30
+                assert "last call:   30 s, ends at" in format_status_table(status)
+    finally:
+        made[0].set_closed()
+        for thread in threads:
+            thread.join(10)
+        for handler in made:
+            handler.shutdown()
+
+
+def _try_join(handler: Any) -> None:
+    try:
+        handler.next_rendezvous()
+    except RendezvousClosedError:
+        pass
+
+
+def _wait_for(read: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 15) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if ok(value) or time.monotonic() > deadline:
+            assert ok(value), value
+            return value
+        time.sleep(0.05)
