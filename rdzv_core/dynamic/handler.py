@@ -39,6 +39,7 @@ from rdzv_core.dynamic.ops import (
     _join_op,
     _keep_alive_op,
     _Op,
+    state_standing,
 )
 from rdzv_core.dynamic.settings import RendezvousEvent, RendezvousSettings, RendezvousTimeout
 from rdzv_core.state import NodeDesc, NodeDescGenerator, RendezvousState
@@ -152,6 +153,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
         )
         self._bootstrap_store_info: RendezvousStoreInfo | None = None
         self._progress_key: tuple[object, ...] | None = None
+        self._previous_world_size = 0  # of the last round this node completed (progress lines)
         self._progress_at = float("-inf")
         #: The round this node holds a rank in (set by next_rendezvous), else None.
         self._joined_round: int | None = None
@@ -272,6 +274,9 @@ class DynamicRendezvousHandler(RendezvousHandler):
         the round changed (version, role) and at most every :data:`PROGRESS_EVERY` s
         otherwise, so a long wait shows who is there and what is needed."""
         self._on_role(standing.role)
+        self._log_progress(standing)
+
+    def _log_progress(self, standing: Standing) -> None:
         if (standing.role is Role.PARTICIPANT and standing.complete) or not logger.isEnabledFor(logging.INFO):
             return  # joined: the "completed" event says the rest
         now = self._clock.monotonic()
@@ -292,6 +297,8 @@ class DynamicRendezvousHandler(RendezvousHandler):
             f"The node '{self._this_node}' waits{where} for round {standing.round} of the rendezvous '{self._settings.run_id}': "
             f"{standing.participants} joined (min_nodes={spec.min_nodes}, max_nodes={spec.max_nodes}), {standing.waiting} waiting"
         )
+        if self._previous_world_size:
+            text += f" (the previous round this node was in had {self._previous_world_size})"
         if standing.complete:
             return text + f"; the round is complete with {standing.world_size} node(s)."
         if standing.deadline_in is not None:
@@ -340,6 +347,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
             self._stop_heartbeats()  # a node without a round keeps no thread
             raise
         self._bootstrap_store_info = bootstrap
+        self._previous_world_size = world_size
         self._emit(
             "completed",
             f"The node '{self._this_node}' has joined round {round_} of the rendezvous '{run_id}' as rank {rank} in a world of size {world_size}.",
@@ -517,6 +525,8 @@ class DynamicRendezvousHandler(RendezvousHandler):
 
         def op(ctx: _Context, deadline: float) -> _Action:
             action = _join_op(ctx, deadline)
+            if action is _Action.SYNC:  # waiting: the same progress lines as the membership path
+                self._log_progress(state_standing(ctx.state, ctx.node, ctx.wall))
             kind = {_Action.ADD_TO_WAIT_LIST: "wait list", _Action.ADD_TO_REDUNDANCY_LIST: "redundancy list"}.get(
                 action
             )
