@@ -191,10 +191,16 @@ class BackendPlugin:
 
 def without_secrets(config: Mapping[str, Any], secret_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``config`` without ``secret_keys`` and without any key whose name contains one of
-    :data:`SECRET_WORDS` (a plug-in that is not installed still keeps its password)."""
-    return {
-        k: v for k, v in config.items() if k not in secret_keys and not any(word in k.lower() for word in SECRET_WORDS)
-    }
+    :data:`SECRET_WORDS` (a plug-in that is not installed still keeps its password); keys
+    ending in ``_file`` name a file and are kept."""
+    return {k: v for k, v in config.items() if k not in secret_keys and not _holds_secret(k)}
+
+
+def _holds_secret(key: str) -> bool:
+    """Whether the key's name says it holds a secret; ``*_file`` keys hold a path (e.g.
+    ``password_file``), which a worker needs to read the secret itself."""
+    name = key.lower()
+    return not name.endswith("_file") and any(word in name for word in SECRET_WORDS)
 
 
 def _close_quietly(*resources: Any) -> None:

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters, RendezvousStateError
 from rdzv_core.retry import Failure, call_with_retry
-from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint, scrub
+from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint, read_secret_file, scrub
 from rdzv_redis.lua import ALL_SCRIPTS
 from rdzv_redis.notify import Notifier
 
@@ -78,6 +78,7 @@ REDIS_CONFIG_KEYS = frozenset(
         "closed_ttl",
         "sentinel_master",
         "sentinel_password",
+        "password_file",
     }
 )
 #: Longest cause (characters) quoted in an error message.
@@ -105,7 +106,8 @@ class RedisConfig:
         host, port: The server (port default 6379).
         db: Database number (``/N`` of the URL or config ``db``; default 0).
         username: ACL user (``user@`` of the URL or config ``username``), or ``None``.
-        password: Config ``password``, else the URL's, else env ``RDZV_REDIS_PASSWORD``.
+        password: Config ``password``, else the URL's, else the content of the file named by
+            config ``password_file``, else env ``RDZV_REDIS_PASSWORD``.
             Never shown by ``repr`` or in messages.
         tls: TLS on (``rediss://``, config ``ssl=true``, or any ``ssl_*`` file given).
         ssl_ca_certs, ssl_certfile, ssl_keyfile: PEM file paths for TLS, or ``None``.
@@ -199,7 +201,11 @@ class RedisConfig:
             port=endpoint.port,
             db=_parse_db(params, endpoint),
             username=params.get_as_str("username") or endpoint.username,
-            password=params.get_as_str("password") or endpoint.password or os.environ.get(PASSWORD_ENV) or None,
+            password=params.get_as_str("password")
+            or endpoint.password
+            or read_secret_file("password_file", params.get_as_str("password_file", strip=True))
+            or os.environ.get(PASSWORD_ENV)
+            or None,
             tls=tls,
             sentinels=sentinels,
             sentinel_master=master,

@@ -431,6 +431,32 @@ def test_no_secret_reaches_the_worker(own_redis_server: Any, tmp_path: Path) -> 
     assert ok.returncode == 0, ok.stderr
 
 
+def test_a_password_file_reaches_the_worker_as_a_path_only(own_redis_server: Any, tmp_path: Path) -> None:
+    """With --rdzv-conf password_file=PATH the agent and the worker both read the password
+    from the file: the worker's environment holds the path, never the secret, and the
+    worker opens the round's store with it."""
+    secret = "f1le-s3cret"
+    server = own_redis_server(password=secret)
+    secret_file = tmp_path / "redis.pw"
+    secret_file.write_text(secret + "\n")
+    dump = tmp_path / "env.json"
+    worker = py(
+        "import json, os, sys; from rdzv_core.agent import open_worker_store; s = open_worker_store(); s.set('k', b'v'); "
+        "assert s.get('k') == b'v'; s.close(); json.dump({'env': dict(os.environ), 'argv': sys.argv}, open(os.environ['DUMP'], 'w'))"
+    )
+    args = [
+        sys.executable, "-m", "rdzv_core.cli", "run", "--endpoint", server.endpoint, "--run-id", f"cli-{uuid.uuid4().hex[:10]}",
+        "--nnodes", "1", "--rdzv-conf", f"{FAST},password_file={secret_file}", "--local-addr", "127.0.0.1", "--", *worker,
+    ]  # fmt: skip
+    result = subprocess.run(
+        args, env={**_env(), "DUMP": str(dump)}, cwd=REPO, capture_output=True, text=True, timeout=BOUND
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(dump.read_text())
+    assert secret not in json.dumps(seen) and secret not in result.stdout + result.stderr
+    assert f"password_file={secret_file}" in seen["env"]["RDZV_CONF"]
+
+
 def test_torchrun_pet_variables_configure_rdzv_run() -> None:
     """PET_STANDALONE and PET_NNODES, as torchrun's environment sets them, are honoured."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RDZV_", "PET_"))}
