@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from rdzv_core.api import RendezvousParameters
+from rdzv_core.api import RendezvousParameters, RendezvousStateError
 from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBackend, RunCatalog
 from rdzv_core.dynamic.handler import handler_options
 from rdzv_core.registry import get_rendezvous_handler, rendezvous_handler_registry
@@ -167,6 +167,8 @@ class RendezvousStatus:
         needed: Participants still needed before the last call starts (an incomplete,
             open round with known bounds), else ``None``.
         participants, wait_list, redundancy_list: The nodes, participants sorted by rank.
+        error: Why the state could not be read (``rdzv status --all`` reports a corrupt run
+            in its line instead of failing), else ``None``.
         read_at: Wall-clock time of the read (seconds since the epoch).
     """
 
@@ -187,6 +189,7 @@ class RendezvousStatus:
     participants: list[NodeStatus] = field(default_factory=list)
     wait_list: list[NodeStatus] = field(default_factory=list)
     redundancy_list: list[NodeStatus] = field(default_factory=list)
+    error: str | None = None
     read_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,19 +299,25 @@ def collect_all_status(params: RendezvousParameters) -> list[RendezvousStatus]:
 
     ``params.run_id`` only opens the backend; the runs are those of
     :meth:`~rdzv_core.backend.RunCatalog.list_run_ids`, read one after the other (a run
-    whose keys vanish between the listing and its read is reported with ``exists=False``).
+    whose keys vanish between the listing and its read is reported with ``exists=False``, a
+    run whose state is corrupt with its ``error``).
 
     Raises:
         ValueError: the backend cannot list runs, or bad configuration.
         RendezvousConnectionError: the backend is unreachable.
-        RendezvousStateError: a run's stored state is corrupt.
     """
     with open_backend(params) as session:
         run_ids = _catalog(session, params.backend).list_run_ids()
     statuses = []
     for run_id in run_ids:
         with open_backend(_for_run(params, run_id)) as session:
-            statuses.append(read_status(session.backend, run_id, backend_name=params.backend, endpoint=params.endpoint))
+            try:
+                status = read_status(session.backend, run_id, backend_name=params.backend, endpoint=params.endpoint)
+            except RendezvousStateError as exc:  # one corrupt run does not hide the others
+                status = RendezvousStatus(
+                    run_id, params.backend, safe_endpoint(params.endpoint), exists=True, error=str(exc)
+                )
+            statuses.append(status)
     return statuses
 
 
@@ -425,6 +434,8 @@ def format_status_table(status: RendezvousStatus) -> str:
 
 
 def _phase(status: RendezvousStatus) -> str:
+    if status.error is not None:
+        return "unreadable"
     if not status.exists:
         return "gone"
     if status.closed:

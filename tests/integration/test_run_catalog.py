@@ -185,3 +185,18 @@ def _wait_for(read: Callable[[], Any], ok: Callable[[Any], bool], timeout: float
             assert ok(value), value
             return value
         time.sleep(0.05)
+
+
+def test_a_corrupt_run_is_listed_as_unreadable_and_hides_no_other(
+    redis_server: Any, redis_raw: Any, handlers: list[Any]
+) -> None:
+    from rdzv_core.status import format_runs_table
+
+    good, bad = (f"cat-{name}-{uuid.uuid4().hex[:8]}" for name in ("good", "bad"))
+    redis_raw.hset(f"rdzv:{{{bad}}}:round", mapping={"inc": "x", "ver": "not-a-number"})
+    params = lambda run_id: RendezvousParameters("redis", redis_server.endpoint, run_id, 1, 1, **FAST)  # noqa: E731
+    _joined(params(good), handlers)
+    statuses = {s.run_id: s for s in collect_all_status(params("-"))}
+    assert statuses[good].complete and statuses[good].error is None
+    assert statuses[bad].error is not None and "corrupt" in statuses[bad].error
+    assert "unreadable" in next(line for line in format_runs_table([statuses[bad]]).splitlines() if bad in line)
