@@ -283,7 +283,9 @@ def _parse_sentinels(text: str | None, master: str) -> tuple[tuple[str, int], ..
     return _parse_addresses(text, "With 'sentinel_master'", DEFAULT_SENTINEL_PORT, "sentinels")
 
 
-def _parse_addresses(text: str | None, mode: str, default_port: int, what: str = "nodes") -> tuple[tuple[str, int], ...]:
+def _parse_addresses(
+    text: str | None, mode: str, default_port: int, what: str = "nodes"
+) -> tuple[tuple[str, int], ...]:
     """The ``(host, port)`` list of an endpoint that names several servers (``host[:port]``
     separated by commas), without duplicates; ``mode`` starts the error messages."""
     parts = [part.strip() for part in (text or "").split(",") if part.strip()]
@@ -453,7 +455,8 @@ class RedisClient:
             pubsub_redis = self._pubsub_redis
             make_pubsub = lambda: pubsub_redis.pubsub(ignore_subscribe_messages=False, push_handler_func=_as_is)  # noqa: E731
         sources = scripts_for(config.cluster)
-        self.scripts = {name: self.redis.register_script(source) for name, source in sources.items()}
+        register = functools.partial(_ClusterScript, self.redis) if config.cluster else self.redis.register_script
+        self.scripts = {name: register(source) for name, source in sources.items()}
         self.notifier = Notifier(
             make_pubsub,
             config.display,
@@ -608,8 +611,7 @@ class RedisClient:
             kwargs["ssl"] = True
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in config.cluster_nodes],
-            retry=_no_retry(),
-            read_from_replicas=False,
+            retry=_no_retry(),  # reads go to masters only: redis-py's default, no load balancing
             require_full_coverage=False,
             **kwargs,
         )
@@ -732,6 +734,35 @@ class RedisClient:
     def _scrub(self, text: str) -> str:
         """Remove the passwords from ``text`` (defence in depth: redis-py does not echo them)."""
         return scrub(text, (self.config.password, self.config.sentinel_password))
+
+
+class _ClusterScript:
+    """A Lua script on Redis Cluster, called like redis-py's ``Script``: ``EVALSHA`` routed by
+    its keys' slot; when that master lacks it (``NOSCRIPT``: first use, a promoted replica,
+    a migrated slot), ``EVAL`` of the source on the same slot, which also caches it there.
+    redis-py's own ``Script`` would ``SCRIPT LOAD`` on every master instead, so each node
+    would open a connection to every master.
+
+    Args:
+        cluster: The ``RedisCluster``.
+        source: The script's text.
+    """
+
+    def __init__(self, cluster: Any, source: str) -> None:
+        import hashlib
+
+        self._cluster = cluster
+        self.script = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        from redis.exceptions import NoScriptError
+
+        keys, args = list(keys or ()), list(args or ())
+        try:
+            return self._cluster.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return self._cluster.eval(self.script, len(keys), *keys, *args)
 
 
 def _as_is(response: Any) -> Any:

@@ -511,7 +511,9 @@ class RedisClusterServer:
         """SIGKILL one node (default: the first), as a crash; return it. Its replica takes over
         after ``node_timeout`` (see :meth:`wait_failover`)."""
         target = self._node(node if node is not None else 0)
-        self._served[target.port] = [(first, last) for first, last, port in self._slot_ranges(target) if port == target.port]
+        self._served[target.port] = [
+            (first, last) for first, last, port in self._slot_ranges(target) if port == target.port
+        ]
         target.kill()
         return target
 
@@ -609,7 +611,6 @@ class RedisClusterServer:
 
     # -- internals ----------------------------------------------------------------------------
 
-
     def _assign_slots(self) -> None:
         per = 16384 // self._masters
         for m in range(self._masters):
@@ -622,7 +623,9 @@ class RedisClusterServer:
             self._call(node, "CLUSTER", "MEET", first.host, str(first.port))
 
     def _all_known(self) -> bool:
-        return all(len(self._call_all(node, "CLUSTER", "NODES")[0].splitlines()) == len(self.nodes) for node in self.nodes)
+        return all(
+            len(self._call_all(node, "CLUSTER", "NODES")[0].splitlines()) == len(self.nodes) for node in self.nodes
+        )
 
     def _replicas_synced(self) -> bool:
         """Whether every replica finished its initial sync (``ROLE``: ``connected``)."""
