@@ -375,15 +375,18 @@ _FAILURE_OF = {
 }
 
 
-def _classify(redis: ModuleType, exc: BaseException) -> str:
-    """Sort a redis-py exception into one of the kinds above."""
+def _classify(redis: ModuleType, exc: BaseException, cluster: bool = False) -> str:
+    """Sort a redis-py exception into one of the kinds above (``cluster``: the client is a
+    ``RedisCluster``, which follows redirects itself)."""
     errors = redis.exceptions
     if isinstance(exc, errors.RedisClusterException):
         # The cluster client found no node to send to (slot map without the slot, no startup
         # node reachable): nothing was sent.
         return _REJECTED_BEFORE_RUN
     if isinstance(exc, errors.AskError):
-        return _REJECTED_BEFORE_RUN  # MOVED/ASK left over once redirects ran out: not run there
+        # MOVED/ASK: the node did not run the command. The cluster client follows redirects,
+        # so one left over is a slot changing hands (retry); a plain client never follows.
+        return _REJECTED_BEFORE_RUN if cluster else _OTHER
     if isinstance(exc, errors.ClusterError) and not isinstance(exc, errors.ClusterDownError):
         return _TRANSIENT  # "TTL exhausted": redirected and failing until the budget ran out
     auth_types = (errors.AuthenticationError, errors.AuthorizationError, errors.AuthenticationWrongNumberOfArgsError)
@@ -665,16 +668,17 @@ class RedisClient:
             Exception: whatever ``fn`` raises that is not a redis-py error, unchanged.
         """
         redis = self._redis_module
+        cluster = self.config.cluster
         end = time.monotonic() + self.config.retry_timeout
         if deadline is not None:
             end = min(end, deadline)
 
         def classify(exc: BaseException) -> Failure | None:
             known = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
-            return _FAILURE_OF[_classify(redis, exc)] if isinstance(exc, known) else None
+            return _FAILURE_OF[_classify(redis, exc, cluster)] if isinstance(exc, known) else None
 
         def give_up(exc: BaseException, failure: Failure, attempts: int, elapsed: float) -> Exception:
-            return self._translate(what, exc, _classify(redis, exc), attempts, elapsed)
+            return self._translate(what, exc, _classify(redis, exc, cluster), attempts, elapsed)
 
         def on_retry(exc: BaseException, attempt: int, pause: float) -> None:
             logger.debug(
