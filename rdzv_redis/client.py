@@ -375,13 +375,22 @@ _FAILURE_OF = {
 }
 
 
+#: How the servers' authentication failures read inside a ``RedisClusterException``.
+_CLUSTER_AUTH_MARKERS = re.compile(
+    r"invalid username-password|WRONGPASS|NOAUTH|NOPERM|no permissions|Authentication required"
+)
+
+
 def _classify(redis: ModuleType, exc: BaseException, cluster: bool = False) -> str:
     """Sort a redis-py exception into one of the kinds above (``cluster``: the client is a
     ``RedisCluster``, which follows redirects itself)."""
     errors = redis.exceptions
     if isinstance(exc, errors.RedisClusterException):
         # The cluster client found no node to send to (slot map without the slot, no startup
-        # node reachable): nothing was sent.
+        # node reachable): nothing was sent; unless every startup node refused our
+        # credentials (redis-py quotes the server's error in the message).
+        if _CLUSTER_AUTH_MARKERS.search(str(exc)):
+            return _AUTH
         return _REJECTED_BEFORE_RUN
     if isinstance(exc, errors.AskError):
         # MOVED/ASK: the node did not run the command. The cluster client follows redirects,

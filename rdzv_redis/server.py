@@ -406,6 +406,11 @@ class RedisClusterServer:
         port: The first node's port, the others following it (``None``: free ports).
         startup_timeout: Seconds :meth:`start` may take in all, and the default deadline of
             the waits below.
+        tls_cert_file, tls_key_file, tls_ca_cert_file, tls_auth_clients: As for
+            :class:`RedisServer`: each node also serves TLS, and the cluster bus and
+            replication run over TLS (``tls-cluster``/``tls-replication yes``; the server
+            certificate doubles as the client certificate between nodes). Clients on a TLS
+            port are told the TLS ports of the others (:attr:`tls_endpoint`).
 
     Raises:
         FileNotFoundError: (from :meth:`start`) no ``redis-server`` binary was found.
@@ -424,6 +429,10 @@ class RedisClusterServer:
         password: str | None = None,
         port: int | None = None,
         startup_timeout: float = 30.0,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_ca_cert_file: str | None = None,
+        tls_auth_clients: bool = False,
     ) -> None:
         if masters < 1 or replicas < 0:
             raise ValueError(f"A Redis Cluster needs masters >= 1 and replicas >= 0 (got {masters}, {replicas}).")
@@ -433,6 +442,12 @@ class RedisClusterServer:
         self._password = password
         self._first_port = port
         self._startup_timeout = startup_timeout
+        self._tls = {
+            "tls_cert_file": tls_cert_file,
+            "tls_key_file": tls_key_file,
+            "tls_ca_cert_file": tls_ca_cert_file,
+            "tls_auth_clients": tls_auth_clients,
+        }
         self.nodes: list[RedisServer] = []
         #: Node id (``CLUSTER MYID``) of each node, in the order of :attr:`nodes`.
         self.node_ids: list[str] = []
@@ -455,6 +470,17 @@ class RedisClusterServer:
         if not self.nodes:
             raise RuntimeError("The Redis Cluster has no nodes yet: call start() first.")
         return ",".join(node.endpoint for node in self.nodes)
+
+    @property
+    def tls_endpoint(self) -> str:
+        """``"127.0.0.1:T1,127.0.0.1:T2,..."``: every node's TLS port (with ``ssl=true``).
+
+        Raises:
+            RuntimeError: the cluster was never started, or has no TLS.
+        """
+        if not self.nodes or self.nodes[0].tls_port is None:
+            raise RuntimeError("The Redis Cluster was not started with TLS files.")
+        return ",".join(f"{node.host}:{node.tls_port}" for node in self.nodes)
 
     @property
     def rdzv_conf(self) -> dict[str, str]:
@@ -483,7 +509,7 @@ class RedisClusterServer:
         try:
             for i in range(count):
                 port = None if self._first_port is None else self._first_port + i
-                node = _ClusterNode(port, password=self._password, node_timeout_ms=self._node_timeout_ms)
+                node = _ClusterNode(port, password=self._password, node_timeout_ms=self._node_timeout_ms, **self._tls)
                 self.nodes.append(node.start())
             self.node_ids = [self._call(node, "CLUSTER", "MYID").decode() for node in self.nodes]
             self._assign_slots()
@@ -619,8 +645,10 @@ class RedisClusterServer:
 
     def _meet(self) -> None:
         first = self.nodes[0]
+        assert isinstance(first, _ClusterNode)
+        port = first.tls_port or first.port  # the port the cluster announces (TLS with tls-cluster)
         for node in self.nodes[1:]:
-            self._call(node, "CLUSTER", "MEET", first.host, str(first.port))
+            self._call(node, "CLUSTER", "MEET", first.host, str(port), str(first.bus_port))
 
     def _all_known(self) -> bool:
         return all(
@@ -693,13 +721,19 @@ class _ClusterNode(RedisServer):
     """A :class:`RedisServer` with ``cluster-enabled yes``; with a password, also
     ``masterauth`` (a replica authenticates to its master), in the private config file."""
 
-    def __init__(self, port: int | None, *, password: str | None, node_timeout_ms: int) -> None:
-        super().__init__(port, password=password)
+    def __init__(self, port: int | None, *, password: str | None, node_timeout_ms: int, **tls: Any) -> None:
+        super().__init__(port, password=password, **tls)
         self._node_timeout_ms = node_timeout_ms
+        #: The cluster bus port: a free port of its own (Redis's default, port + 10000, may
+        #: be taken or beyond 65535).
+        self.bus_port: int | None = None
 
     def _config_lines(self) -> list[str]:
+        if self.bus_port is None:
+            self.bus_port = get_free_port(self.host)
         lines = super()._config_lines() + [
             "cluster-enabled yes",
+            f"cluster-port {self.bus_port}",
             'cluster-config-file "nodes.conf"',
             f"cluster-node-timeout {self._node_timeout_ms}",
             "cluster-require-full-coverage no",
@@ -708,6 +742,8 @@ class _ClusterNode(RedisServer):
         ]
         if self._password:
             lines.append(f'masterauth "{_quote(self._password)}"')
+        if self._tls_files[0] and self._tls_files[1]:
+            lines += ["tls-cluster yes", "tls-replication yes"]
         return lines
 
 

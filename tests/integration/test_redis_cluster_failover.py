@@ -99,6 +99,7 @@ def test_the_runs_master_killed_in_a_complete_round(own_redis_cluster, cluster_p
         cluster.kill(master)
         new_master = cluster.wait_failover(master)
         failover_s = time.monotonic() - killed_at
+        assert new_master is not master
         promoted_at = time.monotonic()
         print(f"\n[measured] cluster fail-over of a complete round: {failover_s:.2f} s to a new master")
 
