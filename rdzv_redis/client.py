@@ -194,6 +194,8 @@ class RedisConfig:
         cluster = bool(params.get_as_bool("cluster", False))
         _check_read_from_replicas(params, cluster)
         cluster_nodes: tuple[tuple[str, int], ...] = ()
+        sentinels: tuple[tuple[str, int], ...] = ()
+        sentinel_password: str | None = None
         if cluster and master is not None:
             raise ValueError(
                 "The rendezvous configuration options 'cluster' and 'sentinel_master' exclude each other: "
@@ -202,7 +204,6 @@ class RedisConfig:
         if cluster:
             cluster_nodes = _parse_addresses(params.endpoint, "With 'cluster=true'", DEFAULT_PORT)
             endpoint = Endpoint(*cluster_nodes[0])
-            sentinels, sentinel_password = (), None
             if "sentinel_password" in params.config:
                 raise ValueError(
                     "The rendezvous configuration option 'sentinel_password' needs 'sentinel_master', not 'cluster'."
@@ -219,9 +220,9 @@ class RedisConfig:
             if "," in (params.endpoint or ""):
                 raise ValueError(
                     "The Redis rendezvous endpoint lists several addresses: set the configuration option 'sentinel_master' "
-                    "to use them as Redis Sentinels, or give one 'host[:port]' or URL."
+                    "to use them as Redis Sentinels, or 'cluster=true' as nodes of a Redis Cluster, or give one "
+                    "'host[:port]' or URL."
                 )
-            sentinels, sentinel_password = (), None
             endpoint = parse_rendezvous_endpoint(params.endpoint, DEFAULT_PORT)
         if endpoint.scheme not in (None, "redis", "rediss"):
             raise ValueError(
