@@ -504,6 +504,7 @@ class RedisClusterServer:
         if self.running:
             return self
         self.stop()
+        self.nodes, self.node_ids = [], []
         deadline = time.monotonic() + self._startup_timeout
         count = self._masters * (1 + self._replicas)
         try:
@@ -527,11 +528,10 @@ class RedisClusterServer:
         return self
 
     def stop(self) -> None:
-        """Stop every node and delete their directories (idempotent)."""
+        """Stop every node and delete their directories (idempotent; :attr:`endpoint` still
+        names them until the next :meth:`start`)."""
         for node in self.nodes:
             node.stop(timeout=2.0)
-        self.nodes = []
-        self.node_ids = []
 
     def kill(self, node: int | RedisServer | None = None) -> RedisServer:
         """SIGKILL one node (default: the first), as a crash; return it. Its replica takes over

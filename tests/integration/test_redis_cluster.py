@@ -85,6 +85,10 @@ def test_a_full_rendezvous_on_the_cluster(redis_cluster, cluster_params):
         infos[0].store.set("late", b"here")
         thread.join(BOUND)
         assert woke["value"] == b"here" and woke["after"] < 2
+        # The MULTI reads and writes (rdzv status, forgetting a node) run on the run's master.
+        state = handlers[0].backend.membership_state()
+        assert state is not None and state.complete and len(state.participants) == 3
+        handlers[0].backend.forget_node("nobody")
         assert handlers[0].shutdown() and handlers[2].is_closed()
     finally:
         close_handlers(handlers)
