@@ -47,6 +47,7 @@ class ShardPubSub:
         self._push_handler = push_handler
         self._pubsub: Any = None
         self._node_name: str | None = None
+        self._own_pool: Any = None
         #: Channels we asked to leave, whose ``sunsubscribe`` is still to come.
         self._leaving: Counter[bytes] = Counter()
 
@@ -81,11 +82,22 @@ class ShardPubSub:
             return
         if self._pubsub is None:
             node = self._cluster.get_node_from_key(channels[0])
-            self._pubsub = self._cluster.get_redis_connection(node).pubsub(
+            self._pubsub = self._own_redis(node).pubsub(
                 ignore_subscribe_messages=False, push_handler_func=self._push_handler
             )
             self._node_name = node.name
         self._pubsub.ssubscribe(*channels)
+
+    def _own_redis(self, node: Any) -> Any:
+        """A ``redis.Redis`` on a pool of its own with the node's connection settings: taken
+        from the node's command pool, the listener would take the connection the client's
+        first command opened, and the next command would pay for a new handshake."""
+        import redis
+
+        pool = self._cluster.get_redis_connection(node).connection_pool
+        own = type(pool)(connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs)
+        self._own_pool = own
+        return redis.Redis(connection_pool=own)
 
     def unsubscribe(self, *channels: str | bytes) -> None:
         """``SUNSUBSCRIBE`` from ``channels``."""
@@ -128,5 +140,8 @@ class ShardPubSub:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         pubsub, self._pubsub = self._pubsub, None
+        pool, self._own_pool = self._own_pool, None
         if pubsub is not None:
             pubsub.close()
+        if pool is not None:
+            pool.disconnect()
