@@ -193,3 +193,19 @@ class TestClusterBackendContract(BackendContract):
                 client.close()
 
         return write
+
+
+def test_no_reachable_node_is_a_bounded_connection_error():
+    from rdzv_core.api import RendezvousConnectionError, RendezvousParameters
+    from rdzv_core.utils import get_free_port
+
+    endpoint = f"127.0.0.1:{get_free_port('127.0.0.1')},127.0.0.1:{get_free_port('127.0.0.1')}"
+    params = RendezvousParameters(
+        "redis", endpoint, "nowhere", 1, 1, cluster="true", retry_timeout=1, connect_timeout=0.5
+    )
+    start = time.monotonic()
+    with pytest.raises(
+        RendezvousConnectionError, match=r"redis\+cluster://127\.0\.0\.1:\d+,127\.0\.0\.1:\d+ is unreachable"
+    ):
+        get_rendezvous_handler(params)
+    assert time.monotonic() - start < 5
