@@ -359,15 +359,21 @@ def _plugin_of_kind(kind: str) -> BackendPlugin:
     )
 
 
-def _make_server(plugin: BackendPlugin, port: int | None = None) -> LocalServer:
-    """Create (not start) the local server of ``plugin`` (its launcher imports lazily).
+def _make_server(plugin: BackendPlugin, port: int | None = None, *, cluster: bool = False) -> LocalServer:
+    """Create (not start) the local server of ``plugin`` (its launcher imports lazily), or
+    with ``cluster`` its local cluster.
 
     Raises:
-        CliError: the launcher or the server binary is missing, or it cannot take ``port``.
+        CliError: the plug-in has no local cluster, the launcher or the server binary is
+            missing, or it cannot take ``port``.
     """
-    assert plugin.local_server is not None
+    factory = plugin.local_cluster if cluster else plugin.local_server
+    if factory is None:
+        raise CliError(
+            f"The {plugin.server_kind} server of the '{plugin.name}' plug-in has no --cluster mode.", EXIT_USAGE
+        )
     try:
-        return plugin.local_server(port)  # type: ignore[no-any-return]
+        return factory(port)  # type: ignore[no-any-return]
     except ImportError as exc:
         raise CliError(
             f"The {plugin.server_kind} server launcher is not available ({_one_line(str(exc))}); {plugin.install_hint}",
@@ -446,9 +452,14 @@ def _standalone_plugin(ctx: click.Context, backend: str) -> BackendPlugin:
 @cli.command(context_settings=_CONTEXT)
 @click.argument("kind")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port (default: a free one).")
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Start a local cluster instead (redis: 3 masters + 3 replicas); the endpoint lists every node.",
+)
 @_log_level_option
 @click.pass_context
-def server(ctx: click.Context, kind: str, port: int | None) -> None:
+def server(ctx: click.Context, kind: str, port: int | None, cluster: bool) -> None:
     """Run a throw-away local KIND server in the foreground, for development.
 
     KIND is a plug-in's local server: redis, or etcd (both APIs), with the plug-ins rdzv ships.
@@ -461,9 +472,10 @@ def server(ctx: click.Context, kind: str, port: int | None) -> None:
       rdzv server redis
       rdzv server redis --port 6390
       EP=$(rdzv server redis | head -1)   # in a script (keep the process alive)
+      rdzv server redis --cluster             # a Redis Cluster: use with --rdzv-conf cluster=true
     """
     _configure(ctx, "INFO")
-    srv = _make_server(_plugin_of_kind(kind), port)
+    srv = _make_server(_plugin_of_kind(kind), port, cluster=cluster)
     _start_server(srv, kind)
     stop: list[int] = []
 
@@ -476,7 +488,9 @@ def server(ctx: click.Context, kind: str, port: int | None) -> None:
         sys.stdout.flush()
         backend = "redis" if kind == "redis" else "etcd-v3"
         click.echo(f"A local {kind} server listens on {srv.endpoint}; stop it with Ctrl-C. Use it with:", err=True)
-        click.echo(f"  export RDZV_BACKEND={backend} RDZV_ENDPOINT={srv.endpoint}", err=True)
+        conf = ",".join(f"{k}={v}" for k, v in getattr(srv, "rdzv_conf", {}).items())
+        extra = f" RDZV_CONF={conf}" if conf else ""
+        click.echo(f"  export RDZV_BACKEND={backend} RDZV_ENDPOINT={srv.endpoint}{extra}", err=True)
         while not stop:
             if not srv.running:
                 raise CliError(f"The local {kind} server on {srv.endpoint} exited unexpectedly.")

@@ -101,6 +101,10 @@ class BackendPlugin:
             backend (several backends may share one), or ``None``.
         local_server: ``port -> LocalServer`` for ``rdzv server`` (``port`` int or ``None``;
             ``ValueError`` when it cannot take a fixed port), or ``None``.
+        local_cluster: ``port -> LocalServer`` for ``rdzv server KIND --cluster``: a local
+            cluster of several servers (``port``: the first node's), whose ``endpoint`` lists
+            them all; it may have a ``rdzv_conf`` attribute (dict of str) with the
+            configuration a rendezvous on it needs. ``None``: the plug-in has none.
         torch: Whether the backend is offered to torchrun (see
             :meth:`torch_handler_creator`).
         cross_process: Whether other processes reach the same backend and store (``False``:
@@ -123,6 +127,7 @@ class BackendPlugin:
     torch: bool = True
     cross_process: bool = True
     secret_keys: frozenset[str] = frozenset()
+    local_cluster: ServerFactory | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

@@ -702,7 +702,9 @@ def create_backend(params: RendezvousParameters, *, shared: bool = True) -> tupl
     from rdzv_redis.store import RedisStore
 
     config = RedisConfig.from_params(params)
-    client = RedisClient.acquire(config) if shared else RedisClient.create(config)
+    # On Redis Cluster a client listens on the shard of one run: the run's slot names it.
+    shard_key = RunKeys(params.run_id).state
+    client = RedisClient.acquire(config, shard_key) if shared else RedisClient.create(config, shard_key)
     # key_ttl is not part of the client's identity: a shared client may come from a config
     # with another one, so each backend and store takes its own.
     backend = RedisRendezvousBackend(client, params.run_id, key_ttl=config.key_ttl, closed_ttl=config.closed_ttl)

@@ -467,3 +467,32 @@ def test_torchrun_pet_variables_configure_rdzv_run() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "rank 0" in done.stdout
+
+
+def test_server_cluster_command_prints_every_node_and_status_reads_it() -> None:
+    """``rdzv server redis --cluster``: the first line lists the six nodes; ``rdzv status``
+    with ``cluster=true`` reads the cluster (issue #16)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rdzv_core.cli", "server", "redis", "--cluster"],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        endpoint = proc.stdout.readline().strip()
+        nodes = endpoint.split(",")
+        assert len(nodes) == 6 and all(n.startswith("127.0.0.1:") and n.partition(":")[2].isdigit() for n in nodes)
+        status = rdzv(
+            "status", "--endpoint", endpoint, "--rdzv-conf", "cluster=true", "--run-id", "nothing-here", "--json"
+        )
+        assert status.returncode == 1 and json.loads(status.stdout)["exists"] is False, status.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "RDZV_CONF=cluster=true" in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

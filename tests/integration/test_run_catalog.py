@@ -24,11 +24,14 @@ FAST = {"join_timeout": 20, "last_call_timeout": 0.2, "keep_alive_interval": 0.5
 Params = Callable[[str], RendezvousParameters]
 
 
-@pytest.fixture(params=["redis", "etcd-v3", "etcd-v2"])
+@pytest.fixture(params=["redis", "redis-cluster", "etcd-v3", "etcd-v2"])
 def params_of(request: pytest.FixtureRequest) -> Params:
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
         return lambda run_id: RendezvousParameters("redis", server.endpoint, run_id, 1, 1, **FAST)
+    if request.param == "redis-cluster":  # SCAN over every master; each run's keys share one slot
+        cluster = request.getfixturevalue("redis_cluster")
+        return lambda run_id: RendezvousParameters("redis", cluster.endpoint, run_id, 1, 1, cluster="true", **FAST)
     server = request.getfixturevalue("etcd_server")
     api = request.param.split("-")[1]
     return lambda run_id: etcd_params(server, api, run_id, 1, 1, **FAST)
