@@ -19,6 +19,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,10 +52,11 @@ class LegacyNodeProcess:
     def __init__(self, **spec: Any) -> None:
         self.name = str(spec["name"])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # torch logs a lot: a pipe could fill up
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.legacy_node", json.dumps(spec)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             cwd=str(ROOT),
             env=env,
             text=True,
@@ -84,16 +86,19 @@ class LegacyNodeProcess:
         return event
 
     def stderr_tail(self) -> str:
-        if self.proc.poll() is None:
-            return "(still running)"
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()[-3000:]
+        self._stderr.seek(0)
+        return self._stderr.read()[-3000:]
 
     def kill(self) -> None:
         """SIGKILL, as a machine that dies (no goodbye, keep-alives stop)."""
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+
+    def close(self) -> None:
+        """Kill it if it runs, and drop its captured stderr."""
+        self.kill()
+        self._stderr.close()
 
 
 def _emit(**fields: Any) -> None:

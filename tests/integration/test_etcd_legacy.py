@@ -113,6 +113,7 @@ def test_max_nodes_freezes_the_round_at_once(backend, make_handler):
     assert {_version(i) for i in infos} == {"1"}
 
 
+@pytest.mark.slow
 def test_last_call_then_a_late_node_waits_and_everyone_rejoins(backend, make_handler):
     """min 2 / max 3: two nodes form a round after the last call; a third one waits, is
     counted in ``num_nodes_waiting``, and the members' re-rendezvous admits it."""
@@ -133,6 +134,7 @@ def test_last_call_then_a_late_node_waits_and_everyone_rejoins(backend, make_han
     assert {_version(i) for i in everyone} == {"2"}
 
 
+@pytest.mark.slow
 def test_killed_node_keep_alive_lapses_and_the_others_reform(backend, etcd_server):
     """Three node processes form a round; one is killed with SIGKILL; a new node arrives and
     waits; the survivors re-rendezvous; the dead node's keep-alive lapses and version 2 holds
@@ -155,7 +157,7 @@ def test_killed_node_keep_alive_lapses_and_the_others_reform(backend, etcd_serve
         assert all(e["members"][e["rank"]] == e["name"] for e in second)
     finally:
         for node in [*nodes.values(), *([late] if late else [])]:
-            node.kill()
+            node.close()
 
 
 def test_close_wakes_a_waiting_node_and_refuses_later_joins(backend, make_handler):
@@ -189,6 +191,7 @@ def test_timeout_when_too_few_nodes(backend, make_handler):
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_stale_frozen_state_is_removed_by_its_ttl(backend, make_handler, etcd_server):
     """A frozen version whose nodes died (nobody confirms, nobody renews) blocks the run until
     its TTL lapses; then the next version forms."""
@@ -206,6 +209,7 @@ def test_stale_frozen_state_is_removed_by_its_ttl(backend, make_handler, etcd_se
         transport.close()
 
 
+@pytest.mark.slow
 def test_run_subtree_expires_when_no_node_renews_it(backend, make_handler, etcd_server):
     run = _run_id()
     handler = make_handler(backend, run, 1, 1, run_ttl=2)
