@@ -51,7 +51,10 @@ class LegacyNodeProcess:
 
     def __init__(self, **spec: Any) -> None:
         self.name = str(spec["name"])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        }
         self._stderr = tempfile.TemporaryFile(mode="w+")  # torch logs a lot: a pipe could fill up
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.legacy_node", json.dumps(spec)],
@@ -79,7 +82,9 @@ class LegacyNodeProcess:
         try:
             event = self.lines.get(timeout=bound)
         except queue.Empty:
-            raise AssertionError(f"node {self.name}: no output within {bound} s; stderr:\n{self.stderr_tail()}") from None
+            raise AssertionError(
+                f"node {self.name}: no output within {bound} s; stderr:\n{self.stderr_tail()}"
+            ) from None
         self.seen.append(event)
         if "error" in event:
             raise AssertionError(f"node {self.name} failed: {event['error']}\n{self.stderr_tail()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from rdzv_core.api import (
     RendezvousError,
@@ -93,7 +94,9 @@ class EtcdRendezvousHandler(RendezvousHandler):
             self._rdzv.stop()
 
 
-def create_handler(params: RendezvousParameters, transport_type: type[LegacyTransport]) -> EtcdRendezvousHandler:
+def create_handler(
+    params: RendezvousParameters, transport_type: Callable[[EtcdConfig], LegacyTransport]
+) -> EtcdRendezvousHandler:
     """Create a legacy handler for ``params`` (``params.backend`` is its name).
 
     Config keys (``--rdzv-conf``): ``timeout`` (seconds, default 600), ``last_call_timeout``

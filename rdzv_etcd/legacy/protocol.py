@@ -293,7 +293,7 @@ class EtcdRendezvous:
         if node is None:
             raise EtcdRendezvousRetryableFailure(f"the setup lock lapsed before version {version} was joinable")
         logger.info("Rendezvous of run %s: created version %s", self.run_id, version)
-        return _Active(node, state, node.index)
+        return _Active(node, state, node.version)
 
     def _join_phase(self, version: str) -> tuple[str, int, int]:
         active, rank = self._join(version)
@@ -325,7 +325,7 @@ class EtcdRendezvous:
             node = self._t.compare_and_swap(self.active_key, json.dumps(state), active.node, ttl=ttl)
             if node is not None:
                 logger.info("Rendezvous of run %s: joined version %s as rank %d", self.run_id, version, rank)
-                return _Active(node, state, node.index), rank
+                return _Active(node, state, node.version), rank
             self._cas_delay()
 
     def _last_call(self, version: str, last_call_deadline: float) -> None:
@@ -348,7 +348,7 @@ class EtcdRendezvous:
                 node = self._t.compare_and_swap(self.active_key, active.node.value, active.node, ttl=ttl)
                 if node is not None:
                     wait = min(ttl / 2, last_call_deadline - now)
-                    active = self._wait_for_change(node.index + 1, wait)
+                    active = self._wait_for_change(node.version + 1, wait)
                     continue
             self._cas_delay()
             active = self._read_or_restart()
@@ -405,17 +405,19 @@ class EtcdRendezvous:
             self._cas_delay()
         logger.info("Rendezvous of run %s: waiting for version %s to end", self.run_id, version)
         while True:
-            active = self._read()
-            if active is None or not active.at("final", version):
+            current = self._read()
+            if current is None or not current.at("final", version):
                 return
-            keys = [str(key) for key in active.state["keep_alives"]]
+            keys = [str(key) for key in current.state["keep_alives"]]
             alive = self._t.existing(keys, self.version_dir(version))
             lapsed = [key for key in keys if key not in alive]
             if lapsed:
-                logger.info("Rendezvous of run %s: keep-alive %s lapsed; ending version %s", self.run_id, lapsed[0], version)
-                self._t.compare_and_delete(self.active_key, active.node)
+                logger.info(
+                    "Rendezvous of run %s: keep-alive %s lapsed; ending version %s", self.run_id, lapsed[0], version
+                )
+                self._t.compare_and_delete(self.active_key, current.node)
                 return
-            self._t.watch(self._path("rdzv"), active.revision + 1, self._remaining(), recursive=True)
+            self._t.watch(self._path("rdzv"), current.revision + 1, self._remaining(), recursive=True)
             self._check_deadline()
 
     # -- helpers --------------------------------------------------------------------------

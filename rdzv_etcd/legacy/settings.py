@@ -44,12 +44,23 @@ CONST_RUNID_SUBROOT_TTL = 7200
 
 #: The configuration keys of the legacy handler's own (the etcd connection keys are added).
 _OWN_KEYS = frozenset(
-    {"timeout", "last_call_timeout", "etcd_prefix", "setup_ttl", "frozen_ttl", "joinable_ttl", "keep_alive_ttl", "run_ttl"}
+    {
+        "timeout",
+        "last_call_timeout",
+        "etcd_prefix",
+        "setup_ttl",
+        "frozen_ttl",
+        "joinable_ttl",
+        "keep_alive_ttl",
+        "run_ttl",
+    }
 )
 #: Everything ``--rdzv-conf`` may hold for the legacy backends: torch's keys (``timeout``,
 #: ``last_call_timeout``, ``etcd_prefix``, ``protocol``, ``cacert``, ``cert``, ``key``), the
 #: etcd connection keys of rdzv (``username``, ``password``, ``read_timeout``) and the TTLs.
-LEGACY_CONFIG_KEYS = _OWN_KEYS | frozenset({"protocol", "cacert", "cert", "key", "username", "password", "read_timeout"})
+LEGACY_CONFIG_KEYS = _OWN_KEYS | frozenset(
+    {"protocol", "cacert", "cert", "key", "username", "password", "read_timeout"}
+)
 
 
 @dataclass(frozen=True)

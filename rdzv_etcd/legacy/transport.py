@@ -25,13 +25,13 @@ class Node(NamedTuple):
     Attributes:
         key: Its absolute path (str).
         value: Its value (str; the JSON of the state, ``"0"`` for the counter, ...).
-        index: v2: its ``modifiedIndex``; v3: its ``mod_revision`` (int). Every write gives a
-            larger one: compare-and-swap compares it.
+        version: v2: its ``modifiedIndex``; v3: its ``mod_revision`` (int). Every write gives
+            a larger one: compare-and-swap compares it.
     """
 
     key: str
     value: str
-    index: int
+    version: int
 
 
 class LegacyTransport(ABC):
@@ -68,7 +68,7 @@ class LegacyTransport(ABC):
 
     @abstractmethod
     def compare_and_swap(self, key: str, value: str, prev: Node, ttl: int | None = None) -> Node | None:
-        """Write ``key`` only if it is still ``prev`` (same index); ``None`` when it is not
+        """Write ``key`` only if it is still ``prev`` (same version); ``None`` when it is not
         (changed, or gone). The TTL is replaced: ``None`` makes the key lasting."""
 
     @abstractmethod

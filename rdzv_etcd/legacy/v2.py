@@ -69,7 +69,7 @@ class V2Transport(LegacyTransport):
 
         def op(client: Any) -> Node | None:
             try:
-                return self._node(client.write(key, value, ttl=ttl, prevIndex=prev.index))
+                return self._node(client.write(key, value, ttl=ttl, prevIndex=prev.version))
             except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
                 return None
 
@@ -83,7 +83,7 @@ class V2Transport(LegacyTransport):
 
         def op(client: Any) -> bool:
             try:
-                client.delete(key, prevIndex=prev.index)
+                client.delete(key, prevIndex=prev.version)
                 return True
             except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
                 return False

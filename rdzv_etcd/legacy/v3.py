@@ -98,7 +98,7 @@ class V3Transport(LegacyTransport):
         return Node(key, value, stored.version) if applied and stored is not None else None
 
     def compare_and_swap(self, key: str, value: str, prev: Node, ttl: int | None = None) -> Node | None:
-        applied, stored = self._kv.put_if(key, value.encode("utf-8"), prev.index, ttl)
+        applied, stored = self._kv.put_if(key, value.encode("utf-8"), prev.version, ttl)
         return Node(key, value, stored.version) if applied and stored is not None else None
 
     def put(self, key: str, value: str, ttl: int | None = None) -> Node:
@@ -106,7 +106,7 @@ class V3Transport(LegacyTransport):
 
     def compare_and_delete(self, key: str, prev: Node) -> bool:
         txn = {
-            "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(prev.index)}],
+            "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(prev.version)}],
             "success": [{"request_delete_range": {"key": _b64(key)}}],
         }
         kv = self._kv

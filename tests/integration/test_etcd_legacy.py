@@ -165,7 +165,9 @@ def test_close_wakes_a_waiting_node_and_refuses_later_joins(backend, make_handle
     waiter, closer = make_handler(backend, run, 2, 2), make_handler(backend, run, 2, 2)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(waiter.next_rendezvous)
-        _wait_until("the waiter joined", lambda: (s := closer.rendezvous.read_state()) is not None and s.get("participants"))
+        _wait_until(
+            "the waiter joined", lambda: (s := closer.rendezvous.read_state()) is not None and s.get("participants")
+        )
         assert not closer.is_closed()
         closer.set_closed()
         with pytest.raises(RendezvousClosedError):
