@@ -92,6 +92,7 @@ class EtcdRendezvousHandler(RendezvousHandler):
             return False
         finally:
             self._rdzv.stop()
+            self._rdzv.close()
 
 
 def create_handler(

@@ -167,9 +167,9 @@ class EtcdRendezvous:
         if base:
             transport.make_dir(base)
         transport.make_dir(self.run_path, ttl=settings.run_ttl)
-        self._run_renewal: _Renewal | None = _Renewal(transport, self.run_path, settings.run_ttl)
         transport.make_dir(self._path("rdzv"))
         transport.create(self._path("rdzv/version_counter"), "0")
+        self._run_renewal: _Renewal | None = _Renewal(transport, self.run_path, settings.run_ttl)
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -255,6 +255,10 @@ class EtcdRendezvous:
             if renewal is not None:
                 renewal.stop(STOP_TIMEOUT)
         self._rank_renewal = self._run_renewal = None
+
+    def close(self) -> None:
+        """Release etcd connections (a later call reconnects)."""
+        self._t.close()
 
     # -- phases ---------------------------------------------------------------------------
 

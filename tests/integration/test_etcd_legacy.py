@@ -74,7 +74,7 @@ def make_handler(etcd_server: Any) -> Iterator[Callable[..., Any]]:
     yield make
     for handler in handlers:
         handler.rendezvous.stop()
-        handler.rendezvous._t.close()
+        handler.rendezvous.close()
 
 
 def _rounds(handlers: list[Any], bound: float = BOUND) -> list[Any]:
