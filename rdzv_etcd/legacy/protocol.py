@@ -273,8 +273,8 @@ class EtcdRendezvous:
         if active.status == "final":
             self._wait_as_newcomer(active.state["version"])
             raise EtcdRendezvousRetryImmediately("the final version freed")
-        self._wait_for_change(active.revision + 1)
-        raise EtcdRendezvousRetryableFailure(f"the state is {active.status}")
+        self._wait_for_change(active.revision + 1)  # setup, or frozen: it changed (torch pauses 1 s more)
+        raise EtcdRendezvousRetryImmediately(f"the state was {active.status}")
 
     def _try_create(self) -> _Active | None:
         """Create the next version (``setup`` lock, counter + 1, ``joinable``); ``None`` when
