@@ -13,7 +13,9 @@ From that object core builds everything else, without naming the backend anywher
 handler (as torch's registry does from ``create_backend(params) -> (backend, store)``), the
 warning about unknown configuration keys, ``rdzv status`` and ``rdzv close`` (which open the
 backend without joining), ``rdzv server <kind>`` (when the plug-in has a local server), the
-install hint of an error, and the torchrun handler creator.
+install hint of an error, and the torchrun handler creator. A plug-in whose protocol is not
+the dynamic rendezvous (torch's legacy etcd handler, say) gives ``handler_factory`` instead
+of (or besides) ``create_backend``: core then creates its handlers with it.
 """
 
 from __future__ import annotations

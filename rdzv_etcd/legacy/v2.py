@@ -118,7 +118,7 @@ class V2Transport(LegacyTransport):
                 result = client.read(directory)
             except self._etcd.EtcdKeyNotFound:
                 return set()
-            return {child["key"] for child in getattr(result, "_children", []) if child.get("key") in wanted}
+            return {child.key for child in result.children if child.key in wanted}  # an empty dir yields itself
 
         return self._kv._call("get", op)
 
