@@ -193,32 +193,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
             if self._membership.standing is not None:
                 return self._membership.standing
             return Standing("", 0, 0, False, False, Role.NONE, None, 0, 0, 0, 0, None)
-        state, key = self._holder.state, self._this_node.key
-        role = (
-            Role.PARTICIPANT
-            if key in state.participants
-            else Role.WAITING
-            if key in state.wait_list
-            else Role.REDUNDANT
-            if key in state.redundancy_list
-            else Role.NONE
-        )
-        rank = state.participants.get(key) if state.complete and role is Role.PARTICIPANT else None
-        deadline_in = None if state.deadline is None else max(0.0, state.deadline - self._clock.time())
-        return Standing(
-            str(self._holder.token or ""),
-            0,
-            state.round,
-            state.complete,
-            state.closed,
-            role,
-            rank,
-            state.world_size,
-            len(state.participants),
-            len(state.wait_list),
-            len(state.redundancy_list),
-            deadline_in,
-        )
+        return state_standing(self._holder.state, self._this_node.key, self._clock.time())
 
     def get_backend(self) -> str:
         return self._backend_name

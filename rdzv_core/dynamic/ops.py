@@ -138,7 +138,7 @@ def state_standing(state: RendezvousState, node: str, wall: float) -> Standing:
         participants=len(state.participants),
         waiting=len(state.wait_list),
         redundant=len(state.redundancy_list),
-        deadline_in=None if state.deadline is None or state.complete else state.deadline - wall,
+        deadline_in=None if state.deadline is None or state.complete else max(0.0, state.deadline - wall),
     )
 
 

@@ -369,15 +369,20 @@ def test_standalone_single_node() -> None:
     assert "step 1 done (sum 1 ok)" in result.stdout and "finished" in result.stdout
 
 
-def test_server_command_prints_endpoint_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rdzv_core.cli", "server", "redis"],
+def _server_process(*args: str) -> subprocess.Popen[str]:
+    """``rdzv <args>`` (a server command) in the background, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "rdzv_core.cli", *args],
         env=_env(),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_server_command_prints_endpoint_and_stops_on_sigterm() -> None:
+    proc = _server_process("server", "redis")
     try:
         assert proc.stdout is not None
         endpoint = proc.stdout.readline().strip()
@@ -472,14 +477,7 @@ def test_torchrun_pet_variables_configure_rdzv_run() -> None:
 def test_server_cluster_command_prints_every_node_and_status_reads_it() -> None:
     """``rdzv server redis --cluster``: the first line lists the six nodes; ``rdzv status``
     with ``cluster=true`` reads the cluster (issue #16)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rdzv_core.cli", "server", "redis", "--cluster"],
-        env=_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _server_process("server", "redis", "--cluster")
     try:
         assert proc.stdout is not None
         endpoint = proc.stdout.readline().strip()
