@@ -1,0 +1,312 @@
+"""Servers and node fleets on a :class:`~tests.netlab.lab.Lab`, and the invariants checked
+from the nodes' own records (see :mod:`tests.netlab.node`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tests.netlab.lab import ROOT, Lab
+
+#: Keep-alives every 0.5 s, dead after 4 missed (2 s); short last call and join timeout.
+INTERVAL_S = 0.5
+ATTEMPTS = 4
+DEAD_AFTER_S = INTERVAL_S * ATTEMPTS
+JOIN_TIMEOUT_S = 20.0
+HANDLER_CONFIG = {
+    "keep_alive_interval": INTERVAL_S,
+    "keep_alive_max_attempt": ATTEMPTS,
+    "heartbeat_timeout": 1.0,
+    "last_call_timeout": 0.5,
+    "join_timeout": JOIN_TIMEOUT_S,
+    "close_timeout": 5.0,
+}
+BACKEND_CONFIG = {
+    "redis": {"socket_timeout": 1.0, "connect_timeout": 1.0, "retry_timeout": 3.0},
+    "etcd-v3": {"read_timeout": 2.0},
+}
+#: How far past its own deadline a call may return: one request in flight when it passes.
+DEADLINE_SLACK_S = 4.0
+#: The longest a ``num_nodes_waiting()`` may take: its retry budget plus one request.
+WAITING_BOUND_S = 3.0 + 2.0 + DEADLINE_SLACK_S
+#: The errors the API documents for ``next_rendezvous()`` and ``num_nodes_waiting()``.
+DOCUMENTED_ERRORS = {
+    "rdzv_core.api.RendezvousConnectionError",
+    "rdzv_core.api.RendezvousTimeoutError",
+    "rdzv_core.api.RendezvousStateError",
+    "rdzv_core.store.StoreTimeoutError",
+    "rdzv_core.api.StoreTimeoutError",
+}
+#: Seconds a node may take to notice that a round formed without it.
+NOTICE_S = 1.5
+
+
+class LabServer:
+    """The backend's server on the lab's ``srv`` host (``redis-server`` or ``etcd``), started
+    through rdzv's own launchers inside the host's namespace."""
+
+    def __init__(self, lab: Lab, backend: str) -> None:
+        self.lab, self.backend = lab, backend
+        address = lab.address("srv")
+        self._dir = tempfile.mkdtemp(prefix="rdzv-netlab-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        if backend == "redis":
+            from rdzv_redis.server import RedisServer
+
+            self.server: Any = type("LabRedisServer", (RedisServer,), {"host": address})(
+                port=6379,
+                extra_args=["--protected-mode", "no"],  # on a lab address, no password: a private network
+            )
+        else:
+            from rdzv_etcd.server import EtcdServer
+
+            self.server = EtcdServer(host=address, data_dir=os.path.join(self._dir, "data"))
+        lab.call("srv", self.server.start)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.lab.address('srv')}:{self.server.port}"
+
+    def restart_empty(self) -> None:
+        """Kill the server (SIGKILL) and start it again on the same address, without its data."""
+        if self.backend == "redis":
+            self.server.kill()
+            self.lab.call("srv", self.server.start)
+        else:
+            self.lab.call("srv", lambda: self.server.restart(keep_data=False, kill=True))
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.server.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@dataclass
+class NodeHandle:
+    host: str
+    proc: subprocess.Popen[str]
+    stderr: Any
+    key: str = ""
+
+
+class Fleet:
+    """Node processes, one per node host of the lab, and the records they print.
+
+    Attributes:
+        records: Every record so far, each with ``host`` added, in arrival order.
+    """
+
+    def __init__(self, lab: Lab, server: LabServer, hosts: list[str], min_nodes: int, max_nodes: int) -> None:
+        self.lab, self.server = lab, server
+        self.run_id = f"lab-{uuid.uuid4().hex[:10]}"
+        self.min_nodes, self.max_nodes = min_nodes, max_nodes
+        self.records: list[dict[str, Any]] = []
+        self.nodes: dict[str, NodeHandle] = {}
+        self._cond = threading.Condition()
+        for host in hosts:
+            self.start(host)
+
+    def _spec(self, host: str) -> str:
+        config = {**HANDLER_CONFIG, **BACKEND_CONFIG[self.server.backend]}
+        return json.dumps(
+            {
+                "backend": self.server.backend, "endpoint": self.server.endpoint, "run_id": self.run_id,
+                "min_nodes": self.min_nodes, "max_nodes": self.max_nodes, "local_addr": self.lab.address(host),
+                "config": config,
+            }
+        )  # fmt: skip
+
+    def start(self, host: str, go: bool = False) -> None:
+        """Start the node of ``host``; it joins once :meth:`go` is called (at once if ``go``)."""
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p),
+        }
+        stderr = tempfile.TemporaryFile()
+        proc = self.lab.popen(
+            host, [sys.executable, "-m", "tests.netlab.node", self._spec(host)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT, env=env,
+        )  # fmt: skip
+        handle = self.nodes[host] = NodeHandle(host, proc, stderr)
+        ready: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(handle, ready), daemon=True).start()
+        try:
+            handle.key = ready.get(timeout=60)
+        except queue.Empty:
+            raise AssertionError(f"the node of {host} was not ready within 60 s: {self.stderr(host)}") from None
+        if go:
+            self.go([host])
+
+    def _read(self, handle: NodeHandle, ready: queue.Queue[str]) -> None:
+        assert handle.proc.stdout is not None
+        for line in handle.proc.stdout:
+            record = json.loads(line)
+            if record["ev"] == "ready":
+                ready.put(record["node"])
+                continue
+            record["host"] = handle.host
+            with self._cond:
+                self.records.append(record)
+                self._cond.notify_all()
+        ready.put("")
+
+    def stderr(self, host: str) -> str:
+        handle = self.nodes[host]
+        handle.stderr.seek(0)
+        return handle.stderr.read().decode(errors="replace")[-3000:]
+
+    def go(self, hosts: list[str] | None = None) -> None:
+        for host in hosts or list(self.nodes):
+            stdin = self.nodes[host].proc.stdin
+            assert stdin is not None
+            stdin.write("go\n")
+            stdin.flush()
+
+    def signal(self, host: str, signum: int) -> None:
+        os.kill(self.nodes[host].proc.pid, signum)
+
+    def wait_for(self, what: str, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float) -> float:
+        """Wait until ``predicate(records)``; the monotonic time it became true. AssertionError
+        naming ``what`` (with the records) after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.records):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{what}: not within {timeout} s; records:\n{self.dump()}")
+                self._cond.wait(min(left, 0.2))
+        return time.monotonic()
+
+    def rounds(self) -> dict[str, list[dict[str, Any]]]:
+        """The formed rounds: round id -> the ``round`` records of its members."""
+        with self._cond:
+            grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for record in self.records:
+                if record["ev"] == "round":
+                    grouped[record["round"]].append(record)
+            return dict(grouped)
+
+    def wait_round(self, members: set[str], timeout: float = 30.0, after: float = 0.0) -> str:
+        """Wait until a round started after ``after`` (monotonic) holds exactly ``members``
+        (hosts), all of which reported it; its id."""
+        found: list[str] = []
+
+        def formed(records: list[dict[str, Any]]) -> bool:
+            for round_id, got in self.rounds().items():
+                hosts = {r["host"] for r in got}
+                if hosts == members and got[0]["world_size"] == len(members) and min(r["t1"] for r in got) > after:
+                    found.append(round_id)
+                    return True
+            return False
+
+        self.wait_for(f"a round of {sorted(members)}", formed, timeout)
+        return found[0]
+
+    def settle(self, seconds: float) -> None:
+        """Let the nodes run ``seconds`` more (a bounded wait for nothing to happen)."""
+        with self._cond:
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+
+    def dump(self, limit: int = 120) -> str:
+        lines = [json.dumps(r, sort_keys=True) for r in self.records if r["ev"] != "waiting" or r["n"]]
+        return "\n".join(lines[-limit:])
+
+    def close(self) -> None:
+        for handle in self.nodes.values():
+            with contextlib.suppress(ProcessLookupError):
+                handle.proc.send_signal(signal.SIGCONT)
+            if handle.proc.poll() is None:
+                handle.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                handle.proc.wait(10)
+            for stream in (handle.proc.stdin, handle.proc.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            handle.stderr.close()
+
+    # -- invariants ------------------------------------------------------------------------
+
+    def check_invariants(self, allowed_errors: set[str] | None = None) -> None:
+        """The invariants of every run, from the records (AssertionError naming the broken one):
+
+        * within a round, all members report the same world size and bootstrap address, and
+          their ranks are distinct, in ``0..W-1`` (a permutation once all W reported);
+        * no two nodes of a round run on one host; a round has at most ``max_nodes`` members;
+        * each node's rounds only increase (within one incarnation of the server's record);
+        * no node returns 0 from ``num_nodes_waiting()`` :data:`NOTICE_S` after a round formed
+          without it, later than the one it holds (same incarnation);
+        * no call outlives its deadline (``next_rendezvous``: the join timeout; others: their
+          retry budget), each plus :data:`DEADLINE_SLACK_S`;
+        * every error is a documented one (``allowed_errors``: default all of
+          :data:`DOCUMENTED_ERRORS`).
+        """
+        allowed = DOCUMENTED_ERRORS if allowed_errors is None else allowed_errors
+        with self._cond:
+            records = list(self.records)
+        dump = self.dump()
+        rounds = self.rounds()
+        for round_id, got in rounds.items():
+            sizes = {r["world_size"] for r in got}
+            masters = {r["master"] for r in got}
+            ranks = [r["rank"] for r in got]
+            hosts = [r["host"] for r in got]
+            assert len(sizes) == 1, f"round {round_id}: members disagree on the world size {sizes}\n{dump}"
+            assert len(masters) == 1, f"round {round_id}: members disagree on the bootstrap address {masters}\n{dump}"
+            world = sizes.pop()
+            assert 1 <= world <= self.max_nodes, f"round {round_id}: world size {world}\n{dump}"
+            assert len(set(hosts)) == len(hosts), f"round {round_id}: a node reported it twice {hosts}\n{dump}"
+            assert len(set(ranks)) == len(ranks) and all(0 <= r < world for r in ranks), (
+                f"round {round_id}: ranks {ranks} are not distinct in 0..{world - 1}\n{dump}"
+            )
+        for host in self.nodes:
+            mine = [r for r in records if r["host"] == host and r["ev"] == "round"]
+            for before, after in zip(mine, mine[1:]):
+                if _incarnation(before) == _incarnation(after):
+                    assert after["number"] > before["number"], (
+                        f"{host}: round {after['round']} after {before['round']}: rounds went back\n{dump}"
+                    )
+        formed = [(min(r["t1"] for r in got), got) for got in rounds.values()]
+        for record in records:
+            if record["ev"] != "waiting" or record["n"] != 0:
+                continue
+            held = next((got for got in rounds.values() if got[0]["round"] == record["round"]), None)
+            if held is None:
+                continue
+            for at, got in formed:
+                newer = (
+                    _incarnation(got[0]) == _incarnation(held[0])
+                    and got[0]["number"] > held[0]["number"]
+                    and record["host"] not in {r["host"] for r in got}
+                )
+                assert not (newer and record["t0"] > at + NOTICE_S), (
+                    f"{record['host']} holds {record['round']} and its num_nodes_waiting() returned 0 at "
+                    f"{record['t0']:.2f}, {record['t0'] - at:.2f} s after round {got[0]['round']} formed without it\n{dump}"
+                )
+        for record in records:
+            took = record["t1"] - record["t0"]
+            bound = JOIN_TIMEOUT_S + DEADLINE_SLACK_S if record["call"] == "next_rendezvous" else WAITING_BOUND_S
+            assert took <= bound, f"{record['host']}: {record['call']} took {took:.2f} s (bound {bound} s)\n{dump}"
+            if record["ev"] == "error":
+                assert record["type"] in allowed, f"{record['host']}: undocumented error {record}\n{dump}"
+
+
+def _incarnation(record: dict[str, Any]) -> str:
+    """The incarnation part of a round's store prefix (``rdzv.RUN.ROUND[.INCARNATION]``)."""
+    parts = record["round"].split(".")
+    return parts[3] if len(parts) > 3 else ""
