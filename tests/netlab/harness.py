@@ -22,9 +22,9 @@ from typing import Any
 
 from tests.netlab.lab import ROOT, Lab
 
-#: Keep-alives every 0.5 s, dead after 4 missed (2 s); short last call and join timeout.
+#: Keep-alives every 0.5 s, dead after 5 missed (2.5 s); short last call and join timeout.
 INTERVAL_S = 0.5
-ATTEMPTS = 4
+ATTEMPTS = 5
 DEAD_AFTER_S = INTERVAL_S * ATTEMPTS
 JOIN_TIMEOUT_S = 20.0
 HANDLER_CONFIG = {
@@ -215,6 +215,33 @@ class Fleet:
         self.wait_for(f"a round of {sorted(members)}", formed, timeout)
         return found[0]
 
+    def last_rounds(self) -> dict[str, dict[str, Any]]:
+        """Each host's last ``round`` record."""
+        with self._cond:
+            return {r["host"]: r for r in self.records if r["ev"] == "round"}
+
+    def wait_settled(self, members: set[str], timeout: float = 30.0) -> str:
+        """Wait until every host of ``members`` holds one round of exactly them and has since
+        answered ``num_nodes_waiting() == 0``; the round's id."""
+        found: list[str] = []
+
+        def settled(records: list[dict[str, Any]]) -> bool:
+            last = self.last_rounds()
+            held = {last[h]["round"] for h in members if h in last}
+            if len(held) != 1 or set(last) < members or last[next(iter(members))]["world_size"] != len(members):
+                return False
+            for host in members:
+                after = [
+                    r for r in records if r["host"] == host and r["ev"] == "waiting" and r["t0"] > last[host]["t1"]
+                ]
+                if not after or after[-1]["n"] != 0:
+                    return False
+            found.append(held.pop())
+            return True
+
+        self.wait_for(f"all of {sorted(members)} in one round", settled, timeout)
+        return found[0]
+
     def settle(self, seconds: float) -> None:
         """Let the nodes run ``seconds`` more (a bounded wait for nothing to happen)."""
         with self._cond:
@@ -276,7 +303,7 @@ class Fleet:
             )
         for host in self.nodes:
             mine = [r for r in records if r["host"] == host and r["ev"] == "round"]
-            for before, after in zip(mine, mine[1:]):
+            for before, after in zip(mine, mine[1:], strict=False):
                 if _incarnation(before) == _incarnation(after):
                     assert after["number"] > before["number"], (
                         f"{host}: round {after['round']} after {before['round']}: rounds went back\n{dump}"
@@ -299,6 +326,8 @@ class Fleet:
                     f"{record['t0']:.2f}, {record['t0'] - at:.2f} s after round {got[0]['round']} formed without it\n{dump}"
                 )
         for record in records:
+            if "t1" not in record:
+                continue  # a "joining" mark
             took = record["t1"] - record["t0"]
             bound = JOIN_TIMEOUT_S + DEADLINE_SLACK_S if record["call"] == "next_rendezvous" else WAITING_BOUND_S
             assert took <= bound, f"{record['host']}: {record['call']} took {took:.2f} s (bound {bound} s)\n{dump}"

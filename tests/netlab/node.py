@@ -7,7 +7,8 @@ torchrun's agent, it calls ``next_rendezvous()`` and polls ``num_nodes_waiting()
 :data:`POLL_S` seconds, joining the next round when it is above 0. Errors are recorded and
 the node goes on (after :data:`POLL_S`), so a test sees what it does once the fault heals.
 
-Every call prints one JSON line: ``ev`` (``round``, ``waiting`` or ``error``), ``call``,
+Each ``next_rendezvous()`` is announced by ``{"ev": "joining", "t0": ...}``; every call
+prints one JSON line when it returns: ``ev`` (``round``, ``waiting`` or ``error``), ``call``,
 ``t0``/``t1`` (``time.monotonic()``, shared by every namespace of the machine) and, for
 ``round``: ``round`` (the round's store prefix: run, round number and incarnation),
 ``number``, ``rank``, ``world_size``, ``master`` (``"addr:port"``); for ``waiting``: ``n``
@@ -72,6 +73,7 @@ def main(argv: list[str]) -> None:
     held: str | None = None
     while not stopping.is_set():
         t0 = time.monotonic()
+        _emit({"ev": "joining", "t0": t0})
         try:
             info = handler.next_rendezvous()
         except Exception as exc:
