@@ -11,6 +11,8 @@ sockets), applying per direction (``up``: host to bridge, ``down``: bridge to ho
 
 Control: one JSON object per line on stdin, ``{"up": {...}, "down": {...}}`` (missing
 directions and keys keep their values); each is answered ``ok`` on stdout once applied.
+``{"stats": true}`` is answered with one JSON line: per direction, the ``frames`` and
+``bytes`` seen so far (before any fault) and how many were ``dropped``.
 End of stdin (the lab, or the test process, went away) stops the forwarder.
 """
 
@@ -41,6 +43,9 @@ class Direction:
     drop: bool = False
     queue: list[tuple[float, int, bytes]] = field(default_factory=list)
     last_due: float = 0.0
+    frames: int = 0
+    bytes: int = 0
+    dropped: int = 0
 
     def update(self, spec: dict[str, object]) -> None:
         for key in ("delay", "jitter", "loss"):
@@ -54,7 +59,10 @@ class Direction:
 
     def admit(self, frame: bytes, now: float, seq: int, rng: random.Random) -> bool:
         """Queue ``frame`` unless a fault drops it; ``True`` when queued."""
+        self.frames += 1
+        self.bytes += len(frame)
         if self.drop or (self.loss and rng.random() < self.loss):
+            self.dropped += 1
             return False
         due = now + max(0.0, self.delay + (rng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0))
         self.last_due = due = max(due, self.last_due)  # FIFO: jitter never reorders
@@ -97,7 +105,15 @@ def main(argv: list[str]) -> None:
                 control += chunk
                 while b"\n" in control:
                     line, control = control.split(b"\n", 1)
-                    for which, spec in json.loads(line).items():
+                    command = json.loads(line)
+                    if command.get("stats"):
+                        counts = {
+                            n: {"frames": d.frames, "bytes": d.bytes, "dropped": d.dropped}
+                            for n, d in directions.items()
+                        }
+                        print(json.dumps(counts), flush=True)
+                        continue
+                    for which, spec in command.items():
                         directions[which].update(spec)
                     print("ok", flush=True)
                 continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import queue
 import random
@@ -184,7 +185,6 @@ class Link:
             raise RuntimeError(f"the forwarder of {self.namespace} answered {line!r} (expected {word!r}): {err}")
 
     def set(self, up: dict[str, Any] | None = None, down: dict[str, Any] | None = None) -> None:
-        import json
 
         spec = {name: value for name, value in (("up", up), ("down", down)) if value is not None}
         assert self.proc.stdin is not None
@@ -193,6 +193,18 @@ class Link:
         self._expect("ok")
         for name, value in spec.items():
             self.faults.setdefault(name, {}).update(value)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per direction (``up``, ``down``): ``frames`` and ``bytes`` seen, ``dropped``."""
+
+        assert self.proc.stdin is not None
+        self.proc.stdin.write('{"stats": true}\n')
+        self.proc.stdin.flush()
+        try:
+            line = self._replies.get(timeout=15)
+        except queue.Empty:
+            raise RuntimeError(f"the forwarder of {self.namespace} did not answer within 15 s") from None
+        return dict(json.loads(line))
 
     def stop(self) -> None:
         if self.proc.poll() is None:

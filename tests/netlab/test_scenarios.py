@@ -23,6 +23,7 @@ def test_baseline(fleet):
     nodes.wait_round(ALL)
     nodes.settle(1.0)
     assert len(nodes.rounds()) == 1, nodes.dump()
+    nodes.check_idle_traffic()
     nodes.check_invariants(allowed_errors=set())
 
 
@@ -72,6 +73,7 @@ def _excluded_then_rejoins(lab, nodes, host, cut, heal):
     healed_at = time.monotonic()
     nodes.wait_round(ALL, timeout=30, after=healed_at)
     nodes.wait_settled(ALL)
+    nodes.check_idle_traffic()
     nodes.check_invariants(allowed_errors=OUTAGE_ERRORS)
 
 
@@ -103,6 +105,7 @@ def test_server_partitioned_shorter_than_dead_timeout(lab, fleet):
     nodes.settle(DEAD_AFTER_S)  # the keep-alives queued in the outage arrive; nobody is declared dead
     assert nodes.wait_settled(ALL) == first, nodes.dump()
     assert set(nodes.rounds()) == {first}, nodes.dump()
+    nodes.check_idle_traffic()
     nodes.check_invariants(allowed_errors=OUTAGE_ERRORS)
 
 
@@ -115,6 +118,7 @@ def test_flapping_link(lab, fleet):
             nodes.settle(0.4)
         nodes.settle(0.6)
     nodes.wait_settled(ALL)
+    nodes.check_idle_traffic()
     nodes.check_invariants(allowed_errors=OUTAGE_ERRORS)
 
 
@@ -129,6 +133,7 @@ def test_server_restarted_empty_while_a_node_is_queued(lab, server, fleet):
     nodes.start("n3", go=True)
     nodes.wait_round(ALL, timeout=30, after=restarted_at)
     nodes.wait_settled(ALL)
+    nodes.check_idle_traffic()
     nodes.check_invariants(allowed_errors=OUTAGE_ERRORS)
 
 
@@ -142,4 +147,5 @@ def test_server_restarted_empty_while_the_round_is_complete(lab, server, fleet):
     second = nodes.wait_round(ALL, timeout=30, after=restarted_at)  # the nodes notice their round is gone
     assert second != first
     nodes.wait_settled(ALL)
+    nodes.check_idle_traffic()
     nodes.check_invariants(allowed_errors=OUTAGE_ERRORS)
