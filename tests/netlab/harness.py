@@ -95,12 +95,24 @@ class NodeHandle:
 class Fleet:
     """Node processes, one per node host of the lab, and the records they print.
 
+    ``server`` is a :class:`LabServer` (or anything with ``backend`` and ``endpoint``);
+    ``config`` the nodes' configuration (default: :data:`HANDLER_CONFIG` and the backend's).
+
     Attributes:
         records: Every record so far, each with ``host`` added, in arrival order.
     """
 
-    def __init__(self, lab: Lab, server: LabServer, hosts: list[str], min_nodes: int, max_nodes: int) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        server: Any,
+        hosts: list[str],
+        min_nodes: int,
+        max_nodes: int,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.lab, self.server = lab, server
+        self.config = config if config is not None else {**HANDLER_CONFIG, **BACKEND_CONFIG[server.backend]}
         self.run_id = f"lab-{uuid.uuid4().hex[:10]}"
         self.min_nodes, self.max_nodes = min_nodes, max_nodes
         self.records: list[dict[str, Any]] = []
@@ -110,7 +122,7 @@ class Fleet:
             self.start(host)
 
     def _spec(self, host: str) -> str:
-        config = {**HANDLER_CONFIG, **BACKEND_CONFIG[self.server.backend]}
+        config = self.config
         return json.dumps(
             {
                 "backend": self.server.backend, "endpoint": self.server.endpoint, "run_id": self.run_id,

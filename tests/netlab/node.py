@@ -47,16 +47,46 @@ def _error(call: str, t0: float, exc: BaseException) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> None:
-    spec = json.loads(argv[1])
-    params = RendezvousParameters(
-        spec["backend"], spec["endpoint"], spec["run_id"], spec["min_nodes"], spec["max_nodes"], spec["local_addr"],
+def _torch_handler(spec: dict[str, Any]) -> Any:
+    """torch's own dynamic rendezvous on a ``TCPStore`` at ``endpoint`` (backend
+    ``torch-c10d``; for the latency benchmark)."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+    from torch.distributed.elastic.rendezvous.api import RendezvousParameters as TorchParameters
+    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
+
+    host, port = spec["endpoint"].rsplit(":", 1)
+    store = TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=60))
+    params = TorchParameters(
+        "c10d", spec["endpoint"], spec["run_id"], spec["min_nodes"], spec["max_nodes"], spec["local_addr"],
         **spec["config"],
     )  # fmt: skip
-    from tests.nodeproc import create_node
+    return create_handler(store, C10dRendezvousBackend(store, spec["run_id"]), params)
 
-    node = create_node(params)
-    handler = node.handler
+
+def _round_of(handler: Any, info: Any) -> str:
+    """The id of the round ``info`` is of: its store prefix (``rdzv.RUN.ROUND[.INCARNATION]``);
+    for torch's handler, ``torch.RUN.ROUND`` from the state it holds."""
+    prefix = getattr(info.store, "prefix", None)
+    if isinstance(prefix, str):
+        return prefix
+    return f"torch.{handler.get_run_id()}.{handler._state_holder.state.round}"
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(argv[1])
+    if spec["backend"] == "torch-c10d":
+        handler = _torch_handler(spec)
+    else:
+        from tests.nodeproc import create_node
+
+        params = RendezvousParameters(
+            spec["backend"], spec["endpoint"], spec["run_id"], spec["min_nodes"], spec["max_nodes"], spec["local_addr"],
+            **spec["config"],
+        )  # fmt: skip
+        handler = create_node(params).handler
     stopping = threading.Event()
 
     def watch_stdin() -> None:
@@ -68,7 +98,7 @@ def main(argv: list[str]) -> None:
 
     go = threading.Event()
     threading.Thread(target=watch_stdin, daemon=True).start()
-    _emit({"ev": "ready", "node": handler.node.key if hasattr(handler.node, "key") else str(handler.node)})
+    _emit({"ev": "ready", "node": str(getattr(handler, "node", "torch"))})
     go.wait()
     held: str | None = None
     while not stopping.is_set():
@@ -81,7 +111,7 @@ def main(argv: list[str]) -> None:
             held = None
             stopping.wait(POLL_S)
             continue
-        held = info.store.prefix  # type: ignore[attr-defined]
+        held = _round_of(handler, info)
         boot = info.bootstrap_store_info
         _emit(
             {
