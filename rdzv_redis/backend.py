@@ -542,8 +542,11 @@ class RedisRendezvousBackend(RendezvousBackend):
         received in its current subscription (no round trip: an agent asks often, and
         ``timeout == 0`` then costs nothing); without one — not subscribed, nothing announced
         yet, or the listener reconnected (``resync``) — it reads ``HMGET rdzv:{R}:round inc
-        ver`` (one request, bounded by the timeout). A record lost without an announcement
-        (``FLUSHALL``) is seen at the next read or operation, not here.
+        ver`` (one request, bounded by the timeout), and a read made while subscribed stands
+        in for an announcement until the next one (:meth:`Notifier.note`): after a server
+        restart, a round that does not change again is not read on every check. A record
+        lost without an announcement (``FLUSHALL``) is seen at the next read or operation,
+        not here.
 
         Args:
             seen: The :attr:`Standing.change_id` the caller acted on.
@@ -556,12 +559,19 @@ class RedisRendezvousBackend(RendezvousBackend):
             RendezvousConnectionError: the read failed until the timeout.
         """
         deadline = time.monotonic() + max(0.0, timeout)
+        notifier, channel = self._client.notifier, self._keys.round_channel
 
         def changed(announced: bytes | None) -> bool:
             verdict = _round_differs(announced, seen)
-            return verdict if verdict is not None else self._read_round_id(deadline) != (seen or ("", 0))
+            if verdict is not None:
+                return verdict
+            epoch = notifier.confirmed_epoch(channel)
+            inc, ver = self._read_round_id(deadline)
+            if epoch is not None and inc not in ("", "?"):
+                notifier.note(channel, f"{inc}:{ver}".encode(), epoch)  # the next check needs no read
+            return (inc, ver) != (seen or ("", 0))
 
-        return self._wait_announced(self._keys.round_channel, deadline, changed)
+        return self._wait_announced(channel, deadline, changed)
 
     def _read_round_id(self, deadline: float) -> tuple[str, int]:
         """``(inc, ver)`` of the record (``HMGET rdzv:{R}:round inc ver``), ``("", 0)``
