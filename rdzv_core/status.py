@@ -308,17 +308,17 @@ def collect_all_status(params: RendezvousParameters) -> list[RendezvousStatus]:
     """
     with open_backend(params) as session:
         run_ids = _catalog(session, params.backend).list_run_ids()
-    statuses = []
-    for run_id in run_ids:
+    return [_status_or_error(params, run_id) for run_id in run_ids]
+
+
+def _status_or_error(params: RendezvousParameters, run_id: str) -> RendezvousStatus:
+    # Opening the backend may already read the run's state (etcd probes it), so a corrupt
+    # run is caught around the open as well as the read: one corrupt run does not hide the others.
+    try:
         with open_backend(_for_run(params, run_id)) as session:
-            try:
-                status = read_status(session.backend, run_id, backend_name=params.backend, endpoint=params.endpoint)
-            except RendezvousStateError as exc:  # one corrupt run does not hide the others
-                status = RendezvousStatus(
-                    run_id, params.backend, safe_endpoint(params.endpoint), exists=True, error=str(exc)
-                )
-            statuses.append(status)
-    return statuses
+            return read_status(session.backend, run_id, backend_name=params.backend, endpoint=params.endpoint)
+    except RendezvousStateError as exc:
+        return RendezvousStatus(run_id, params.backend, safe_endpoint(params.endpoint), exists=True, error=str(exc))
 
 
 def _for_run(params: RendezvousParameters, run_id: str) -> RendezvousParameters:

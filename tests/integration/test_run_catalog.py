@@ -203,3 +203,25 @@ def test_a_corrupt_run_is_listed_as_unreadable_and_hides_no_other(
     assert statuses[good].complete and statuses[good].error is None
     assert statuses[bad].error is not None and "corrupt" in statuses[bad].error
     assert "unreadable" in next(line for line in format_runs_table([statuses[bad]]).splitlines() if bad in line)
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_a_corrupt_etcd_run_is_listed_as_unreadable(etcd_server: Any, api: str, handlers: list[Any]) -> None:
+    # Opening an etcd backend probes the run's state key, so the corrupt run fails at the
+    # open, not only at the read: ``status --all`` must still list it and the others.
+    from rdzv_core.status import format_runs_table
+    from rdzv_etcd.backend import create_backend
+    from tests.fixtures_etcd import raw_put
+
+    good, bad = (f"cat-{name}-{uuid.uuid4().hex[:8]}" for name in ("good", "bad"))
+    _joined(etcd_params(etcd_server, api, good, 1, 1, **FAST), handlers)
+    backend, _ = create_backend(etcd_params(etcd_server, api, good, 1, 1, **FAST))
+    # v2 keeps the whole state blob; v3 reads its status from the membership summary.
+    key = backend.keys.state if api == "v2" else backend.membership.summary_key
+    state_key = key.replace(good, bad)
+    backend.close()
+    raw_put(etcd_server, api, state_key, b"\xff\xfe garbage \x00")
+    statuses = {s.run_id: s for s in collect_all_status(etcd_params(etcd_server, api, "-", 1, 1, **FAST))}
+    assert statuses[good].complete and statuses[good].error is None
+    assert statuses[bad].error is not None
+    assert "unreadable" in next(line for line in format_runs_table([statuses[bad]]).splitlines() if bad in line)
