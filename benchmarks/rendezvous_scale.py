@@ -63,16 +63,19 @@ def run_round(
     pyspy_dir: str | None = None,
     switch_interval: float | None = None,
     experiments: list[str] | None = None,
+    redis_cluster: bool = False,
 ) -> dict[str, Any]:
-    """Run one round of ``n`` nodes of ``backend`` in ``procs`` processes; return a row."""
+    """Run one round of ``n`` nodes of ``backend`` in ``procs`` processes; return a row.
+    ``redis_cluster``: the ``redis`` backend on a local Redis Cluster (``cluster=true``; the
+    row's backend is ``redis-cluster``)."""
     row: dict[str, Any] = {
-        "backend": backend,
+        "backend": "redis-cluster" if redis_cluster else backend,
         "nodes": n,
         "mode": "last_join" if last_join else "burst",
         "status": "ok",
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
-    server = make_server(N.SERVER_OF[backend])
+    server = make_server("redis-cluster" if redis_cluster else N.SERVER_OF[backend])
     ctx = mp.get_context("spawn")
     children: list[Any] = []
     try:
@@ -93,6 +96,7 @@ def run_round(
             "switch_interval": switch_interval or N.DEFAULT_SWITCH_INTERVAL,
             "experiments": experiments or [],
             "log_dir": os.environ.get("RDZV_BENCH_LOG_DIR"),
+            "extra_config": {"cluster": "true"} if redis_cluster else {},
         }
         row["switch_interval_s"] = spec["switch_interval"]
         if experiments:
@@ -741,6 +745,13 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _run(backend: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """:func:`run_round` of a ``--backends`` entry (``redis-cluster``: redis on a cluster)."""
+    if backend == "redis-cluster":
+        return run_round("redis", *args, redis_cluster=True, **kwargs)
+    return run_round(backend, *args, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -749,12 +760,17 @@ def main(argv: list[str] | None = None) -> int:
         "--backends",
         "--backend",
         default=",".join(ALL_BACKENDS),
-        help="comma list of: memory, " + ", ".join(ALL_BACKENDS),
+        help="comma list of: memory, redis-cluster, " + ", ".join(ALL_BACKENDS),
     )
     ap.add_argument(
         "--torch",
         action="store_true",
         help="add torch-c10d (torch's DynamicRendezvousHandler over C10dRendezvousBackend/TCPStore) to the backends",
+    )
+    ap.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="add redis-cluster: the redis backend (cluster=true) on a local Redis Cluster of 3 masters + 3 replicas",
     )
     ap.add_argument("--nodes", default="8,64,256,1024,4096")
     ap.add_argument("--procs", type=int, default=4, help="node processes (threads are spread over them)")
@@ -815,6 +831,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.torch and "torch-c10d" not in backends:
         backends.append("torch-c10d")
+    if args.redis_cluster and "redis-cluster" not in backends:
+        backends.append("redis-cluster")
     if args.last_join_nodes == "same":
         args.last_join_nodes = args.nodes
     result: dict[str, Any] = {
@@ -831,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     available = []
     for b in backends:
-        why = N.backend_available(b)
+        why = N.backend_available("redis" if b == "redis-cluster" else b)
         if why:
             result["skipped"][b] = why
             log(f"skip {b}: {why}")
@@ -854,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     continue
                 log(f"scale {b} N={n} ...")
-                row = run_round(b, n, args.procs, args.timeout, pyspy_dir=args.pyspy, **common)
+                row = _run(b, n, args.procs, args.timeout, pyspy_dir=args.pyspy, **common)
                 log(f"  -> {row['status']} {row.get('seconds')} s {row.get('error', '')}")
                 result["scale"].append(row)
                 save()
@@ -884,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for rep in range(args.repeat):
                 log(f"last-join {b} N={n} ({rep + 1}/{args.repeat}) ...")
-                row = run_round(b, n, args.procs, args.timeout, last_join=True, **common)
+                row = _run(b, n, args.procs, args.timeout, last_join=True, **common)
                 log(f"  -> {row['status']} {row.get('last_join_latency_s')} s {row.get('error', '')}")
                 result["last_join"].append(row)
                 save()
@@ -902,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 continue
             log(f"idle {b} N={n} ...")
-            row = run_round(b, n, args.procs, args.timeout, idle_intervals=args.idle_intervals, **common)
+            row = _run(b, n, args.procs, args.timeout, idle_intervals=args.idle_intervals, **common)
             log(
                 f"  -> {row['status']} {row.get('idle', {}).get('bytes_in_per_node_per_interval')} B/node/interval {row.get('error', '')}"
             )

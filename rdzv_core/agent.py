@@ -405,6 +405,19 @@ class ElasticAgent:
         self._restarts = 0
         self._rounds: list[RoundRecord] = []
         self._run_thread: threading.Thread | None = None
+        self._round_listeners: list[Callable[[RoundRecord], None]] = []
+
+    def add_round_listener(self, listener: Callable[[RoundRecord], None]) -> None:
+        """Call ``listener(record)`` in :meth:`run`'s thread when a round ends for this agent
+        (``record.outcome`` and ``ended_at`` are set); its exceptions are logged, not raised."""
+        self._round_listeners.append(listener)
+
+    def _round_ended(self, record: RoundRecord) -> None:
+        for listener in list(self._round_listeners):
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("A round listener failed on round %d", record.round)
 
     # -- signals ------------------------------------------------------------------------------
 
@@ -510,6 +523,7 @@ class ElasticAgent:
             code, reason, outcome = self._run_round(info, record)
             record.ended_at = time.time()
             record.outcome = outcome
+            self._round_ended(record)
             if code is not None:
                 return self._result(code, reason, started)
 

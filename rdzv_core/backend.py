@@ -41,6 +41,7 @@ __all__ = [
     "Standing",
     "AtomicMembership",
     "BootstrapRecord",
+    "RunCatalog",
     "MAX_BOOTSTRAP_CHARS",
     "check_bootstrap",
 ]
@@ -323,4 +324,24 @@ class BootstrapRecord(Protocol):
         Raises:
             ValueError: ``value`` is empty or longer than :data:`MAX_BOOTSTRAP_CHARS`.
         """
+        ...
+
+
+@runtime_checkable
+class RunCatalog(Protocol):
+    """A backend that can list the runs on its server and delete the keys of its own run
+    (``rdzv status --all``, ``rdzv reset``). Both are administrative: they may cost O(keys on
+    the server) and are never on a node's path.
+
+    May raise :class:`~rdzv_core.api.RendezvousConnectionError`."""
+
+    def list_run_ids(self) -> list[str]:
+        """Return the ids (str, sorted) of every run that has keys on the server under this
+        backend's key layout (this backend's run included when it has keys)."""
+        ...
+
+    def delete_run(self) -> int:
+        """Delete every key of this backend's run (state, membership, liveness records, join
+        queue, store); return how many keys were deleted (int, 0 when it had none). Nodes of
+        the run that are still up see their state vanish and re-join a fresh one."""
         ...

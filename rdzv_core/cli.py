@@ -204,7 +204,12 @@ def cli(ctx: click.Context) -> None:
       rdzv run --standalone -- python train.py
 
     Options shared by the commands can come from the environment: RDZV_BACKEND,
-    RDZV_ENDPOINT, RDZV_RUN_ID, RDZV_CONF, RDZV_LOG_LEVEL.
+    RDZV_ENDPOINT, RDZV_RUN_ID, RDZV_CONF, RDZV_LOG_LEVEL, or torchrun's PET_RDZV_BACKEND,
+    PET_RDZV_ENDPOINT, PET_RDZV_ID, PET_RDZV_CONF (and, for run, PET_NNODES,
+    PET_MAX_RESTARTS, PET_STANDALONE, PET_LOCAL_ADDR, PET_MONITOR_INTERVAL). An option on the
+    command line wins, then RDZV_*, then PET_*.
+
+    Shell completion: eval "$(rdzv completion bash)" (or zsh, fish).
     """
     ctx.ensure_object(dict)
 
@@ -261,6 +266,17 @@ def _conf_callback(ctx: click.Context, param: click.Parameter, values: Sequence[
     return merged
 
 
+def _complete_backend(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of ``--backend``: the names of the installed plug-ins."""
+    from rdzv_core.registry import rendezvous_handler_registry
+
+    try:
+        names = sorted(plugin.name for plugin in rendezvous_handler_registry.plugins())
+    except Exception:  # completion must never fail loudly
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 def _rendezvous_options(require_run_id: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         options = [
@@ -268,31 +284,32 @@ def _rendezvous_options(require_run_id: bool) -> Callable[[Callable[..., Any]], 
                 "--backend",
                 default="redis",
                 show_default=True,
-                envvar="RDZV_BACKEND",
+                envvar=["RDZV_BACKEND", "PET_RDZV_BACKEND"],
                 metavar="NAME",
-                help="Rendezvous backend: redis, etcd-v3, etcd-v2, memory or a plug-in (env RDZV_BACKEND).",
+                shell_complete=_complete_backend,
+                help="Rendezvous backend: redis, etcd-v3, etcd-v2, memory or a plug-in (env RDZV_BACKEND or torchrun's PET_RDZV_BACKEND).",
             ),
             click.option(
                 "--endpoint",
                 default="",
-                envvar="RDZV_ENDPOINT",
+                envvar=["RDZV_ENDPOINT", "PET_RDZV_ENDPOINT"],
                 metavar="HOST:PORT|URL",
-                help="Backend endpoint, e.g. 127.0.0.1:6379 or rediss://host:6380/0 (env RDZV_ENDPOINT; default: the backend's local default).",
+                help="Backend endpoint, e.g. 127.0.0.1:6379 or rediss://host:6380/0 (env RDZV_ENDPOINT or PET_RDZV_ENDPOINT; default: the backend's local default).",
             ),
             click.option(
                 "--run-id",
-                envvar="RDZV_RUN_ID",
+                envvar=["RDZV_RUN_ID", "PET_RDZV_ID"],
                 metavar="ID",
                 required=require_run_id,
-                help="Id of the job; every node of the job uses the same (env RDZV_RUN_ID).",
+                help="Id of the job; every node of the job uses the same (env RDZV_RUN_ID or PET_RDZV_ID).",
             ),
             click.option(
                 "--rdzv-conf",
                 multiple=True,
-                envvar="RDZV_CONF",
+                envvar=["RDZV_CONF", "PET_RDZV_CONF"],
                 metavar="K=V,...",
                 callback=_conf_callback,
-                help="Backend and handler configuration, e.g. last_call_timeout=1,keep_alive_interval=0.5,password=... (repeatable; env RDZV_CONF).",
+                help="Backend and handler configuration, e.g. last_call_timeout=1,keep_alive_interval=0.5,password=... (repeatable; env RDZV_CONF or PET_RDZV_CONF).",
             ),
         ]
         for option in reversed(options):
@@ -342,15 +359,21 @@ def _plugin_of_kind(kind: str) -> BackendPlugin:
     )
 
 
-def _make_server(plugin: BackendPlugin, port: int | None = None) -> LocalServer:
-    """Create (not start) the local server of ``plugin`` (its launcher imports lazily).
+def _make_server(plugin: BackendPlugin, port: int | None = None, *, cluster: bool = False) -> LocalServer:
+    """Create (not start) the local server of ``plugin`` (its launcher imports lazily), or
+    with ``cluster`` its local cluster.
 
     Raises:
-        CliError: the launcher or the server binary is missing, or it cannot take ``port``.
+        CliError: the plug-in has no local cluster, the launcher or the server binary is
+            missing, or it cannot take ``port``.
     """
-    assert plugin.local_server is not None
+    factory = plugin.local_cluster if cluster else plugin.local_server
+    if factory is None:
+        raise CliError(
+            f"The {plugin.server_kind} server of the '{plugin.name}' plug-in has no --cluster mode.", EXIT_USAGE
+        )
     try:
-        return plugin.local_server(port)  # type: ignore[no-any-return]
+        return factory(port)  # type: ignore[no-any-return]
     except ImportError as exc:
         raise CliError(
             f"The {plugin.server_kind} server launcher is not available ({_one_line(str(exc))}); {plugin.install_hint}",
@@ -389,6 +412,30 @@ def _worker_env(backend: str, endpoint: str, rdzv_conf: dict[str, str]) -> dict[
     }
 
 
+def _serve_metrics(ctx: click.Context, handler: Any, agent: ElasticAgent, port: int, addr: str) -> Callable[[], None]:
+    """Start the Prometheus exporter of ``rdzv run --metrics-port`` on the handler's event
+    hook and the agent's round hook; return what stops it."""
+    from rdzv_core.metrics import MetricsServer, RendezvousMetrics
+
+    try:
+        metrics = RendezvousMetrics(handler.get_run_id(), getattr(getattr(handler, "node", None), "key", ""))
+        server = MetricsServer(metrics, port, addr)
+    except ImportError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    except OSError as exc:
+        raise click.UsageError(f"--metrics-port {port}: cannot listen on {addr}:{port}: {exc}", ctx) from None
+    add_listener = getattr(handler, "add_event_listener", None)
+    if callable(add_listener):
+        add_listener(metrics.on_event)
+    else:
+        logger.warning(
+            "The %s handler has no event hook: the metrics show the agent's rounds only.", type(handler).__name__
+        )
+    agent.add_round_listener(metrics.on_round_end)
+    logger.info("Metrics: http://%s:%d/metrics", addr, server.port)
+    return server.close
+
+
 def _standalone_plugin(ctx: click.Context, backend: str) -> BackendPlugin:
     """The plug-in of ``backend`` when it has a local server, for ``rdzv run --standalone``."""
     from rdzv_core.registry import rendezvous_handler_registry
@@ -405,9 +452,14 @@ def _standalone_plugin(ctx: click.Context, backend: str) -> BackendPlugin:
 @cli.command(context_settings=_CONTEXT)
 @click.argument("kind")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port (default: a free one).")
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Start a local cluster instead (redis: 3 masters + 3 replicas); the endpoint lists every node.",
+)
 @_log_level_option
 @click.pass_context
-def server(ctx: click.Context, kind: str, port: int | None) -> None:
+def server(ctx: click.Context, kind: str, port: int | None, cluster: bool) -> None:
     """Run a throw-away local KIND server in the foreground, for development.
 
     KIND is a plug-in's local server: redis, or etcd (both APIs), with the plug-ins rdzv ships.
@@ -420,9 +472,10 @@ def server(ctx: click.Context, kind: str, port: int | None) -> None:
       rdzv server redis
       rdzv server redis --port 6390
       EP=$(rdzv server redis | head -1)   # in a script (keep the process alive)
+      rdzv server redis --cluster             # a Redis Cluster: use with --rdzv-conf cluster=true
     """
     _configure(ctx, "INFO")
-    srv = _make_server(_plugin_of_kind(kind), port)
+    srv = _make_server(_plugin_of_kind(kind), port, cluster=cluster)
     _start_server(srv, kind)
     stop: list[int] = []
 
@@ -435,7 +488,9 @@ def server(ctx: click.Context, kind: str, port: int | None) -> None:
         sys.stdout.flush()
         backend = "redis" if kind == "redis" else "etcd-v3"
         click.echo(f"A local {kind} server listens on {srv.endpoint}; stop it with Ctrl-C. Use it with:", err=True)
-        click.echo(f"  export RDZV_BACKEND={backend} RDZV_ENDPOINT={srv.endpoint}", err=True)
+        conf = ",".join(f"{k}={v}" for k, v in getattr(srv, "rdzv_conf", {}).items())
+        extra = f" RDZV_CONF={conf}" if conf else ""
+        click.echo(f"  export RDZV_BACKEND={backend} RDZV_ENDPOINT={srv.endpoint}{extra}", err=True)
         while not stop:
             if not srv.running:
                 raise CliError(f"The local {kind} server on {srv.endpoint} exited unexpectedly.")
@@ -459,6 +514,7 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
 @_rendezvous_options(require_run_id=False)
 @click.option(
     "--nnodes",
+    envvar="PET_NNODES",
     type=_NNodes(),
     default="1",
     show_default=True,
@@ -466,6 +522,7 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
 )
 @click.option(
     "--max-restarts",
+    envvar="PET_MAX_RESTARTS",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
@@ -473,17 +530,20 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
 )
 @click.option(
     "--standalone",
+    envvar="PET_STANDALONE",
     is_flag=True,
     help="Start the backend's embedded local server (Redis by default; one machine, nothing to set up); --endpoint must not be given.",
 )
 @click.option(
     "--local-addr",
+    envvar="PET_LOCAL_ADDR",
     default=None,
     metavar="ADDR",
     help="Address this node advertises (MASTER_ADDR when it is rank 0). Default: its FQDN; 127.0.0.1 with --standalone.",
 )
 @click.option(
     "--monitor-interval",
+    envvar="PET_MONITOR_INTERVAL",
     type=click.FloatRange(min=0.01),
     default=0.2,
     show_default=True,
@@ -509,6 +569,20 @@ _RUN_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<8} {meaning}" for code,
     default=None,
     help="Write a JSON summary (rounds, ranks, rendezvous times, exit code) here when the agent ends.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="PORT",
+    help="Serve Prometheus metrics of this node on http://ADDR:PORT/metrics (0: a free port, logged). Needs the metrics extra: pip install 'rdzv[metrics]'.",
+)
+@click.option(
+    "--metrics-addr",
+    default="0.0.0.0",
+    show_default=True,
+    metavar="ADDR",
+    help="Address the metrics server binds (with --metrics-port).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
 @_log_level_option
 @click.pass_context
@@ -526,6 +600,8 @@ def run(
     stop_timeout: float,
     exit_barrier_timeout: float,
     summary_file: str | None,
+    metrics_port: int | None,
+    metrics_addr: str,
     command: tuple[str, ...],
 ) -> None:
     """Run CMD on this node as part of an elastic job (one agent per node).
@@ -570,6 +646,7 @@ def run(
     except ValueError as exc:
         raise click.UsageError(str(exc), ctx) from None
     srv = None
+    closers: list[Callable[[], None]] = []
     if standalone_plugin is not None:
         kind = str(standalone_plugin.server_kind)
         srv = _make_server(standalone_plugin)
@@ -587,12 +664,16 @@ def run(
             _fail(exc)
         worker_env = _worker_env(backend, endpoint, rdzv_conf)
         agent = ElasticAgent(handler, config, worker_env)
+        if metrics_port is not None:
+            closers.append(_serve_metrics(ctx, handler, agent, metrics_port, metrics_addr))
         logger.info(
             "Agent of run '%s' (%s, nodes %d:%d) starts: %s", run_id, backend, nnodes[0], nnodes[1], " ".join(command)
         )
         with agent.signal_handlers():
             result = agent.run()
     finally:
+        for close in reversed(closers):
+            close()
         if srv is not None:
             srv.stop()
     if summary_file:
@@ -610,22 +691,35 @@ def run(
 
 
 @cli.command(context_settings=_CONTEXT)
-@_rendezvous_options(require_run_id=True)
+@_rendezvous_options(require_run_id=False)
+@click.option(
+    "--all", "all_runs", is_flag=True, help="List every run on the server (one line each) instead of one run."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (for scripts) instead of a table.")
 @_log_level_option
 @click.pass_context
 def status(
-    ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_conf: dict[str, str], as_json: bool
+    ctx: click.Context,
+    backend: str,
+    endpoint: str,
+    run_id: str | None,
+    rdzv_conf: dict[str, str],
+    all_runs: bool,
+    as_json: bool,
 ) -> None:
     """Show what a rendezvous is doing, without joining it.
 
     Shows the round, whether it is complete or closed, the participants with rank, address,
-    agent pid and the age of their last heartbeat, and the wait and redundancy lists.
+    agent pid and the age of their last heartbeat, and the wait and redundancy lists. With
+    --all, one line per run on the server (redis: SCAN of rdzv:{*}:*; etcd: the runs under
+    the key root).
 
     \b
     JSON fields: run_id, backend, endpoint, exists, round, complete, closed, world_size,
-    last_call_in, read_at, and participants/wait_list/redundancy_list: lists of
+    min_nodes, max_nodes, needed, last_call_timeout, last_call_in, last_call_at, read_at,
+    and participants/wait_list/redundancy_list: lists of
     {node, role, rank, addr, pid, heartbeat_age} (seconds; null = no live record).
+    With --all: a list of such documents.
 
     \b
     Exit code 1 when the run does not exist (the table or JSON is printed all the same).
@@ -634,10 +728,22 @@ def status(
     Examples:
       rdzv status --endpoint 127.0.0.1:6379 --run-id job42
       rdzv status --endpoint 127.0.0.1:6379 --run-id job42 --json | jq .participants
+      rdzv status --endpoint 127.0.0.1:6379 --all
     """
     _configure(ctx, "WARNING")
-    from rdzv_core.status import collect_status, format_status_table
+    from rdzv_core.status import collect_all_status, collect_status, format_runs_table, format_status_table
 
+    if all_runs:
+        if run_id:
+            raise click.UsageError("--all lists every run: do not give --run-id.", ctx)
+        try:
+            statuses = collect_all_status(_params(backend, endpoint, "-", rdzv_conf))
+        except (RendezvousError, ValueError, ImportError) as exc:
+            _fail(exc)
+        click.echo(json.dumps([s.to_dict() for s in statuses], indent=2) if as_json else format_runs_table(statuses))
+        ctx.exit(0)
+    if not run_id:
+        raise click.UsageError("Missing --run-id (or env RDZV_RUN_ID), or --all.", ctx)
     params = _params(backend, endpoint, run_id, rdzv_conf)
     try:
         result = collect_status(params)
@@ -653,6 +759,55 @@ def status(
             err=True,
         )
         ctx.exit(EXIT_FAILURE)
+    ctx.exit(0)
+
+
+@cli.command(context_settings=_CONTEXT)
+@_rendezvous_options(require_run_id=False)
+@click.option("--all-closed", is_flag=True, help="Reset every closed run on the server (live runs are left alone).")
+@click.option("--force", is_flag=True, help="Also reset a run that is not closed (its nodes lose their round).")
+@_log_level_option
+@click.pass_context
+def reset(
+    ctx: click.Context,
+    backend: str,
+    endpoint: str,
+    run_id: str | None,
+    rdzv_conf: dict[str, str],
+    all_closed: bool,
+    force: bool,
+) -> None:
+    """Delete a run's keys, so a new job can use its run id at once.
+
+    A closed run's keys expire by themselves after closed_ttl (300 s by default); until then
+    a node joining under that run id gets RendezvousClosedError. reset deletes them now:
+    the state, membership, liveness records, join queue and store of the run. A run that is
+    not closed is refused unless --force (its nodes then re-join a fresh rendezvous).
+
+    \b
+    Examples:
+      rdzv reset --endpoint 127.0.0.1:6379 --run-id job42
+      rdzv reset --endpoint 127.0.0.1:6379 --all-closed
+    """
+    _configure(ctx, "WARNING")
+    from rdzv_core.status import ResetRefused, collect_all_status, reset_run
+
+    if all_closed == bool(run_id):
+        raise click.UsageError("Give either --run-id ID or --all-closed.", ctx)
+    try:
+        if run_id:
+            targets = [run_id]
+        else:
+            targets = [s.run_id for s in collect_all_status(_params(backend, endpoint, "-", rdzv_conf)) if s.closed]
+        for target in targets:
+            deleted = reset_run(_params(backend, endpoint, target, rdzv_conf), force=force)
+            click.echo(f"Reset the rendezvous '{target}': {deleted} key(s) deleted.")
+    except ResetRefused as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    except (RendezvousError, ValueError, ImportError) as exc:
+        _fail(exc)
+    if not targets:
+        click.echo("No closed run to reset.")
     ctx.exit(0)
 
 
@@ -697,6 +852,23 @@ def close(ctx: click.Context, backend: str, endpoint: str, run_id: str, rdzv_con
         _fail(exc)
     click.echo(f"Closed the rendezvous '{run_id}'.")
     ctx.exit(0)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script of rdzv for SHELL.
+
+    \b
+    Examples:
+      eval "$(rdzv completion bash)"          # in ~/.bashrc
+      rdzv completion fish > ~/.config/fish/completions/rdzv.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # the choices are click's built-in shells
+    click.echo(completer(cli, {}, "rdzv", "_RDZV_COMPLETE").source())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

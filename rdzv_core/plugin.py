@@ -13,7 +13,9 @@ From that object core builds everything else, without naming the backend anywher
 handler (as torch's registry does from ``create_backend(params) -> (backend, store)``), the
 warning about unknown configuration keys, ``rdzv status`` and ``rdzv close`` (which open the
 backend without joining), ``rdzv server <kind>`` (when the plug-in has a local server), the
-install hint of an error, and the torchrun handler creator.
+install hint of an error, and the torchrun handler creator. A plug-in whose protocol is not
+the dynamic rendezvous (torch's legacy etcd handler, say) gives ``handler_factory`` instead
+of (or besides) ``create_backend``: core then creates its handlers with it.
 """
 
 from __future__ import annotations
@@ -29,13 +31,25 @@ if TYPE_CHECKING:
     from rdzv_core.backend import RendezvousBackend
     from rdzv_core.store import Store
 
-__all__ = ["BackendPlugin", "BackendFactory", "LocalServer", "ServerFactory", "SECRET_WORDS", "without_secrets"]
+__all__ = [
+    "BackendPlugin",
+    "BackendFactory",
+    "HandlerFactory",
+    "LocalServer",
+    "ServerFactory",
+    "SECRET_WORDS",
+    "without_secrets",
+]
 
 #: A configuration key whose name contains one of these holds a secret.
 SECRET_WORDS = ("password", "secret", "token")
 
 #: ``params -> (backend, store)``: connects; the store is the run's (unscoped) store.
 BackendFactory = Callable[["RendezvousParameters"], "tuple[RendezvousBackend, Store]"]
+
+#: ``params -> RendezvousHandler``: a plug-in's own handler, for a protocol that is not the
+#: dynamic rendezvous (connects; raises as :meth:`BackendPlugin.create_handler`).
+HandlerFactory = Callable[["RendezvousParameters"], "RendezvousHandler"]
 
 
 @runtime_checkable
@@ -87,7 +101,9 @@ class BackendPlugin:
 
     Attributes:
         name: The backend name (str, non-empty), as in ``--rdzv-backend``.
-        create_backend: ``params -> (backend, store)``: the
+        create_backend: ``params -> (backend, store)`` or ``None`` (then ``handler_factory``
+            is required, and ``rdzv status``/``close`` and ``open_worker_store`` refuse the
+            backend with a ``ValueError``): the
             :class:`~rdzv_core.backend.RendezvousBackend` and the run's
             :class:`~rdzv_core.store.Store`, connected. May raise ``ValueError`` (bad
             endpoint or configuration, naming the key), ``ImportError`` (its client library
@@ -101,6 +117,10 @@ class BackendPlugin:
             backend (several backends may share one), or ``None``.
         local_server: ``port -> LocalServer`` for ``rdzv server`` (``port`` int or ``None``;
             ``ValueError`` when it cannot take a fixed port), or ``None``.
+        local_cluster: ``port -> LocalServer`` for ``rdzv server KIND --cluster``: a local
+            cluster of several servers (``port``: the first node's), whose ``endpoint`` lists
+            them all; it may have a ``rdzv_conf`` attribute (dict of str) with the
+            configuration a rendezvous on it needs. ``None``: the plug-in has none.
         torch: Whether the backend is offered to torchrun (see
             :meth:`torch_handler_creator`).
         cross_process: Whether other processes reach the same backend and store (``False``:
@@ -108,14 +128,19 @@ class BackendPlugin:
         secret_keys: Configuration keys that hold secrets (frozenset of str): never passed
             to a worker (nor is any key whose name contains ``password``, ``secret`` or
             ``token``).
+        handler_factory: ``params -> RendezvousHandler`` of a plug-in whose protocol is not
+            the dynamic rendezvous (``None``: core builds the dynamic handler from
+            ``create_backend``). Its configuration keys are ``config_keys`` alone (the
+            dynamic handler's are not added), and the torchrun bridge passes it every
+            ``config_keys`` key, also those it drops for the dynamic handler (``timeout``).
 
     Raises:
-        ValueError: ``name`` is empty, or ``server_kind`` and ``local_server`` are not given
-            together.
+        ValueError: ``name`` is empty, ``server_kind`` and ``local_server`` are not given
+            together, or neither ``create_backend`` nor ``handler_factory`` is given.
     """
 
     name: str
-    create_backend: BackendFactory
+    create_backend: BackendFactory | None
     config_keys: frozenset[str] = frozenset()
     extra: str = "rdzv"
     server_kind: str | None = None
@@ -123,6 +148,8 @@ class BackendPlugin:
     torch: bool = True
     cross_process: bool = True
     secret_keys: frozenset[str] = frozenset()
+    local_cluster: ServerFactory | None = None
+    handler_factory: HandlerFactory | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -131,6 +158,18 @@ class BackendPlugin:
             raise ValueError(
                 f"The backend plug-in '{self.name}' must give both server_kind and local_server, or neither."
             )
+        if self.create_backend is None and self.handler_factory is None:
+            raise ValueError(f"The backend plug-in '{self.name}' needs create_backend or handler_factory.")
+
+    @property
+    def handler_config_keys(self) -> frozenset[str]:
+        """Every configuration key a handler of this backend reads: ``config_keys``, plus the
+        dynamic handler's (``rdzv_core.dynamic.HANDLER_CONFIG_KEYS``) without ``handler_factory``."""
+        if self.handler_factory is not None:
+            return self.config_keys
+        from rdzv_core.dynamic import HANDLER_CONFIG_KEYS
+
+        return self.config_keys | HANDLER_CONFIG_KEYS
 
     @property
     def install_hint(self) -> str:
@@ -140,12 +179,22 @@ class BackendPlugin:
     def open(self, params: RendezvousParameters) -> tuple[RendezvousBackend, Store]:
         """Warn about unknown configuration keys, then ``create_backend(params)`` (connects;
         its errors propagate, an ``ImportError`` with :attr:`install_hint` added when its
-        message lacks it)."""
-        from rdzv_core.dynamic import HANDLER_CONFIG_KEYS
+        message lacks it).
 
-        warn_unknown_config(params.config, self.config_keys | HANDLER_CONFIG_KEYS, self.name)
+        Raises:
+            ValueError: the plug-in has no ``create_backend`` (its own handler only).
+        """
+        create_backend = self.create_backend
+        if create_backend is None:
+            raise ValueError(
+                f"The rendezvous backend '{self.name}' has a handler of its own and no dynamic-rendezvous backend to open (status, close and worker stores need one)."
+            )
+        warn_unknown_config(params.config, self.handler_config_keys, self.name)
+        return self._with_install_hint(create_backend, params)
+
+    def _with_install_hint(self, factory: Callable[[RendezvousParameters], Any], params: RendezvousParameters) -> Any:
         try:
-            return self.create_backend(params)
+            return factory(params)
         except ImportError as exc:
             if self.extra in str(exc):
                 raise
@@ -154,14 +203,18 @@ class BackendPlugin:
             ) from exc
 
     def create_handler(self, params: RendezvousParameters) -> RendezvousHandler:
-        """The dynamic rendezvous handler of ``params`` on this backend (the backend and store
-        are closed again when the handler cannot be built).
+        """The handler of ``params``: ``handler_factory(params)`` when the plug-in has one, else
+        the dynamic rendezvous handler on this backend (the backend and store are closed again
+        when the handler cannot be built).
 
         Raises:
             ValueError: bad endpoint, configuration or bounds (names the value).
             ImportError: the backend's client library is missing.
             RendezvousConnectionError: the backend is unreachable.
         """
+        if self.handler_factory is not None:
+            warn_unknown_config(params.config, self.config_keys, self.name)
+            return self._with_install_hint(self.handler_factory, params)  # type: ignore[no-any-return]
         from rdzv_core.dynamic import create_handler
 
         backend, store = self.open(params)
@@ -191,10 +244,16 @@ class BackendPlugin:
 
 def without_secrets(config: Mapping[str, Any], secret_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``config`` without ``secret_keys`` and without any key whose name contains one of
-    :data:`SECRET_WORDS` (a plug-in that is not installed still keeps its password)."""
-    return {
-        k: v for k, v in config.items() if k not in secret_keys and not any(word in k.lower() for word in SECRET_WORDS)
-    }
+    :data:`SECRET_WORDS` (a plug-in that is not installed still keeps its password); keys
+    ending in ``_file`` name a file and are kept."""
+    return {k: v for k, v in config.items() if k not in secret_keys and not _holds_secret(k)}
+
+
+def _holds_secret(key: str) -> bool:
+    """Whether the key's name says it holds a secret; ``*_file`` keys hold a path (e.g.
+    ``password_file``), which a worker needs to read the secret itself."""
+    name = key.lower()
+    return not name.endswith("_file") and any(word in name for word in SECRET_WORDS)
 
 
 def _close_quietly(*resources: Any) -> None:

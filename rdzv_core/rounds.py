@@ -20,6 +20,7 @@ The record of a run (:class:`RoundRecord`):
 ``redundancy``     node -> arrival number
 ``alive``          node -> server time (s) its keep-alive record lapses
 ``bootstrap``      what rank 0 of the complete round published, ``None`` before
+``spec``           the :class:`RoundSpec` of the last operation that carried one (for status)
 =================  ==============================================================
 
 Only transitions that a waiting node must react to change the :func:`summary` and thereby the
@@ -36,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rdzv_core.backend import Role, RoundSpec, Standing, check_bootstrap
 from rdzv_core.state import RendezvousState
@@ -51,6 +53,7 @@ __all__ = [
     "close",
     "publish_bootstrap",
     "standing",
+    "spec_fields",
     "MemoryMembership",
 ]
 
@@ -75,6 +78,7 @@ class RoundRecord:
     alive: dict[str, float] = field(default_factory=dict)
     seq: int = 0
     bootstrap: str | None = None
+    spec: RoundSpec | None = None
 
 
 Summary = tuple[int, bool, bool, bool, bool, bool, bool]
@@ -187,6 +191,7 @@ def join(rec: RoundRecord, node: str, spec: RoundSpec, now: float) -> tuple[Stan
     Returns ``(standing, announce)``: ``announce`` says the version changed (publish it).
     """
     before = summary(rec)
+    rec.spec = spec
     rec.alive[node] = now + spec.dead_after
     left_redundancy = False
     if rec.closed:
@@ -281,7 +286,16 @@ def to_state(rec: RoundRecord, run_id: str) -> RendezvousState:
         participants=dict(rec.participants),
         wait_list=list(rec.wait_list),
         redundancy_list=list(rec.redundancy),
+        **spec_fields(rec.spec),
     )
+
+
+def spec_fields(spec: RoundSpec | None) -> dict[str, Any]:
+    """The :class:`RendezvousState` fields of ``spec`` (bounds and last call; ``None``s when
+    unknown), which ``rdzv status`` shows."""
+    if spec is None:
+        return {}
+    return {"min_nodes": spec.min_nodes, "max_nodes": spec.max_nodes, "last_call_timeout": spec.last_call}
 
 
 class MemoryMembership:

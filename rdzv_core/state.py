@@ -93,6 +93,9 @@ class RendezvousState(msgspec.Struct, kw_only=True):
         redundancy_list: Nodes beyond ``max_nodes``, admitted only when room appears.
         last_heartbeats: Wall-clock keep-alive times, used only with backends that lack a
             liveness tracker.
+        min_nodes, max_nodes: The node bounds of the nodes that last wrote the state (for
+            ``rdzv status``; ``None`` when unknown: written by an older rdzv).
+        last_call_timeout: Their last call in seconds (``None`` when unknown).
     """
 
     version: int = SCHEMA_VERSION
@@ -106,6 +109,9 @@ class RendezvousState(msgspec.Struct, kw_only=True):
     wait_list: list[str] = msgspec.field(default_factory=list)
     redundancy_list: list[str] = msgspec.field(default_factory=list)
     last_heartbeats: dict[str, float] = msgspec.field(default_factory=dict)
+    min_nodes: int | None = None
+    max_nodes: int | None = None
+    last_call_timeout: float | None = None
 
     def rank_of(self, node: str) -> int:
         """Return the rank of ``node`` in a complete round.

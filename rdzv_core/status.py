@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from rdzv_core.api import RendezvousParameters
-from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBackend
+from rdzv_core.api import RendezvousParameters, RendezvousStateError
+from rdzv_core.backend import AtomicMembership, LivenessTracker, RendezvousBackend, RunCatalog
 from rdzv_core.dynamic.handler import handler_options
 from rdzv_core.registry import get_rendezvous_handler, rendezvous_handler_registry
 from rdzv_core.state import NodeDesc, RendezvousState, decode_state
@@ -35,7 +35,11 @@ __all__ = [
     "open_backend",
     "read_status",
     "collect_status",
+    "collect_all_status",
+    "reset_run",
+    "ResetRefused",
     "format_status_table",
+    "format_runs_table",
     "safe_endpoint",
 ]
 
@@ -156,7 +160,15 @@ class RendezvousStatus:
         world_size: Participants when the round completed (0 before).
         last_call_in: Seconds until the last call of an incomplete round ends (may be
             negative when overdue), or ``None``.
+        last_call_at: When it ends (wall-clock seconds since the epoch), or ``None``.
+        min_nodes, max_nodes: The node bounds of the nodes that last wrote the record, or
+            ``None`` when unknown (a record written by an older rdzv).
+        last_call_timeout: Their last call (seconds), or ``None`` when unknown.
+        needed: Participants still needed before the last call starts (an incomplete,
+            open round with known bounds), else ``None``.
         participants, wait_list, redundancy_list: The nodes, participants sorted by rank.
+        error: Why the state could not be read (``rdzv status --all`` reports a corrupt run
+            in its line instead of failing), else ``None``.
         read_at: Wall-clock time of the read (seconds since the epoch).
     """
 
@@ -169,9 +181,15 @@ class RendezvousStatus:
     closed: bool = False
     world_size: int = 0
     last_call_in: float | None = None
+    last_call_at: float | None = None
+    min_nodes: int | None = None
+    max_nodes: int | None = None
+    last_call_timeout: float | None = None
+    needed: int | None = None
     participants: list[NodeStatus] = field(default_factory=list)
     wait_list: list[NodeStatus] = field(default_factory=list)
     redundancy_list: list[NodeStatus] = field(default_factory=list)
+    error: str | None = None
     read_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,7 +250,15 @@ def read_status(
     status.closed = state.closed
     status.world_size = state.world_size
     if state.deadline is not None:
+        status.last_call_at = state.deadline
         status.last_call_in = round(state.deadline - time.time(), 3)
+    status.min_nodes, status.max_nodes, status.last_call_timeout = (
+        state.min_nodes,
+        state.max_nodes,
+        state.last_call_timeout,
+    )
+    if state.min_nodes is not None and not (state.complete or state.closed):
+        status.needed = max(0, state.min_nodes - len(state.participants))
     participants = sorted(state.participants, key=lambda n: (state.participants[n], n))
     everyone = [*participants, *state.wait_list, *state.redundancy_list]
     ages = _heartbeat_ages(backend, state, everyone) if everyone else []
@@ -262,8 +288,97 @@ def collect_status(params: RendezvousParameters) -> RendezvousStatus:
         return read_status(session.backend, params.run_id, backend_name=params.backend, endpoint=params.endpoint)
 
 
+def _catalog(session: BackendSession, backend_name: str) -> RunCatalog:
+    if not isinstance(session.backend, RunCatalog):
+        raise ValueError(f"The rendezvous backend '{backend_name}' cannot list or delete runs (it has no RunCatalog).")
+    return session.backend
+
+
+def collect_all_status(params: RendezvousParameters) -> list[RendezvousStatus]:
+    """The status of every run on the server of ``params`` (``rdzv status --all``).
+
+    ``params.run_id`` only opens the backend; the runs are those of
+    :meth:`~rdzv_core.backend.RunCatalog.list_run_ids`, read one after the other (a run
+    whose keys vanish between the listing and its read is reported with ``exists=False``, a
+    run whose state is corrupt with its ``error``).
+
+    Raises:
+        ValueError: the backend cannot list runs, or bad configuration.
+        RendezvousConnectionError: the backend is unreachable.
+    """
+    with open_backend(params) as session:
+        run_ids = _catalog(session, params.backend).list_run_ids()
+    return [_status_or_error(params, run_id) for run_id in run_ids]
+
+
+def _status_or_error(params: RendezvousParameters, run_id: str) -> RendezvousStatus:
+    # Opening the backend may already read the run's state (etcd probes it), so a corrupt
+    # run is caught around the open as well as the read: one corrupt run does not hide the others.
+    try:
+        with open_backend(_for_run(params, run_id)) as session:
+            return read_status(session.backend, run_id, backend_name=params.backend, endpoint=params.endpoint)
+    except RendezvousStateError as exc:
+        return RendezvousStatus(run_id, params.backend, safe_endpoint(params.endpoint), exists=True, error=str(exc))
+
+
+def _for_run(params: RendezvousParameters, run_id: str) -> RendezvousParameters:
+    return RendezvousParameters(
+        params.backend, params.endpoint, run_id, params.min_nodes, params.max_nodes, params.local_addr, **params.config
+    )
+
+
+class ResetRefused(Exception):
+    """:func:`reset_run` refused to delete a run that is still live (not closed) without ``force``."""
+
+
+def reset_run(params: RendezvousParameters, *, force: bool = False) -> int:
+    """Delete every key of run ``params.run_id`` (``rdzv reset``), so a new job can use the
+    id at once instead of waiting for ``closed_ttl``.
+
+    Args:
+        params: Backend, endpoint, run id and configuration.
+        force: Also delete a run that is not closed (its nodes lose their round and re-join
+            a fresh rendezvous); without it such a run is refused.
+
+    Returns:
+        The number of keys deleted (0 when the run had none).
+
+    Raises:
+        ResetRefused: the run is live (has a state that is not closed) and ``force`` is false.
+        ValueError: the backend cannot delete runs, or bad configuration.
+        RendezvousConnectionError: the backend is unreachable.
+    """
+    with open_backend(params) as session:
+        catalog = _catalog(session, params.backend)
+        if not force:
+            state = read_state(session.backend, params.run_id)
+            if state is not None and not state.closed:
+                raise ResetRefused(
+                    f"The rendezvous '{params.run_id}' is live (round {state.round}, not closed): close it first "
+                    f"(rdzv close --run-id {params.run_id}) or reset it with --force."
+                )
+        return catalog.delete_run()
+
+
 def _age(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
+
+
+def _bounds_lines(status: RendezvousStatus) -> list[str]:
+    """``nodes:`` (joined against min/max, how many more are needed) and ``last call:`` (its
+    length, and when it ends while it runs)."""
+    if status.min_nodes is None:
+        return []
+    text = f"{len(status.participants)} joined (min_nodes {status.min_nodes}, max_nodes {status.max_nodes})"
+    if status.needed:
+        text += f": {status.needed} more needed before the last call starts"
+    lines = [f"nodes:       {text}"]
+    if status.last_call_at is not None and not status.complete:
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(status.last_call_at))
+        lines.append(f"last call:   {status.last_call_timeout:g} s, ends at {at}")
+    else:
+        lines.append(f"last call:   {status.last_call_timeout:g} s (starts at min_nodes)")
+    return lines
 
 
 def format_status_table(status: RendezvousStatus) -> str:
@@ -288,6 +403,7 @@ def format_status_table(status: RendezvousStatus) -> str:
         f"state:       {phase}",
         f"closed:      {'yes' if status.closed else 'no'}",
     ]
+    lines += _bounds_lines(status)
     rows = status.participants + status.wait_list + status.redundancy_list
     if not rows:
         lines.append("nodes:       none")
@@ -315,3 +431,34 @@ def format_status_table(status: RendezvousStatus) -> str:
         f"participants: {len(status.participants)}  waiting: {len(status.wait_list)}  redundant: {len(status.redundancy_list)}"
     )
     return "\n".join(lines)
+
+
+def _phase(status: RendezvousStatus) -> str:
+    if status.error is not None:
+        return "unreadable"
+    if not status.exists:
+        return "gone"
+    if status.closed:
+        return "closed"
+    return f"complete ({status.world_size})" if status.complete else "forming"
+
+
+def format_runs_table(statuses: Sequence[RendezvousStatus]) -> str:
+    """Return one line per run (``rdzv status --all``): run id, round, phase and the number
+    of participants, waiting and redundant nodes (no trailing newline)."""
+    if not statuses:
+        return "no runs"
+    header = ("RUN ID", "ROUND", "STATE", "PARTICIPANTS", "WAITING", "REDUNDANT")
+    rows = [header] + [
+        (
+            s.run_id,
+            str(s.round),
+            _phase(s),
+            str(len(s.participants)),
+            str(len(s.wait_list)),
+            str(len(s.redundancy_list)),
+        )
+        for s in statuses
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -366,17 +366,21 @@ def to_torch_handler(handler: rdzv_api.RendezvousHandler) -> TorchRendezvousHand
 # Parameters and creators
 
 
-def to_rdzv_parameters(params: torch_api.RendezvousParameters) -> rdzv_api.RendezvousParameters:
+def to_rdzv_parameters(
+    params: torch_api.RendezvousParameters, keep: frozenset[str] = frozenset()
+) -> rdzv_api.RendezvousParameters:
     """Convert torch's ``RendezvousParameters`` into rdzv's.
 
     ``backend``, ``endpoint``, ``run_id``, ``min_nodes``, ``max_nodes`` and ``local_addr`` are
     copied; the configuration (``--rdzv-conf``) passes through except the keys in
-    :data:`DROPPED_CONFIG_KEYS`.
+    :data:`DROPPED_CONFIG_KEYS` that are not in ``keep`` (a plug-in with a handler of its own
+    that reads ``timeout``, as torch's ``etcd`` handler does, keeps it).
 
     Raises:
         ValueError: rdzv refuses a value (empty run id, bad bounds); the message names it.
     """
-    config: dict[str, Any] = {k: v for k, v in params.config.items() if k not in DROPPED_CONFIG_KEYS}
+    dropped = DROPPED_CONFIG_KEYS - keep
+    config: dict[str, Any] = {k: v for k, v in params.config.items() if k not in dropped}
     return rdzv_api.RendezvousParameters(
         backend=params.backend,
         endpoint=params.endpoint,
@@ -398,9 +402,11 @@ def create_handler(params: torch_api.RendezvousParameters) -> TorchRendezvousHan
         ImportError: the plug-in is installed but its client library is missing.
         torch's RendezvousConnectionError: the backend cannot be reached (chained).
     """
-    from rdzv_core.registry import get_rendezvous_handler
+    from rdzv_core.registry import get_rendezvous_handler, rendezvous_handler_registry
 
-    rdzv_params = to_rdzv_parameters(params)
+    plugin = rendezvous_handler_registry.plugin(params.backend)
+    keep = plugin.config_keys if plugin is not None and plugin.handler_factory is not None else frozenset()
+    rdzv_params = to_rdzv_parameters(params, keep)
     started = time.monotonic()
     with _torch_rendezvous_errors():
         handler = get_rendezvous_handler(rdzv_params)

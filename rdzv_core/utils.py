@@ -17,6 +17,7 @@ __all__ = [
     "warn_unknown_config",
     "get_free_port",
     "scrub",
+    "read_secret_file",
 ]
 
 _URL_SCHEMES = ("redis", "rediss", "http", "https", "unix")
@@ -173,6 +174,31 @@ def parse_rendezvous_config(text: str | None) -> dict[str, str]:
             raise ValueError(f"The rendezvous configuration key '{key}' is given more than once.")
         config[key] = value
     return config
+
+
+def read_secret_file(key: str, path: str | None) -> str | None:
+    """The secret held in file ``path`` (configuration key ``key``, e.g. ``password_file``):
+    its text without the trailing newline; ``None`` when ``path`` is ``None``.
+
+    A file keeps a credential out of command lines, logs and a worker's environment: the
+    worker gets the path, never the secret.
+
+    Raises:
+        ValueError: the file cannot be read, is not UTF-8 or is empty; the message names the
+            key and the path, never the content.
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            secret = handle.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"The rendezvous configuration option '{key}': cannot read {path!r} ({type(exc).__name__})."
+        ) from None
+    if not secret:
+        raise ValueError(f"The rendezvous configuration option '{key}': the file {path!r} is empty.")
+    return secret
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from rdzv_core.api import RendezvousParameters, RendezvousStateError
 from rdzv_core.backend import RendezvousBackend, Token
 from rdzv_etcd.client import DEFAULT_KEY_TTL, EtcdConfig, EtcdKV, OutcomeUnknownError
-from rdzv_etcd.keys import DEFAULT_ROOT, RunKeys
+from rdzv_etcd.keys import DEFAULT_ROOT, RunKeys, unescape_segment
 from rdzv_etcd.store import EtcdStore
 
 __all__ = ["EtcdRendezvousBackend", "create_backend", "create_kv", "STATE_HEADER"]
@@ -110,6 +110,25 @@ class EtcdRendezvousBackend(RendezvousBackend):
     def keys(self) -> RunKeys:
         """The run's key layout."""
         return self._keys
+
+    # -- RunCatalog -------------------------------------------------------------------------
+
+    def list_run_ids(self) -> list[str]:
+        """Return the ids of the runs under the key root (one keys-only read of
+        ``<root>/``: v3 a ``keys_only`` range, v2 a directory read); segments rdzv did not
+        escape are skipped."""
+        runs = []
+        for name in self._kv.child_names(self._keys.root + "/"):
+            try:
+                runs.append(unescape_segment(name))
+            except ValueError:
+                continue  # not a run of rdzv's layout
+        return sorted(runs)
+
+    def delete_run(self) -> int:
+        """Delete every key under ``<root>/<run>/`` (v3 one ``deleterange``, v2 a recursive
+        delete of the directory); return how many keys went."""
+        return self._kv.delete_prefix(self._keys.run_prefix)
 
     def __repr__(self) -> str:
         return f"EtcdRendezvousBackend({self.name}, {self._kv.endpoint}, key={self._keys.state!r})"

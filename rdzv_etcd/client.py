@@ -30,7 +30,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters
 from rdzv_core.retry import BACKOFF, Failure, call_with_retry
-from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint, scrub
+from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint, read_secret_file, scrub
 
 __all__ = [
     "DEFAULT_PORT",
@@ -67,7 +67,19 @@ BACKOFF_FIRST, BACKOFF_CAP = BACKOFF
 
 #: The configuration keys of the etcd backends (``--rdzv-conf``).
 ETCD_CONFIG_KEYS = frozenset(
-    {"protocol", "cacert", "cert", "key", "username", "password", "read_timeout", "key_ttl", "closed_ttl", "membership"}
+    {
+        "protocol",
+        "cacert",
+        "cert",
+        "key",
+        "username",
+        "password",
+        "password_file",
+        "read_timeout",
+        "key_ttl",
+        "closed_ttl",
+        "membership",
+    }
 )
 
 #: Environment fallbacks for the credentials (parameters win).
@@ -237,8 +249,8 @@ class EtcdConfig:
         ``http(s)://[user:password@]host:port``; several, comma-separated, name the members
         of one cluster. Config keys: ``protocol`` (``http``/``https``; a URL scheme sets it
         too), ``cacert``, ``cert``, ``key`` (file paths), ``username``/``password`` (else
-        from the URL, else the environment variables ``RDZV_ETCD_USERNAME`` /
-        ``RDZV_ETCD_PASSWORD``), ``read_timeout`` (seconds, default 60), ``key_ttl``
+        from the URL, else the password in the file ``password_file``, else the environment
+        variables ``RDZV_ETCD_USERNAME`` / ``RDZV_ETCD_PASSWORD``), ``read_timeout`` (seconds, default 60), ``key_ttl``
         (seconds, default 7200), ``closed_ttl`` (seconds, default 300).
 
         Raises:
@@ -263,7 +275,11 @@ class EtcdConfig:
             cert=params.get_as_str("cert", strip=True),
             key=params.get_as_str("key", strip=True),
             username=params.get_as_str("username", strip=True) or url_user or os.environ.get(USERNAME_ENV) or None,
-            password=params.get_as_str("password", strip=True) or url_password or os.environ.get(PASSWORD_ENV) or None,
+            password=params.get_as_str("password", strip=True)
+            or url_password
+            or read_secret_file("password_file", params.get_as_str("password_file", strip=True))
+            or os.environ.get(PASSWORD_ENV)
+            or None,
             read_timeout=DEFAULT_READ_TIMEOUT if read_timeout is None else read_timeout,
             key_ttl=DEFAULT_KEY_TTL if key_ttl is None else key_ttl,
             closed_ttl=DEFAULT_CLOSED_TTL if closed_ttl is None else closed_ttl,
@@ -465,6 +481,15 @@ class EtcdKV(ABC):
     @abstractmethod
     def list_prefix(self, prefix: str) -> dict[str, Versioned]:
         """Return every key under ``prefix`` (which ends with ``/``) with value and version."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix`` (which ends with ``/``); return how many."""
+
+    @abstractmethod
+    def child_names(self, prefix: str) -> list[str]:
+        """Return the distinct first segments (str, escaped as stored, sorted) of the keys
+        under ``prefix`` (which ends with ``/``), without reading their values."""
 
     @abstractmethod
     def count_prefix(self, prefix: str, max_version: int | None = None) -> int:

@@ -10,15 +10,19 @@ of the node keys the ranks follow)::
     <run>membership/summary           JSON: inc, ver, round, complete, closed, ws, deadline,
                                       cut, waiting, missing, boot (no lease: it must outlive
                                       quiet rounds; written only on summary transitions)
-    <run>membership/alive/<hex>       keep-alive record: the time it lapses (ms, fixed width)
+    <run>membership/alive/<ms>/<hex>  keep-alive record; <ms> is the time it lapses (client
+                                      wall clock, ms, 15 digits), so key order is lapse order
     <run>membership/<inc>/p/<R>/<hex> a participant of round R
     <run>membership/<inc>/w/<R>/<hex> a wait-list entry made while round R was complete
     <run>membership/<inc>/r/<hex>     a redundancy-list entry
 
-* **Keep-alive and sweep.** A keep-alive rewrites the node's alive record (inside the same
-  transaction as its snapshot: no extra request). A sweep reads the alive records sorted by
-  value (the lapse time) with a limit of :data:`SWEEP_BATCH` + 1 — O(batch) bytes, whatever N —
-  and removes the lapsed ones soonest first in one transaction per batch (up to
+* **Keep-alive and sweep.** A keep-alive replaces the node's alive record (delete the old key,
+  put the new one, inside the same transaction as its snapshot: no extra request; a node
+  remembers its record's key, and every key it may have written when an outcome was
+  unknown). The lapse time is in the key, so a sweep is the range ``[alive/, alive/<now>)``
+  with a limit of :data:`SWEEP_BATCH` + 1: only lapsed records, already in lapse order, with no
+  sort on the server — O(batch + log N) per sweep, whatever N — and it removes them soonest
+  first in one transaction per batch (up to
   :data:`~rdzv_core.rounds.SWEEP_LIMIT` per call), each removal compared on the record's
   ``mod_revision`` so that a node that just kept alive, or a rival sweep, wins; it answers the
   nodes it took out of a list, as the reference does. Every key of a node is also bound to
@@ -60,13 +64,12 @@ of the node keys the ranks follow)::
 Requests per operation (no operation reads other nodes' keys; bytes are O(1)):
 ``join_round`` 1 snapshot (with the keep-alive) + 1 write + 0..1 summary CAS (+1 on a client's
 first call, +1 lease grant per node, +1 per lost compare, +1 lease refresh per ``ttl / 3``);
-``keep_alive_round`` 1 (sweep: + 1 sorted range, + 1 transaction per batch of lapsed nodes,
+``keep_alive_round`` 1 (sweep: + 1 range of the lapsed records, + 1 transaction per batch of lapsed nodes,
 + a CAS on a transition); ``leave_round`` 1 snapshot + 1 write + 0..1 CAS;
 ``complete_round`` 1 snapshot + 0..1 CAS; ``publish_bootstrap`` 1 snapshot + 1 CAS;
 ``round_standing`` 1; ``wait_for_round_change`` 1 read + 1 watch.
 
-Limits: the sweep's sorted range makes etcd sort all alive records server-side (O(N) CPU on
-the server per sweep, O(batch) bytes on the wire); lapse times and deadlines are client wall
+Limits: lapse times and deadlines are client wall
 clocks; the revision ``cut`` must not be compacted before every member read its rank (etcd
 does not compact unless configured to; the error is a RendezvousStateError); a node that
 crashes in the tiny window between an overfilling put and its move to the redundancy list
@@ -125,6 +128,19 @@ def _end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
+def _spec_entry(spec: RoundSpec | None) -> dict[str, Any]:
+    """The summary entry ``spec``: ``[min_nodes, max_nodes, last call (s)]`` (for status)."""
+    return {} if spec is None else {"spec": [spec.min_nodes, spec.max_nodes, spec.last_call]}
+
+
+def _stored_spec(s: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`RendezvousState` fields of the summary's ``spec`` entry (none without one)."""
+    entry = s.get("spec")
+    if not (isinstance(entry, list) and len(entry) == 3 and all(isinstance(x, (int, float)) for x in entry)):
+        return {}
+    return {"min_nodes": int(entry[0]), "max_nodes": int(entry[1]), "last_call_timeout": float(entry[2])}
+
+
 def _flags(s: dict[str, Any]) -> tuple[Any, ...]:
     """:func:`rdzv_core.rounds.summary` of a stored summary."""
     return (
@@ -181,6 +197,7 @@ class EtcdMembership:
         self._raw: bytes | None = None  # the summary value last seen (compare of the next txn)
         self._leases: dict[str, tuple[int, int, float]] = {}  # node -> (lease, ttl, refreshed at)
         self._mine: dict[str, set[str]] = {}  # node -> keys it wrote (to delete stale ones)
+        self._alive_of: dict[str, set[str]] = {}  # node -> alive records that may exist
         self._ranks: dict[tuple[str, int, int, str], int] = {}
         self._counter = itertools.count()
         #: Requests sent so far (tests count them).
@@ -292,8 +309,10 @@ class EtcdMembership:
         ``alive``: also record a keep-alive of ``node`` (when the record exists)."""
         s_after = self._parse(put_summary) if put_summary is not None else self._parse(raw)
         ops = list(writes)
+        new_alive = None
         if alive is not None and s_after is not None:
-            ops.append(self._alive_put(node, alive))
+            new_alive, alive_ops = self._alive_ops(node, alive)
+            ops += alive_ops
         if put_summary is not None:
             put = {"key": _b64(self.summary_key), "value": _b64(put_summary)}
             if s_after is not None and s_after["closed"]:  # a closed record expires (closed_ttl)
@@ -309,8 +328,14 @@ class EtcdMembership:
             "success": ops + [{"request_range": req} for _, req in reads],
             "failure": [{"request_range": {"key": _b64(self.summary_key)}}],
         }
-        response = self._request("kv/txn", payload, write=bool(ops))
+        response = self._request("kv/txn", payload, write=bool(ops))  # unknown outcome: new_alive stays a candidate
         responses = response.get("responses", [])
+        if new_alive is not None:
+            with self._lock:
+                if response.get("succeeded"):
+                    self._alive_of[node] = {new_alive}
+                else:
+                    self._alive_of.get(node, set()).discard(new_alive)
         if not response.get("succeeded"):
             kvs = responses[0].get("response_range", {}).get("kvs", []) if responses else []
             current = _unb64(kvs[0].get("value", "")) if kvs else None
@@ -356,9 +381,10 @@ class EtcdMembership:
                 return snap
         raise RendezvousStateError("The membership summary changed on every read; giving up.")
 
-    def _create(self) -> None:
+    def _create(self, spec: RoundSpec | None = None) -> None:
         value = json.dumps(
             {
+                **_spec_entry(spec),
                 "inc": secrets.token_hex(8),
                 "ver": 1,
                 "round": 0,
@@ -420,58 +446,54 @@ class EtcdMembership:
             entry = self._leases.get(node)
         return entry[0] if entry is not None else self._grant(node, spec)
 
-    def _alive_key(self, node: str) -> str:
-        return self._base + "alive/" + self._seg(node)
+    @property
+    def _alive_prefix(self) -> str:
+        return self._base + "alive/"
 
-    def _alive_put(self, node: str, spec: RoundSpec) -> dict[str, Any]:
-        """The keep-alive record: the time it lapses (client wall clock, ms, fixed width, so
-        that etcd's sort by value is the order of lapse)."""
+    def _alive_ops(self, node: str, spec: RoundSpec) -> tuple[str, list[dict[str, Any]]]:
+        """``(new key, ops)``: delete the node's alive records that may exist and put the new
+        one, ``alive/<lapse ms, 15 digits>/<hex>`` (client wall clock; the key order is the
+        lapse order). The new key is a candidate from now on (in case the outcome is
+        unknown); :meth:`_txn` settles it."""
         until = f"{round((time.time() + spec.dead_after) * 1000):015d}"
-        return {
-            "request_put": {
-                "key": _b64(self._alive_key(node)),
-                "value": _b64(until),
-                "lease": str(self._lease(node, spec)),
-            }
-        }
+        key = f"{self._alive_prefix}{until}/{self._seg(node)}"
+        with self._lock:
+            known = self._alive_of.setdefault(node, set())
+            old = sorted(known - {key})
+            known.add(key)
+        ops: list[dict[str, Any]] = [{"request_delete_range": {"key": _b64(k)}} for k in old]
+        ops.append({"request_put": {"key": _b64(key), "value": _b64(until), "lease": str(self._lease(node, spec))}})
+        return key, ops
 
     def _sweep(self, node: str, spec: RoundSpec, snap: _Snap) -> tuple[_Snap, list[str]]:
         """Remove the nodes whose keep-alive record lapsed, soonest first, ``SWEEP_BATCH`` per
-        transaction and at most ``SWEEP_LIMIT`` per call: a range of the alive records sorted
-        by value (the lapse time) with a limit, so O(batch) bytes; each removal compares the
-        record's ``mod_revision`` (a node that just kept alive, or a rival sweep, wins)."""
+        transaction and at most ``SWEEP_LIMIT`` per call: the range ``[alive/, alive/<now>)``
+        holds exactly the lapsed records, in lapse order (no sort, O(batch) bytes); each
+        removal compares the record's ``mod_revision`` (a node that just kept alive replaced
+        the record, or a rival sweep took it: either wins)."""
         removed: list[str] = []
-        prefix = self._base + "alive/"
-        mine = self._alive_key(node)
+        prefix = self._alive_prefix
+        mine = "/" + self._seg(node)
         for _ in range(math.ceil(SWEEP_LIMIT / SWEEP_BATCH)):
             s = snap.s
             if s is None:
                 break
-            request = {
-                "key": _b64(prefix),
-                "range_end": _b64(_end(prefix)),
-                "sort_order": "ASCEND",
-                "sort_target": "VALUE",
-                "limit": str(SWEEP_BATCH + 1),
-            }
-            now = time.time() * 1000
+            now = f"{prefix}{math.floor(time.time() * 1000):015d}"
+            request = {"key": _b64(prefix), "range_end": _b64(now), "limit": str(SWEEP_BATCH + 1)}
             lapsed = []
             for item in self._request("kv/range", request).get("kvs", []):
                 key = _unb64(item["key"]).decode("utf-8")
-                try:
-                    until = int(_unb64(item.get("value", "")))
-                except ValueError:
-                    until = 0
-                if until >= now:
-                    break
-                if key != mine:
+                if not key.endswith(mine):
                     lapsed.append((key, int(item["mod_revision"])))
             lapsed = lapsed[:SWEEP_BATCH]
             if not lapsed:
                 break
             writes, compare, who = [], [], []
             for key, mod in lapsed:
-                other = bytes.fromhex(key[len(prefix) :]).decode("utf-8")
+                try:
+                    other = bytes.fromhex(key[len(prefix) :].partition("/")[2]).decode("utf-8")
+                except ValueError:
+                    continue  # not a record rdzv wrote: leave it to its lease
                 seg = self._seg(other)
                 wait = self._w_prefix(s)
                 lists = [self._p_prefix(s) + seg, self._r_prefix(s) + seg] + ([wait + seg] if wait else [])
@@ -556,6 +578,7 @@ class EtcdMembership:
         if _flags(n) == _flags(s):
             return None
         n["ver"] = s["ver"] + 1
+        n.update(_spec_entry(spec))  # rides along with a transition (never written alone)
         return n
 
     def _reconcile(self, node: str, spec: RoundSpec, snap: _Snap) -> _Snap:
@@ -616,7 +639,7 @@ class EtcdMembership:
         overflowed: tuple[str, int] | None = None  # the open round this node's put overfilled
         for _ in range(MAX_ATTEMPTS):
             if snap.s is None:
-                self._create()
+                self._create(spec)
                 snap = self._snapshot(node, alive=spec)
                 continue
             s = snap.s
@@ -797,6 +820,7 @@ class EtcdMembership:
             participants=participants,
             wait_list=[node for node, _ in listing(w)] if w else [],
             redundancy_list=[node for node, _ in listing(self._r_prefix(s))],
+            **_stored_spec(s),
         )
 
     def close(self) -> None:

@@ -131,6 +131,36 @@ class EtcdV2KV(EtcdKV):
             key: Versioned(self._decode(key, value), version) for key, (value, version) in self._leaves(prefix).items()
         }
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Count the files of the directory ``prefix`` (one recursive read), then delete it
+        recursively."""
+        count = len(self._leaves(prefix))
+
+        def op(client: Any) -> None:
+            try:
+                client.delete(prefix.rstrip("/"), recursive=True, dir=True)
+            except self._etcd.EtcdKeyNotFound:
+                pass
+
+        self._call("delete", op)
+        return count
+
+    def child_names(self, prefix: str) -> list[str]:
+        """One non-recursive read of the directory ``prefix``."""
+
+        def op(client: Any) -> list[str]:
+            try:
+                result = client.read(prefix.rstrip("/"))
+            except self._etcd.EtcdKeyNotFound:
+                return []
+            # Without ``recursive`` each child directory comes back without its nodes, so it
+            # is a leaf here; an empty directory yields itself (filtered out by the prefix).
+            return sorted(
+                {node.key[len(prefix) :].split("/", 1)[0] for node in result.leaves if node.key.startswith(prefix)}
+            )
+
+        return self._call("list", op)
+
     def count_prefix(self, prefix: str, max_version: int | None = None) -> int:
         """v2 cannot count on the server: one recursive read of the directory, counted here."""
         leaves = self._leaves(prefix).values()

@@ -49,7 +49,7 @@ from rdzv_core.backend import RendezvousBackend, Role, RoundSpec, Standing, Toke
 from rdzv_core.rounds import SWEEP_LIMIT
 from rdzv_core.state import RendezvousState
 from rdzv_redis.client import RedisClient, RedisConfig
-from rdzv_redis.keys import RunKeys
+from rdzv_redis.keys import CHANNEL_PREFIX, RunKeys
 
 if TYPE_CHECKING:
     from rdzv_redis.store import RedisStore
@@ -63,6 +63,8 @@ _TOKEN_RE = re.compile(r"\A[0-9]+-[0-9a-f]{16}\Z")
 _HEADER_MAX = 64
 #: Nodes per command or script call (Lua's unpack() has a stack limit).
 _NODES_PER_CALL = 512
+#: COUNT hint of the SCANs of the administrative RunCatalog operations.
+_SCAN_COUNT = 1000
 #: Upper bound (seconds) of the window in which a repeated keep-alive is skipped.
 _KEEP_ALIVE_DEDUP = 0.5
 #: The fixed fields of a ``round.lua`` standing (the removed nodes follow).
@@ -305,6 +307,39 @@ class RedisRendezvousBackend(RendezvousBackend):
         self._client.call("forget_node", forget)
         self._keep_alive_sent.pop(node, None)
 
+    # -- RunCatalog ---------------------------------------------------------------------------
+
+    def list_run_ids(self) -> list[str]:
+        """Return the ids of the runs with keys on the server (``SCAN MATCH rdzv:{*}:*``; the
+        run id is the hash tag of each key)."""
+
+        def scan() -> list[str]:
+            runs = set()
+            for key in self._client.redis.scan_iter(match=CHANNEL_PREFIX + "{*}:*", count=_SCAN_COUNT):
+                text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+                run, sep, _ = text[len(CHANNEL_PREFIX) + 1 :].rpartition("}:")  # no '}' after the tag
+                if sep and run:
+                    runs.add(run)
+            return sorted(runs)
+
+        return self._client.call("list_run_ids", scan)
+
+    def delete_run(self) -> int:
+        """Delete every key of the run (``SCAN MATCH rdzv:{R}:*`` with ``R``'s glob characters
+        escaped, then ``UNLINK`` in batches); return how many keys went."""
+        pattern = _glob_escape(self._keys.prefix) + "*"
+
+        def delete() -> int:
+            keys = list(self._client.redis.scan_iter(match=pattern, count=_SCAN_COUNT))
+            return sum(
+                int(self._client.redis.unlink(*keys[i : i + _NODES_PER_CALL]))
+                for i in range(0, len(keys), _NODES_PER_CALL)
+            )
+
+        deleted = int(self._client.call("delete_run", delete))
+        self._keep_alive_sent.clear()
+        return deleted
+
     # -- JoinQueue ----------------------------------------------------------------------------
 
     def enqueue_join(self, node: str) -> int:
@@ -355,10 +390,12 @@ class RedisRendezvousBackend(RendezvousBackend):
             RendezvousConnectionError: Redis unreachable within the retry budget.
             RendezvousStateError: the round hash holds something rdzv did not write.
         """
+        carried = "1" if spec is not None else ""
         spec = spec or RoundSpec(1, 1, 0.0, 0.0)
         args = [
             op, node, spec.min_nodes, spec.max_nodes, int(spec.last_call * 1_000_000), int(spec.dead_after * 1_000_000),
             self._ttl_ms, self._keys.round_channel, secrets.token_hex(8), extra, SWEEP_LIMIT, value, self._closed_ttl_ms,
+            carried,
         ]  # fmt: skip
         script = self._client.scripts["round"]
         reply = self._client.call(f"round {op}", lambda: script(keys=self._keys.round_keys(), args=args))
@@ -505,8 +542,11 @@ class RedisRendezvousBackend(RendezvousBackend):
         received in its current subscription (no round trip: an agent asks often, and
         ``timeout == 0`` then costs nothing); without one — not subscribed, nothing announced
         yet, or the listener reconnected (``resync``) — it reads ``HMGET rdzv:{R}:round inc
-        ver`` (one request, bounded by the timeout). A record lost without an announcement
-        (``FLUSHALL``) is seen at the next read or operation, not here.
+        ver`` (one request, bounded by the timeout), and a read made while subscribed stands
+        in for an announcement until the next one (:meth:`Notifier.note`): after a server
+        restart, a round that does not change again is not read on every check. A record
+        lost without an announcement (``FLUSHALL``) is seen at the next read or operation,
+        not here.
 
         Args:
             seen: The :attr:`Standing.change_id` the caller acted on.
@@ -519,12 +559,19 @@ class RedisRendezvousBackend(RendezvousBackend):
             RendezvousConnectionError: the read failed until the timeout.
         """
         deadline = time.monotonic() + max(0.0, timeout)
+        notifier, channel = self._client.notifier, self._keys.round_channel
 
         def changed(announced: bytes | None) -> bool:
             verdict = _round_differs(announced, seen)
-            return verdict if verdict is not None else self._read_round_id(deadline) != (seen or ("", 0))
+            if verdict is not None:
+                return verdict
+            epoch = notifier.confirmed_epoch(channel)
+            inc, ver = self._read_round_id(deadline)
+            if epoch is not None and inc not in ("", "?"):
+                notifier.note(channel, f"{inc}:{ver}".encode(), epoch)  # the next check needs no read
+            return (inc, ver) != (seen or ("", 0))
 
-        return self._wait_announced(self._keys.round_channel, deadline, changed)
+        return self._wait_announced(channel, deadline, changed)
 
     def _read_round_id(self, deadline: float) -> tuple[str, int]:
         """``(inc, ver)`` of the record (``HMGET rdzv:{R}:round inc ver``), ``("", 0)``
@@ -567,6 +614,7 @@ class RedisRendezvousBackend(RendezvousBackend):
                 participants={node.decode(): int(score) for node, score in participants},
                 wait_list=[node.decode() for node in waiting],
                 redundancy_list=[node.decode() for node in redundant],
+                **_stored_spec(fields),
             )
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise RendezvousStateError(
@@ -590,6 +638,27 @@ class RedisRendezvousBackend(RendezvousBackend):
                 f"(key '{self._keys.state}') is corrupt or was not written by rdzv: it starts with {raw[:24]!r}."
             )
         return state, token
+
+
+def _stored_spec(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """The bounds and last call (``min``, ``max``, ``lcall`` in us) kept in the round hash, as
+    :class:`RendezvousState` fields; none when the hash lacks them.
+
+    Raises:
+        ValueError: a field is not a number.
+    """
+    if b"min" not in fields:
+        return {}
+    return {
+        "min_nodes": int(fields[b"min"]),
+        "max_nodes": int(fields[b"max"]),
+        "last_call_timeout": int(fields[b"lcall"]) / 1_000_000,
+    }
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern (``SCAN MATCH``)."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
 def _round_differs(announced: bytes | None, seen: tuple[str, int] | None) -> bool | None:
@@ -643,7 +712,9 @@ def create_backend(params: RendezvousParameters, *, shared: bool = True) -> tupl
     from rdzv_redis.store import RedisStore
 
     config = RedisConfig.from_params(params)
-    client = RedisClient.acquire(config) if shared else RedisClient.create(config)
+    # On Redis Cluster a client listens on the shard of one run: the run's slot names it.
+    shard_key = RunKeys(params.run_id).state
+    client = RedisClient.acquire(config, shard_key) if shared else RedisClient.create(config, shard_key)
     # key_ttl is not part of the client's identity: a shared client may come from a config
     # with another one, so each backend and store takes its own.
     backend = RedisRendezvousBackend(client, params.run_id, key_ttl=config.key_ttl, closed_ttl=config.closed_ttl)

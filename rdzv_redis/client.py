@@ -3,7 +3,10 @@
 * :class:`RedisConfig` — what to connect to, parsed and validated from
   :class:`~rdzv_core.api.RendezvousParameters`. Its ``repr`` never shows the password.
   With ``sentinel_master`` set, the endpoint lists Redis Sentinels and the client follows
-  the master they name, across fail-overs (see :meth:`RedisConfig.from_params`).
+  the master they name, across fail-overs (see :meth:`RedisConfig.from_params`). With
+  ``cluster=true``, the endpoint lists startup nodes of a Redis Cluster and the client is
+  redis-py's ``RedisCluster`` (follows ``MOVED``/``ASK``, refreshes its slot map on a
+  fail-over); notifications then travel on sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``).
 * :class:`RedisClient` — one per process and (endpoint, credentials, db, TLS, timeouts):
   a bounded blocking connection pool, the registered Lua scripts, and one
   :class:`~rdzv_redis.notify.Notifier` (one pub/sub connection, read by the waiting caller:
@@ -35,9 +38,10 @@ from typing import Any, TypeVar
 
 from rdzv_core.api import RendezvousConnectionError, RendezvousParameters, RendezvousStateError
 from rdzv_core.retry import Failure, call_with_retry
-from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint, scrub
-from rdzv_redis.lua import ALL_SCRIPTS
+from rdzv_core.utils import Endpoint, parse_rendezvous_endpoint, read_secret_file, scrub
+from rdzv_redis.lua import scripts_for
 from rdzv_redis.notify import Notifier
+from rdzv_redis.shard_pubsub import ShardPubSub
 
 __all__ = [
     "DEFAULT_PORT",
@@ -78,6 +82,9 @@ REDIS_CONFIG_KEYS = frozenset(
         "closed_ttl",
         "sentinel_master",
         "sentinel_password",
+        "password_file",
+        "cluster",
+        "read_from_replicas",
     }
 )
 #: Longest cause (characters) quoted in an error message.
@@ -105,7 +112,8 @@ class RedisConfig:
         host, port: The server (port default 6379).
         db: Database number (``/N`` of the URL or config ``db``; default 0).
         username: ACL user (``user@`` of the URL or config ``username``), or ``None``.
-        password: Config ``password``, else the URL's, else env ``RDZV_REDIS_PASSWORD``.
+        password: Config ``password``, else the URL's, else the content of the file named by
+            config ``password_file``, else env ``RDZV_REDIS_PASSWORD``.
             Never shown by ``repr`` or in messages.
         tls: TLS on (``rediss://``, config ``ssl=true``, or any ``ssl_*`` file given).
         ssl_ca_certs, ssl_certfile, ssl_keyfile: PEM file paths for TLS, or ``None``.
@@ -123,6 +131,9 @@ class RedisConfig:
             ``sentinel_master``), or ``None``.
         sentinel_password: The sentinels' own ``requirepass`` (config ``sentinel_password``,
             else env ``RDZV_REDIS_SENTINEL_PASSWORD``), or ``None``. Never shown.
+        cluster: Redis Cluster mode (config ``cluster=true``).
+        cluster_nodes: Cluster mode: the ``(host, port)`` of each startup node (from the
+            endpoint); empty otherwise. ``host``/``port`` are then the first node's.
     """
 
     host: str
@@ -143,6 +154,8 @@ class RedisConfig:
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    cluster: bool = False
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_params(cls, params: RendezvousParameters) -> RedisConfig:
@@ -155,6 +168,13 @@ class RedisConfig:
         and follows fail-overs; ``password``/``username``/``db``/``ssl*`` apply to the master
         (and its replicas), ``sentinel_password`` to the sentinels. Credentials come from the
         config or the environment, never from the endpoint.
+
+        **Cluster mode**: with config ``cluster=true``, the endpoint is one or more nodes of a
+        Redis Cluster, ``host[:port]`` separated by commas (port 6379 by default), e.g.
+        ``node1:7000,node2:7001``; the client discovers the others (``CLUSTER SLOTS``).
+        ``username``/``password``/``ssl*`` apply to every node; ``db`` must be 0 and
+        ``read_from_replicas`` false (the default: replicas lag, and the rendezvous needs
+        the master's answer). ``cluster`` and ``sentinel_master`` exclude each other.
 
         Raises:
             ValueError: a malformed endpoint or a bad value; the message names the key and
@@ -173,7 +193,24 @@ class RedisConfig:
             )
         ssl_files = {k: params.get_as_str(k) for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
         master = params.get_as_str("sentinel_master")
-        if master is not None:
+        cluster = bool(params.get_as_bool("cluster", False))
+        _check_read_from_replicas(params, cluster)
+        cluster_nodes: tuple[tuple[str, int], ...] = ()
+        sentinels: tuple[tuple[str, int], ...] = ()
+        sentinel_password: str | None = None
+        if cluster and master is not None:
+            raise ValueError(
+                "The rendezvous configuration options 'cluster' and 'sentinel_master' exclude each other: "
+                "Redis Cluster fails over by itself (give its nodes as the endpoint), Sentinel watches one master."
+            )
+        if cluster:
+            cluster_nodes = _parse_addresses(params.endpoint, "With 'cluster=true'", DEFAULT_PORT)
+            endpoint = Endpoint(*cluster_nodes[0])
+            if "sentinel_password" in params.config:
+                raise ValueError(
+                    "The rendezvous configuration option 'sentinel_password' needs 'sentinel_master', not 'cluster'."
+                )
+        elif master is not None:
             sentinels = _parse_sentinels(params.endpoint, master)
             endpoint = Endpoint(*sentinels[0])
             sentinel_password = params.get_as_str("sentinel_password") or os.environ.get(SENTINEL_PASSWORD_ENV) or None
@@ -185,9 +222,9 @@ class RedisConfig:
             if "," in (params.endpoint or ""):
                 raise ValueError(
                     "The Redis rendezvous endpoint lists several addresses: set the configuration option 'sentinel_master' "
-                    "to use them as Redis Sentinels, or give one 'host[:port]' or URL."
+                    "to use them as Redis Sentinels, or 'cluster=true' as nodes of a Redis Cluster, or give one "
+                    "'host[:port]' or URL."
                 )
-            sentinels, sentinel_password = (), None
             endpoint = parse_rendezvous_endpoint(params.endpoint, DEFAULT_PORT)
         if endpoint.scheme not in (None, "redis", "rediss"):
             raise ValueError(
@@ -197,13 +234,19 @@ class RedisConfig:
         return cls(
             host=endpoint.host,
             port=endpoint.port,
-            db=_parse_db(params, endpoint),
+            db=_parse_cluster_db(params, endpoint) if cluster else _parse_db(params, endpoint),
             username=params.get_as_str("username") or endpoint.username,
-            password=params.get_as_str("password") or endpoint.password or os.environ.get(PASSWORD_ENV) or None,
+            password=params.get_as_str("password")
+            or endpoint.password
+            or read_secret_file("password_file", params.get_as_str("password_file", strip=True))
+            or os.environ.get(PASSWORD_ENV)
+            or None,
             tls=tls,
             sentinels=sentinels,
             sentinel_master=master,
             sentinel_password=sentinel_password,
+            cluster=cluster,
+            cluster_nodes=cluster_nodes,
             **ssl_files,
             socket_timeout=_positive(params, "socket_timeout", cls.socket_timeout),
             connect_timeout=_positive(params, "connect_timeout", cls.connect_timeout),
@@ -219,6 +262,9 @@ class RedisConfig:
         ``redis[s]+sentinel://s1:26379,s2:26379/master/db`` — safe to log: no user name, no
         password."""
         scheme = "rediss" if self.tls else "redis"
+        if self.cluster:
+            where = ",".join(f"{_bracket(host)}:{port}" for host, port in self.cluster_nodes)
+            return f"{scheme}+cluster://{where}"
         if self.sentinel_master:
             where = ",".join(f"{_bracket(host)}:{port}" for host, port in self.sentinels)
             return f"{scheme}+sentinel://{where}/{self.sentinel_master}/{self.db}"
@@ -241,21 +287,40 @@ def _parse_sentinels(text: str | None, master: str) -> tuple[tuple[str, int], ..
         raise ValueError(
             f"The rendezvous configuration option 'sentinel_master' must be a master name without spaces (got {master!r})."
         )
+    return _parse_addresses(text, "With 'sentinel_master'", DEFAULT_SENTINEL_PORT, "sentinels")
+
+
+def _parse_addresses(
+    text: str | None, mode: str, default_port: int, what: str = "nodes"
+) -> tuple[tuple[str, int], ...]:
+    """The ``(host, port)`` list of an endpoint that names several servers (``host[:port]``
+    separated by commas), without duplicates; ``mode`` starts the error messages."""
     parts = [part.strip() for part in (text or "").split(",") if part.strip()]
     if not parts:
-        raise ValueError(
-            "With 'sentinel_master', the Redis rendezvous endpoint must list the sentinels: 'host[:port],host[:port],...'."
-        )
-    sentinels: list[tuple[str, int]] = []
+        raise ValueError(f"{mode}, the Redis rendezvous endpoint must list the {what}: 'host[:port],host[:port],...'.")
+    addresses: list[tuple[str, int]] = []
     for part in parts:
         if "://" in part or "@" in part:  # never quote it: it may hold a password
             raise ValueError(
-                "With 'sentinel_master', the Redis rendezvous endpoint lists the sentinels as 'host[:port]' separated by commas "
-                "(no URL, no credentials: use the 'password', 'sentinel_password' and 'ssl' options)."
+                f"{mode}, the Redis rendezvous endpoint lists the {what} as 'host[:port]' separated by commas "
+                "(no URL, no credentials: use the 'username', 'password' and 'ssl' options)."
             )
-        endpoint = parse_rendezvous_endpoint(part, DEFAULT_SENTINEL_PORT)
-        sentinels.append((endpoint.host, endpoint.port))
-    return tuple(dict.fromkeys(sentinels))
+        endpoint = parse_rendezvous_endpoint(part, default_port)
+        addresses.append((endpoint.host, endpoint.port))
+    return tuple(dict.fromkeys(addresses))
+
+
+def _check_read_from_replicas(params: RendezvousParameters, cluster: bool) -> None:
+    """``read_from_replicas`` is accepted in cluster mode, and only false."""
+    value = params.get_as_bool("read_from_replicas", False)
+    if "read_from_replicas" in params.config and not cluster:
+        raise ValueError("The rendezvous configuration option 'read_from_replicas' needs 'cluster=true'.")
+    if value:
+        raise ValueError(
+            "The rendezvous configuration option 'read_from_replicas' must be false (got "
+            f"{params.config['read_from_replicas']!r}): a replica may lag its master, and the rendezvous reads what "
+            "it just wrote."
+        )
 
 
 def _seconds(params: RendezvousParameters, key: str, default: float, minimum: float) -> float:
@@ -276,6 +341,14 @@ def _int_at_least(params: RendezvousParameters, key: str, default: int, minimum:
     if value < minimum:
         raise ValueError(f"The rendezvous configuration option '{key}' must be >= {minimum} (got {value}).")
     return value
+
+
+def _parse_cluster_db(params: RendezvousParameters, endpoint: Endpoint) -> int:
+    """Redis Cluster has database 0 only."""
+    db = _int_at_least(params, "db", 0, 0)
+    if db != 0:
+        raise ValueError(f"The rendezvous configuration option 'db' must be 0 with 'cluster=true' (got {db}).")
+    return db
 
 
 def _parse_db(params: RendezvousParameters, endpoint: Endpoint) -> int:
@@ -309,9 +382,29 @@ _FAILURE_OF = {
 }
 
 
-def _classify(redis: ModuleType, exc: BaseException) -> str:
-    """Sort a redis-py exception into one of the kinds above."""
+#: How the servers' authentication failures read inside a ``RedisClusterException``.
+_CLUSTER_AUTH_MARKERS = re.compile(
+    r"invalid username-password|WRONGPASS|NOAUTH|NOPERM|no permissions|Authentication required"
+)
+
+
+def _classify(redis: ModuleType, exc: BaseException, cluster: bool = False) -> str:
+    """Sort a redis-py exception into one of the kinds above (``cluster``: the client is a
+    ``RedisCluster``, which follows redirects itself)."""
     errors = redis.exceptions
+    if isinstance(exc, errors.RedisClusterException):
+        # The cluster client found no node to send to (slot map without the slot, no startup
+        # node reachable): nothing was sent; unless every startup node refused our
+        # credentials (redis-py quotes the server's error in the message).
+        if _CLUSTER_AUTH_MARKERS.search(str(exc)):
+            return _AUTH
+        return _REJECTED_BEFORE_RUN
+    if isinstance(exc, errors.AskError):
+        # MOVED/ASK: the node did not run the command. The cluster client follows redirects,
+        # so one left over is a slot changing hands (retry); a plain client never follows.
+        return _REJECTED_BEFORE_RUN if cluster else _OTHER
+    if isinstance(exc, errors.ClusterError) and not isinstance(exc, errors.ClusterDownError):
+        return _TRANSIENT  # "TTL exhausted": redirected and failing until the budget ran out
     auth_types = (errors.AuthenticationError, errors.AuthorizationError, errors.AuthenticationWrongNumberOfArgsError)
     text = str(exc)
     if isinstance(exc, auth_types) or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
@@ -355,69 +448,92 @@ class RedisClient:
     _registry: dict[tuple[Any, ...], RedisClient] = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, config: RedisConfig) -> None:
+    def __init__(self, config: RedisConfig, shard_key: str | None = None) -> None:
         self.config = config
         self._redis_module = import_redis()
         self.errors = self._redis_module.exceptions
         self._sentinels: list[Any] = []
-        self.redis = self._make_redis(config)
-        # The pub/sub connection comes from a pool of its own: taken from the command pool, it
-        # would be the connection the PING at creation opened, and a new client's first
-        # command would pay for a connection handshake again.
-        self._pubsub_redis = self._make_redis(config)
-        self.scripts = {name: self.redis.register_script(source) for name, source in ALL_SCRIPTS.items()}
-        self.notifier = Notifier(
+        self._refs = 0
+        self._closed = False
+        self._shard_key = shard_key
+        self._pubsub_redis: Any = None
+        make_pubsub: Callable[[], Any]
+        if config.cluster:
+            # Discovering the cluster (CLUSTER SLOTS) is the first request: retried and
+            # translated like any other.
+            self.redis = self.call("connect", lambda: self._make_cluster(config))
+            make_pubsub = ShardPubSub.factory(self.redis, _as_is)
+        else:
+            self.redis = self._make_redis(config)
+            # The pub/sub connection comes from a pool of its own: taken from the command pool,
+            # it would be the connection the PING at creation opened, and a new client's first
+            # command would pay for a connection handshake again.
+            self._pubsub_redis = self._make_redis(config)
             # As is: redis-py's default handler of RESP3 pub/sub pushes formats every message
             # into a debug string and calls logging.getLogger (a process-wide lock) each time.
-            lambda: self._pubsub_redis.pubsub(ignore_subscribe_messages=False, push_handler_func=_as_is),
+            pubsub_redis = self._pubsub_redis
+            make_pubsub = lambda: pubsub_redis.pubsub(ignore_subscribe_messages=False, push_handler_func=_as_is)  # noqa: E731
+        sources = scripts_for(config.cluster)
+        register = functools.partial(_ClusterScript, self.redis) if config.cluster else self.redis.register_script
+        self.scripts = {name: register(source) for name, source in sources.items()}
+        self.notifier = Notifier(
+            make_pubsub,
             config.display,
             self._scrub,
             refused=lambda exc: (
                 isinstance(exc, self.errors.NoPermissionError) or _classify(self._redis_module, exc) == _AUTH
             ),
         )
-        self._refs = 0
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"RedisClient({self.config.display}, refs={self._refs})"
 
     @classmethod
-    def acquire(cls, config: RedisConfig) -> RedisClient:
+    def acquire(cls, config: RedisConfig, shard_key: str | None = None) -> RedisClient:
         """Return the shared client of ``config`` (created and PINGed on first use).
+
+        In cluster mode clients are shared per ``shard_key`` too (a key of the run, e.g.
+        ``rdzv:{R}:state``): each listens on the shard serving that key's slot, with one
+        sharded pub/sub connection, and PINGs that shard's master when created.
 
         Raises:
             RendezvousConnectionError: the server cannot be reached within the retry budget,
                 or authentication failed.
             ImportError: redis-py is not installed.
         """
-        key = config.connection_key()
+        key = cls._registry_key(config, shard_key)
         with cls._registry_lock:
             client = cls._registry.get(key)
             if client is None:
-                client = cls._pinged(config)
+                client = cls._pinged(config, shard_key)
                 cls._registry[key] = client
             client._refs += 1
             return client
 
+    @staticmethod
+    def _registry_key(config: RedisConfig, shard_key: str | None) -> tuple[Any, ...]:
+        return (*config.connection_key(), shard_key if config.cluster else None)
+
     @classmethod
-    def create(cls, config: RedisConfig) -> RedisClient:
+    def create(cls, config: RedisConfig, shard_key: str | None = None) -> RedisClient:
         """Return a new client of ``config`` that no other caller shares (its own pool and
         pub/sub listener), PINGed, with one reference. Release it like a shared one.
 
         Raises:
             RendezvousConnectionError, ImportError: as :meth:`acquire`.
         """
-        client = cls._pinged(config)
+        client = cls._pinged(config, shard_key)
         client._refs = 1
         return client
 
     @classmethod
-    def _pinged(cls, config: RedisConfig) -> RedisClient:
-        """A new client without references that answered ``PING`` (shut down if it did not)."""
-        client = cls(config)
+    def _pinged(cls, config: RedisConfig, shard_key: str | None = None) -> RedisClient:
+        """A new client without references that answered ``PING`` (shut down if it did not);
+        in cluster mode, the master serving ``shard_key``'s slot answers (any master without
+        one)."""
+        client = cls(config, shard_key)
         try:
-            client.call("PING", client.redis.ping)
+            client.call("PING", client._ping)
         except BaseException:
             client._shutdown()
             raise
@@ -434,14 +550,28 @@ class RedisClient:
             self._refs -= 1
             if self._refs > 0:
                 return
-            key = self.config.connection_key()
+            key = self._registry_key(self.config, self._shard_key)
             if self._registry.get(key) is self:
                 del self._registry[key]
         self._shutdown()
 
+    def _ping(self) -> Any:
+        if not self.config.cluster:
+            return self.redis.ping()
+        cluster = self.redis
+        if self._shard_key is None:
+            return cluster.execute_command("PING", target_nodes=cluster.get_random_primary_node())
+        return cluster.execute_command("PING", target_nodes=cluster.get_node_from_key(self._shard_key))
+
     def _shutdown(self) -> None:
         self._closed = True
         self.notifier.close()
+        if self.config.cluster:
+            try:
+                self.redis.close()
+            except Exception:  # best effort: sockets may already be gone
+                logger.debug("Disconnecting from %s failed", self.config.display, exc_info=True)
+            return
         pools = [self.redis.connection_pool, self._pubsub_redis.connection_pool]
         pools += [sentinel.connection_pool for group in self._sentinels for sentinel in group.sentinels]
         for pool in pools:
@@ -484,6 +614,26 @@ class RedisClient:
         else:
             kwargs.pop("connection_class", None)
         return sentinel.master_for(config.sentinel_master, connection_pool_class=_blocking_sentinel_pool(), **kwargs)
+
+    def _make_cluster(self, config: RedisConfig) -> Any:
+        """The ``redis.cluster.RedisCluster`` of ``config``: the startup nodes of the endpoint,
+        the same credentials, TLS and timeouts on every node, reads from masters only, and no
+        retry of its own (:meth:`call` retries; a failed request still makes redis-py refresh
+        its slot map, so the next attempt reaches the promoted replica)."""
+        from redis.cluster import ClusterNode, RedisCluster
+
+        kwargs = self._pool_kwargs(config)
+        for key in ("host", "port", "db", "retry", "timeout"):
+            kwargs.pop(key, None)
+        kwargs.pop("connection_class", None)
+        if config.tls:
+            kwargs["ssl"] = True
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in config.cluster_nodes],
+            retry=_no_retry(),  # reads go to masters only: redis-py's default, no load balancing
+            require_full_coverage=False,
+            **kwargs,
+        )
 
     def _pool_kwargs(self, config: RedisConfig) -> dict[str, Any]:
         redis = self._redis_module
@@ -534,15 +684,17 @@ class RedisClient:
             Exception: whatever ``fn`` raises that is not a redis-py error, unchanged.
         """
         redis = self._redis_module
+        cluster = self.config.cluster
         end = time.monotonic() + self.config.retry_timeout
         if deadline is not None:
             end = min(end, deadline)
 
         def classify(exc: BaseException) -> Failure | None:
-            return _FAILURE_OF[_classify(redis, exc)] if isinstance(exc, (redis.RedisError, OSError)) else None
+            known = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+            return _FAILURE_OF[_classify(redis, exc, cluster)] if isinstance(exc, known) else None
 
         def give_up(exc: BaseException, failure: Failure, attempts: int, elapsed: float) -> Exception:
-            return self._translate(what, exc, _classify(redis, exc), attempts, elapsed)
+            return self._translate(what, exc, _classify(redis, exc, cluster), attempts, elapsed)
 
         def on_retry(exc: BaseException, attempt: int, pause: float) -> None:
             logger.debug(
@@ -589,11 +741,10 @@ class RedisClient:
                 f"The rendezvous data in Redis at {where} is corrupt: {what} found a key of the wrong type ({cause})."
             )
         if kind == _OTHER:
-            if type(exc).__name__ in ("MovedError", "AskError"):  # a Redis Cluster node
+            if type(exc).__name__ in ("MovedError", "AskError") and not self.config.cluster:
                 cause += (
-                    " (a Redis Cluster node that does not serve this run's hash slot: rdzv's client does not follow"
-                    " cluster redirects; point the endpoint at the master serving the slot named above, or use a"
-                    " non-cluster Redis)"
+                    " (a Redis Cluster node that does not serve this run's hash slot: set the configuration option"
+                    " 'cluster=true' to follow cluster redirects)"
                 )
             return RendezvousConnectionError(f"Redis at {where} refused {what}: {cause}")
         return RendezvousConnectionError(
@@ -603,6 +754,35 @@ class RedisClient:
     def _scrub(self, text: str) -> str:
         """Remove the passwords from ``text`` (defence in depth: redis-py does not echo them)."""
         return scrub(text, (self.config.password, self.config.sentinel_password))
+
+
+class _ClusterScript:
+    """A Lua script on Redis Cluster, called like redis-py's ``Script``: ``EVALSHA`` routed by
+    its keys' slot; when that master lacks it (``NOSCRIPT``: first use, a promoted replica,
+    a migrated slot), ``EVAL`` of the source on the same slot, which also caches it there.
+    redis-py's own ``Script`` would ``SCRIPT LOAD`` on every master instead, so each node
+    would open a connection to every master.
+
+    Args:
+        cluster: The ``RedisCluster``.
+        source: The script's text.
+    """
+
+    def __init__(self, cluster: Any, source: str) -> None:
+        import hashlib
+
+        self._cluster = cluster
+        self.script = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        from redis.exceptions import NoScriptError
+
+        keys, args = list(keys or ()), list(args or ())
+        try:
+            return self._cluster.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return self._cluster.eval(self.script, len(keys), *keys, *args)
 
 
 def _as_is(response: Any) -> Any:

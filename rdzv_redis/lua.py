@@ -4,10 +4,15 @@ Each constant holds a script's source text. :class:`rdzv_redis.client.RedisClien
 them with redis-py's ``register_script``: they run by SHA (``EVALSHA``) and are loaded again
 transparently after ``SCRIPT FLUSH`` or a server restart. Every script touches the keys of
 one run only, which share the hash tag ``{run_id}``, so they run on Redis Cluster too.
+
+On Redis Cluster the scripts announce on *sharded* pub/sub (``SPUBLISH``, Redis >= 7): the
+channels share the run's hash tag, so each message stays on the shard that serves the run's
+slot instead of being broadcast to every node. :func:`scripts_for` gives either set.
 """
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 
 __all__ = [
@@ -22,6 +27,7 @@ __all__ = [
     "ENQUEUE_JOIN",
     "ROUND",
     "ALL_SCRIPTS",
+    "scripts_for",
 ]
 
 
@@ -54,3 +60,16 @@ ALL_SCRIPTS: dict[str, str] = {
     "enqueue_join": ENQUEUE_JOIN,
     "round": ROUND,
 }
+
+
+#: The one command the sharded variant changes, as the scripts call it.
+_PUBLISH = "redis.call('PUBLISH', "
+
+
+@functools.cache
+def scripts_for(sharded: bool) -> dict[str, str]:
+    """Script name -> source: :data:`ALL_SCRIPTS` (classic ``PUBLISH``) when ``sharded`` is
+    false, else the same scripts announcing with ``SPUBLISH`` (Redis Cluster mode)."""
+    if not sharded:
+        return ALL_SCRIPTS
+    return {name: source.replace(_PUBLISH, "redis.call('SPUBLISH', ") for name, source in ALL_SCRIPTS.items()}

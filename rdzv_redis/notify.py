@@ -195,6 +195,31 @@ class Notifier:
                 return None
             return entry[1]
 
+    def confirmed_epoch(self, channel: str) -> int | None:
+        """The current :attr:`epoch` when tracked ``channel`` is subscribed and confirmed,
+        else ``None``. A read the caller sends after this, answered within that epoch, saw
+        everything published before it; anything later arrives on the connection."""
+        key = channel.encode()
+        with self._cond:
+            if key in self._tracked and self._pubsub is not None and self._usable(key):
+                return self._epoch
+            return None
+
+    def note(self, channel: str, payload: bytes, epoch: int) -> None:
+        """Remember ``payload``, read from the server after :meth:`confirmed_epoch` returned
+        ``epoch``, as the newest known on tracked ``channel`` (what :meth:`latest` answers),
+        unless the connection changed since or a message arrived in this epoch (that one is
+        kept: at worst it reports a spurious change). Without this, after a reconnection
+        :meth:`latest` knows nothing until the next announcement, and every check would ask
+        the server."""
+        key = channel.encode()
+        with self._cond:
+            if epoch != self._epoch or key not in self._tracked or not self._usable(key):
+                return
+            entry = self._latest.get(key)
+            if entry is None or entry[0] != epoch:
+                self._latest[key] = (epoch, payload)
+
     def sleep(self, waiter: Waiter, timeout: float) -> bool:
         """Block until ``waiter`` is woken or ``timeout`` seconds pass, reading the socket
         meanwhile if no other thread does; return whether the caller should look again.

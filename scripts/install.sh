@@ -12,6 +12,7 @@ if [ "$all" = 1 ]; then
   command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)  # the network lab (tests/netlab): ip netns, veth, bridge
 fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"

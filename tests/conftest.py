@@ -1,3 +1,3 @@
 """Shared fixtures: real servers (Redis, etcd) are started by the plug-in fixture modules."""
 
-pytest_plugins = ["tests.servers", "tests.fixtures_redis", "tests.fixtures_etcd"]
+pytest_plugins = ["tests.servers", "tests.fixtures_redis", "tests.fixtures_etcd", "tests.fixtures_redis_cluster"]

@@ -97,6 +97,9 @@ class _StateHolder:
         """Write the local state when dirty, else read; return ``has_set`` (``None`` on a read)."""
         has_set: bool | None
         if self.dirty:
+            spec = self._settings.round_spec()  # shown by rdzv status
+            self.state.min_nodes, self.state.max_nodes = spec.min_nodes, spec.max_nodes
+            self.state.last_call_timeout = spec.last_call
             encoded, token = encode_state(self.state), self.token
             response = self.call(lambda: self._backend.set_state(encoded, token))
             has_set = bool(response and response[2])

@@ -39,6 +39,7 @@ from rdzv_core.dynamic.ops import (
     _join_op,
     _keep_alive_op,
     _Op,
+    state_standing,
 )
 from rdzv_core.dynamic.settings import RendezvousEvent, RendezvousSettings, RendezvousTimeout
 from rdzv_core.state import NodeDesc, NodeDescGenerator, RendezvousState
@@ -152,6 +153,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
         )
         self._bootstrap_store_info: RendezvousStoreInfo | None = None
         self._progress_key: tuple[object, ...] | None = None
+        self._previous_world_size = 0  # of the last round this node completed (progress lines)
         self._progress_at = float("-inf")
         #: The round this node holds a rank in (set by next_rendezvous), else None.
         self._joined_round: int | None = None
@@ -191,32 +193,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
             if self._membership.standing is not None:
                 return self._membership.standing
             return Standing("", 0, 0, False, False, Role.NONE, None, 0, 0, 0, 0, None)
-        state, key = self._holder.state, self._this_node.key
-        role = (
-            Role.PARTICIPANT
-            if key in state.participants
-            else Role.WAITING
-            if key in state.wait_list
-            else Role.REDUNDANT
-            if key in state.redundancy_list
-            else Role.NONE
-        )
-        rank = state.participants.get(key) if state.complete and role is Role.PARTICIPANT else None
-        deadline_in = None if state.deadline is None else max(0.0, state.deadline - self._clock.time())
-        return Standing(
-            str(self._holder.token or ""),
-            0,
-            state.round,
-            state.complete,
-            state.closed,
-            role,
-            rank,
-            state.world_size,
-            len(state.participants),
-            len(state.wait_list),
-            len(state.redundancy_list),
-            deadline_in,
-        )
+        return state_standing(self._holder.state, self._this_node.key, self._clock.time())
 
     def get_backend(self) -> str:
         return self._backend_name
@@ -272,6 +249,9 @@ class DynamicRendezvousHandler(RendezvousHandler):
         the round changed (version, role) and at most every :data:`PROGRESS_EVERY` s
         otherwise, so a long wait shows who is there and what is needed."""
         self._on_role(standing.role)
+        self._log_progress(standing)
+
+    def _log_progress(self, standing: Standing) -> None:
         if (standing.role is Role.PARTICIPANT and standing.complete) or not logger.isEnabledFor(logging.INFO):
             return  # joined: the "completed" event says the rest
         now = self._clock.monotonic()
@@ -292,6 +272,8 @@ class DynamicRendezvousHandler(RendezvousHandler):
             f"The node '{self._this_node}' waits{where} for round {standing.round} of the rendezvous '{self._settings.run_id}': "
             f"{standing.participants} joined (min_nodes={spec.min_nodes}, max_nodes={spec.max_nodes}), {standing.waiting} waiting"
         )
+        if self._previous_world_size:
+            text += f" (the previous round this node was in had {self._previous_world_size})"
         if standing.complete:
             return text + f"; the round is complete with {standing.world_size} node(s)."
         if standing.deadline_in is not None:
@@ -340,6 +322,7 @@ class DynamicRendezvousHandler(RendezvousHandler):
             self._stop_heartbeats()  # a node without a round keeps no thread
             raise
         self._bootstrap_store_info = bootstrap
+        self._previous_world_size = world_size
         self._emit(
             "completed",
             f"The node '{self._this_node}' has joined round {round_} of the rendezvous '{run_id}' as rank {rank} in a world of size {world_size}.",
@@ -517,6 +500,8 @@ class DynamicRendezvousHandler(RendezvousHandler):
 
         def op(ctx: _Context, deadline: float) -> _Action:
             action = _join_op(ctx, deadline)
+            if action is _Action.SYNC:  # waiting: the same progress lines as the membership path
+                self._log_progress(state_standing(ctx.state, ctx.node, ctx.wall))
             kind = {_Action.ADD_TO_WAIT_LIST: "wait list", _Action.ADD_TO_REDUNDANCY_LIST: "redundancy list"}.get(
                 action
             )

@@ -10,6 +10,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from rdzv_core.backend import Role, Standing
 from rdzv_core.dynamic.settings import RendezvousSettings
 from rdzv_core.state import RendezvousState
 
@@ -109,6 +110,36 @@ class _Context:
     keep_alive_due: bool
     now: float
     wall: float
+
+
+def state_standing(state: RendezvousState, node: str, wall: float) -> Standing:
+    """``node``'s :class:`~rdzv_core.backend.Standing` in a whole ``state`` (the state path's
+    counterpart of a membership server's answer, for the progress lines). Its version is a
+    digest of what a waiting node reacts to (round, completion, close, the last call running,
+    the wait list non-empty), so it changes O(1) times per round, not once per join."""
+    if node in state.participants:
+        role = Role.PARTICIPANT
+    elif node in state.wait_list:
+        role = Role.WAITING
+    elif node in state.redundancy_list:
+        role = Role.REDUNDANT
+    else:
+        role = Role.NONE
+    digest = hash((state.round, state.complete, state.closed, state.deadline is not None, bool(state.wait_list)))
+    return Standing(
+        incarnation="state",
+        version=digest,
+        round=state.round,
+        complete=state.complete,
+        closed=state.closed,
+        role=role,
+        rank=state.participants.get(node) if state.complete else None,
+        world_size=state.world_size,
+        participants=len(state.participants),
+        waiting=len(state.wait_list),
+        redundant=len(state.redundancy_list),
+        deadline_in=None if state.deadline is None or state.complete else max(0.0, state.deadline - wall),
+    )
 
 
 def _keep_alive_or_sync(ctx: _Context) -> _Action:

@@ -16,7 +16,8 @@ def closed_message(run_id: str) -> str:
     means and how to start a new job under that id."""
     return (
         f"The rendezvous '{run_id}' is closed: its job ended or was stopped. A new job can use the run id once the closed "
-        "record expires (backend option closed_ttl, 300 s by default), or use another run id."
+        f"record expires (backend option closed_ttl, 300 s by default) or at once after `rdzv reset --run-id {run_id}`, "
+        "or use another run id."
     )
 
 

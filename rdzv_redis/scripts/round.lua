@@ -3,7 +3,9 @@
 --
 -- KEYS[1]      rdzv:{R}:round              HASH  inc, ver, round, complete, closed, world,
 --                                                 deadline (server time, us; absent = none), seq,
---                                                 boot (rank 0's bootstrap; absent = none)
+--                                                 boot (rank 0's bootstrap; absent = none),
+--                                                 min, max, lcall (us): the spec of the last
+--                                                 operation that carried one (for status)
 -- KEYS[2]      rdzv:{R}:round:participants ZSET  node -> rank (0 until the round completes)
 -- KEYS[3]      rdzv:{R}:round:wait         ZSET  node -> arrival number (the wait list)
 -- KEYS[4]      rdzv:{R}:round:redundant    ZSET  node -> arrival number (the redundancy list)
@@ -20,6 +22,7 @@
 -- ARGV[11]     at most this many lapsed records are looked at by one sweep (SWEEP_LIMIT)
 -- ARGV[12]     bootstrap: the value rank 0 publishes
 -- ARGV[13]     key expiry in milliseconds once the rendezvous is closed (closed_ttl)
+-- ARGV[14]     "1" when ARGV[3..6] are the caller's spec (stored for status), else ""
 --
 -- The version is bumped (and announced) only when the summary changes: round, complete,
 -- closed, last call running, wait list non-empty, participants missing, bootstrap published.
@@ -84,6 +87,9 @@ local function save(rec)
   local fields = {'inc', rec.inc, 'ver', int(rec.ver), 'round', int(rec.round),
     'complete', rec.complete and '1' or '0', 'closed', rec.closed and '1' or '0',
     'world', int(rec.world), 'seq', int(rec.seq)}
+  if ARGV[14] == '1' then
+    for _, f in ipairs({'min', ARGV[3], 'max', ARGV[4], 'lcall', ARGV[5]}) do fields[#fields + 1] = f end
+  end
   local gone = {}
   for _, opt in ipairs({{'deadline', rec.deadline and int(rec.deadline)}, {'boot', rec.boot}}) do
     if opt[2] then

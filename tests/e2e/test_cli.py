@@ -369,15 +369,20 @@ def test_standalone_single_node() -> None:
     assert "step 1 done (sum 1 ok)" in result.stdout and "finished" in result.stdout
 
 
-def test_server_command_prints_endpoint_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rdzv_core.cli", "server", "redis"],
+def _server_process(*args: str) -> subprocess.Popen[str]:
+    """``rdzv <args>`` (a server command) in the background, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "rdzv_core.cli", *args],
         env=_env(),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_server_command_prints_endpoint_and_stops_on_sigterm() -> None:
+    proc = _server_process("server", "redis")
     try:
         assert proc.stdout is not None
         endpoint = proc.stdout.readline().strip()
@@ -429,3 +434,63 @@ def test_no_secret_reaches_the_worker(own_redis_server: Any, tmp_path: Path) -> 
         args, env={**env, "RDZV_REDIS_PASSWORD": secret}, cwd=REPO, capture_output=True, text=True, timeout=BOUND
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_password_file_reaches_the_worker_as_a_path_only(own_redis_server: Any, tmp_path: Path) -> None:
+    """With --rdzv-conf password_file=PATH the agent and the worker both read the password
+    from the file: the worker's environment holds the path, never the secret, and the
+    worker opens the round's store with it."""
+    secret = "f1le-s3cret"
+    server = own_redis_server(password=secret)
+    secret_file = tmp_path / "redis.pw"
+    secret_file.write_text(secret + "\n")
+    dump = tmp_path / "env.json"
+    worker = py(
+        "import json, os, sys; from rdzv_core.agent import open_worker_store; s = open_worker_store(); s.set('k', b'v'); "
+        "assert s.get('k') == b'v'; s.close(); json.dump({'env': dict(os.environ), 'argv': sys.argv}, open(os.environ['DUMP'], 'w'))"
+    )
+    args = [
+        sys.executable, "-m", "rdzv_core.cli", "run", "--endpoint", server.endpoint, "--run-id", f"cli-{uuid.uuid4().hex[:10]}",
+        "--nnodes", "1", "--rdzv-conf", f"{FAST},password_file={secret_file}", "--local-addr", "127.0.0.1", "--", *worker,
+    ]  # fmt: skip
+    result = subprocess.run(
+        args, env={**_env(), "DUMP": str(dump)}, cwd=REPO, capture_output=True, text=True, timeout=BOUND
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(dump.read_text())
+    assert secret not in json.dumps(seen) and secret not in result.stdout + result.stderr
+    assert f"password_file={secret_file}" in seen["env"]["RDZV_CONF"]
+
+
+def test_torchrun_pet_variables_configure_rdzv_run() -> None:
+    """PET_STANDALONE and PET_NNODES, as torchrun's environment sets them, are honoured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RDZV_", "PET_"))}
+    env.update(PET_STANDALONE="1", PET_NNODES="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "rdzv_core.cli", "run", "--", sys.executable, "-c", "import os; print('rank', os.environ['RANK'])"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "rank 0" in done.stdout
+
+
+def test_server_cluster_command_prints_every_node_and_status_reads_it() -> None:
+    """``rdzv server redis --cluster``: the first line lists the six nodes; ``rdzv status``
+    with ``cluster=true`` reads the cluster (issue #16)."""
+    proc = _server_process("server", "redis", "--cluster")
+    try:
+        assert proc.stdout is not None
+        endpoint = proc.stdout.readline().strip()
+        nodes = endpoint.split(",")
+        assert len(nodes) == 6 and all(n.startswith("127.0.0.1:") and n.partition(":")[2].isdigit() for n in nodes)
+        status = rdzv(
+            "status", "--endpoint", endpoint, "--rdzv-conf", "cluster=true", "--run-id", "nothing-here", "--json"
+        )
+        assert status.returncode == 1 and json.loads(status.stdout)["exists"] is False, status.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "RDZV_CONF=cluster=true" in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -191,13 +192,18 @@ def run_id() -> str:
     return f"torchrun-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.mark.parametrize("setup", ["redis", "redis-password", "etcd-v3"])
+@pytest.mark.parametrize("setup", ["redis", "redis-password", "redis-cluster", "etcd-v3"])
 def test_torchrun_two_nodes_allreduce(setup, request, job):
     """``redis-password``: a Redis with ``requirepass``; the password comes in ``--rdzv-conf``
-    (one worker per node: it is about the configuration, not the workers)."""
+    (one worker per node: it is about the configuration, not the workers). ``redis-cluster``:
+    a local Redis Cluster, ``--rdzv-endpoint`` two of its nodes, ``--rdzv-conf cluster=true``."""
     conf, nproc = "", 2
     if setup == "redis":
         backend, server = "redis", request.getfixturevalue("redis_server")
+    elif setup == "redis-cluster":
+        backend, cluster = "redis", request.getfixturevalue("redis_cluster")
+        server = SimpleNamespace(endpoint=",".join(n.endpoint for n in cluster.nodes[:2]))  # node1:p1,node2:p2
+        conf, nproc = "cluster=true", 1
     elif setup == "redis-password":
         backend, server = "redis", request.getfixturevalue("own_redis_server")(password="torchrun-s3cret")
         conf, nproc = "password=torchrun-s3cret", 1

@@ -216,3 +216,55 @@ def test_all_keys_share_one_slot(redis_backend_factory):
 
     backend, _ = redis_backend_factory()
     assert len({key_slot(k.encode()) for k in backend.keys.round_keys()}) == 1
+
+
+def test_after_a_reconnection_one_read_answers_the_checks_until_the_next_announcement(own_redis_server):
+    """A server restart re-makes the pub/sub connection, and the announcements of the round
+    re-formed afterwards may come before this client re-subscribed: its checks then read the
+    round id once and trust it (found by the network lab: a node polled the server on every
+    num_nodes_waiting() call after a restart, for as long as its round did not change)."""
+    import redis
+
+    from rdzv_redis import create_backend
+
+    server = own_redis_server()
+    raw = redis.Redis(host=server.host, port=server.port)
+    backend, store = create_backend(
+        RendezvousParameters("redis", f"{server.host}:{server.port}", "run", 1, 1, retry_timeout=10), shared=False
+    )
+    try:
+        notifier = backend._client.notifier
+        assert notifier.wait_subscribed(5.0)
+        backend.join_round("a", SPEC)
+        before = notifier.epoch
+        server.restart()  # empty; connections are gone
+        raw = redis.Redis(host=server.host, port=server.port)
+        seen = backend.join_round("a", SPEC).change_id  # a new incarnation, announced before re-subscribing or not
+        deadline = time.monotonic() + 10
+        while not (notifier.epoch >= before + 2 and notifier.subscribed):  # the loss seen, then re-subscribed
+            backend.wait_for_round_change(seen, 0)  # a check reads the socket: that is how the loss is seen
+            assert time.monotonic() < deadline, "the pub/sub connection was not re-made"
+            time.sleep(0.02)
+        assert backend.wait_for_round_change(seen, 0) is False  # at most one HMGET
+        raw.config_set("slowlog-log-slower-than", 0)
+        raw.config_set("slowlog-max-len", 1000)
+        since = raw.slowlog_get(1)[0]["id"] if raw.slowlog_get(1) else -1
+        for _ in range(5):
+            assert backend.wait_for_round_change(seen, 0) is False
+        assert _top_level_commands(raw, since) == []  # no read: the first check's read stands
+        other, other_store = create_backend(
+            RendezvousParameters("redis", f"{server.host}:{server.port}", "run", 1, 1), shared=False
+        )
+        try:
+            other.join_round("b", SPEC)  # announced: the next check sees the change
+            deadline = time.monotonic() + 5
+            while not backend.wait_for_round_change(seen, 0):
+                assert time.monotonic() < deadline, "the change after the noted read was never seen"
+                time.sleep(0.01)
+        finally:
+            other.close()
+            other_store.close()
+    finally:
+        backend.close()
+        store.close()
+        raw.close()

@@ -178,3 +178,62 @@ def test_progress_is_logged_per_change_and_at_most_every_30_s_otherwise(caplog):
     assert len(lines) == 3, lines
     assert "1 joined (min_nodes=3, max_nodes=4), 1 waiting; 2 more needed" in lines[0]
     assert "2 joined" in lines[1] and "the last call ends in 4.5 s" in lines[2]
+
+
+def test_the_state_path_logs_the_same_progress_lines(caplog):
+    """A backend with only torch's contract (whole-state compare-and-set): the waiting node
+    logs joined/needed too, then both nodes get ranks."""
+    import threading
+    from datetime import timedelta
+
+    from rdzv_core.dynamic.handler import DynamicRendezvousHandler
+    from rdzv_core.dynamic.settings import RendezvousTimeout
+    from rdzv_core.memory import create_backend
+    from tests.backends import StateOnlyBackend
+
+    params = RendezvousParameters("memory", "", f"state-progress-{time.monotonic_ns()}", 2, 2, last_call_timeout=0.1)
+    backend, store = create_backend(params)
+    plain = StateOnlyBackend(backend)
+    handlers = [
+        DynamicRendezvousHandler.from_backend(
+            params.run_id,
+            store,
+            plain,
+            2,
+            2,
+            "127.0.0.1",
+            RendezvousTimeout(join=timedelta(seconds=20), last_call=timedelta(seconds=0.1)),
+        )
+        for _ in range(2)
+    ]
+    results: list = []
+    try:
+        with caplog.at_level("INFO", logger="rdzv_core.dynamic"):
+            first = threading.Thread(target=lambda: results.append(handlers[0].next_rendezvous()), daemon=True)
+            first.start()
+            deadline = time.monotonic() + 10
+            while not any("1 more needed" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            results.append(handlers[1].next_rendezvous())
+            first.join(10)
+        lines = [r.getMessage() for r in caplog.records if "waits for round" in r.getMessage()]
+        assert any("1 joined (min_nodes=2, max_nodes=2), 0 waiting; 1 more needed" in line for line in lines), lines
+        assert sorted(info.rank for info in results) == [0, 1]
+    finally:
+        for handler in handlers:
+            handler.shutdown()
+
+
+def test_state_standing_of_each_role():
+    from rdzv_core.backend import Role
+    from rdzv_core.dynamic.ops import state_standing
+    from rdzv_core.state import RendezvousState
+
+    state = RendezvousState(run_id="r", round=2, participants={"a": 0, "b": 0}, wait_list=["c"], deadline=110.0)
+    assert state_standing(state, "a", 100.0).role is Role.PARTICIPANT
+    assert state_standing(state, "c", 100.0).role is Role.WAITING
+    assert state_standing(state, "z", 100.0).role is Role.NONE
+    standing = state_standing(state, "a", 100.0)
+    assert (standing.round, standing.participants, standing.waiting, standing.deadline_in) == (2, 2, 1, 10.0)
+    joined = RendezvousState(run_id="r", round=2, participants={"a": 0}, wait_list=["c"], deadline=110.0)
+    assert state_standing(joined, "a", 100.0).version == standing.version  # a join is not a change
