@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -161,6 +161,20 @@ class Role(str, enum.Enum):
     WAITING = "waiting"
     #: In the redundancy list: the round is full (``max_nodes``); the node waits for room.
     REDUNDANT = "redundant"
+
+    @classmethod
+    def of(
+        cls, node: str, participants: Container[str], wait_list: Container[str], redundancy_list: Container[str]
+    ) -> Role:
+        """The role of ``node`` given the three lists of a round (participants first: a node
+        is in one list at a time, but a participant wins should a stale entry linger)."""
+        if node in participants:
+            return cls.PARTICIPANT
+        if node in wait_list:
+            return cls.WAITING
+        if node in redundancy_list:
+            return cls.REDUNDANT
+        return cls.NONE
 
 
 @dataclass(frozen=True)

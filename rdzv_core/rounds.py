@@ -103,14 +103,7 @@ def standing(rec: RoundRecord | None, node: str, now: float, left_redundancy: bo
     """The :class:`Standing` of ``node`` in ``rec`` (``None``: no record) at server time ``now``."""
     if rec is None:
         return Standing("", 0, 0, False, False, Role.NONE, None, 0, 0, 0, 0, None)
-    if node in rec.participants:
-        role = Role.PARTICIPANT
-    elif node in rec.wait_list:
-        role = Role.WAITING
-    elif node in rec.redundancy:
-        role = Role.REDUNDANT
-    else:
-        role = Role.NONE
+    role = Role.of(node, rec.participants, rec.wait_list, rec.redundancy)
     rank = rec.participants[node] if role is Role.PARTICIPANT and rec.complete else None
     deadline_in = None if rec.deadline is None else max(0.0, rec.deadline - now)
     return Standing(

@@ -117,14 +117,7 @@ def state_standing(state: RendezvousState, node: str, wall: float) -> Standing:
     counterpart of a membership server's answer, for the progress lines). Its version is a
     digest of what a waiting node reacts to (round, completion, close, the last call running,
     the wait list non-empty), so it changes O(1) times per round, not once per join."""
-    if node in state.participants:
-        role = Role.PARTICIPANT
-    elif node in state.wait_list:
-        role = Role.WAITING
-    elif node in state.redundancy_list:
-        role = Role.REDUNDANT
-    else:
-        role = Role.NONE
+    role = Role.of(node, state.participants, state.wait_list, state.redundancy_list)
     digest = hash((state.round, state.complete, state.closed, state.deadline is not None, bool(state.wait_list)))
     return Standing(
         incarnation="state",
